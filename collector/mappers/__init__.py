@@ -1,0 +1,27 @@
+"""Map stage registry: the ordered mappers; the first that claims a span maps it.
+
+Adding a convention is one module with a ``Mapper`` class and one line here. Framework mappers come first
+(they are recognized by scope or distinctive keys), then the native convention, then the generic GenAI
+fallback. A span nobody claims is stored raw with stage ``other``.
+"""
+
+from __future__ import annotations
+
+from collector.mappers.base import Mapper, SpanMapping
+from collector.mappers.genai import GenAIMapper
+from collector.mappers.native import NativeMapper
+from collector.otlp.codec import SpanIn
+
+__all__ = ["MAPPERS", "Mapper", "SpanMapping", "select_mapper"]
+
+MAPPERS: tuple[Mapper, ...] = (
+    NativeMapper(),
+    GenAIMapper(),
+)
+
+
+def select_mapper(span: SpanIn) -> Mapper | None:
+    for mapper in MAPPERS:
+        if mapper.claims(span):
+            return mapper
+    return None

@@ -1,0 +1,185 @@
+"""Map stage: Callscope's native convention (design.md §8, docs/conventions.md) for platforms with no framework.
+
+``call_facts`` reads the call-level ``call.*`` attributes; the pipeline applies it to every span whatever
+mapper claimed it, so users can add call metadata to any framework's spans.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from collector.mappers.base import (
+    DerivedEvent, SpanMapping, as_bool, as_float, as_int, as_text, explicit_call_id, ms_to_us, parse_json, us,
+)
+from collector.mappers.genai import llm_mapping, model_of, provider_of, tool_mapping
+from collector.otlp.codec import SpanIn
+
+__all__ = ["NativeMapper", "call_facts", "STATUSES", "DIRECTIONS"]
+
+STATUSES = frozenset({"queued", "ringing", "active", "completed", "failed", "declined", "missed"})
+DIRECTIONS = frozenset({"inbound", "outbound", "web"})
+_STAGES = frozenset({"session", "turn", "stt", "llm", "tts", "tool", "transfer", "webhook"})
+_NAME_STAGES = {"call": "session", "session": "session", "conversation": "session", "turn": "turn",
+                "stt": "stt", "llm": "llm", "tts": "tts", "tool": "tool", "transfer": "transfer",
+                "webhook": "webhook"}
+_TEXT_FACTS = (
+    ("call.campaign", "campaign"), ("call.agent", "agent"), ("call.status_reason", "status_reason"),
+    ("call.from", "from_number"), ("call.to", "to_number"), ("call.summary", "summary"),
+    ("call.recording.url", "recording_url"), ("call.cost.currency", "currency"),
+)
+
+
+def call_facts(span: SpanIn) -> dict[str, Any]:
+    """Call-level facts of the native convention found on a span or its resource."""
+    facts: dict[str, Any] = {}
+    for key, fact in _TEXT_FACTS:
+        value = as_text(span.attr(key))
+        if value is not None:
+            facts[fact] = value
+    if "agent" not in facts:
+        agent = as_text(span.attr("gen_ai.agent.name"))
+        if agent is not None:
+            facts["agent"] = agent
+    direction = as_text(span.attr("call.direction"))
+    if direction and direction.lower() in DIRECTIONS:
+        facts["direction"] = direction.lower()
+    status = as_text(span.attr("call.status"))
+    if status and status.lower() in STATUSES:
+        facts["status"] = status.lower()
+    sip_code = as_int(span.attr("sip.response.code", "sip.response.status_code"))
+    if sip_code:
+        facts["sip_code"] = sip_code
+    cost = as_float(span.attr("call.cost"))
+    if cost is not None:
+        facts["cost_total"] = cost
+    tags = span.attr("call.tags")
+    if isinstance(tags, str):
+        tags = parse_json(tags) if tags.startswith("[") else [t.strip() for t in tags.split(",") if t.strip()]
+    if isinstance(tags, list) and tags:
+        facts["tags"] = [str(tag) for tag in tags]
+    extracted = span.attr("call.extracted")
+    extracted = parse_json(extracted) if not isinstance(extracted, dict) else extracted
+    if isinstance(extracted, dict):
+        facts["extracted"] = extracted
+    return facts
+
+
+def _stage_of(span: SpanIn) -> str:
+    stage = as_text(span.attributes.get("voice.stage"))
+    if stage and stage.lower() in _STAGES:
+        return stage.lower()
+    name = span.name.strip().lower()
+    if name.startswith("execute_tool"):
+        return "tool"
+    return _NAME_STAGES.get(name, "other")
+
+
+class NativeMapper:
+    name: ClassVar[str] = "native"
+
+    def claims(self, span: SpanIn) -> bool:
+        return "voice.stage" in span.attributes or span.name.strip().lower() in _NAME_STAGES
+
+    def map_span(self, span: SpanIn) -> SpanMapping:
+        stage = _stage_of(span)
+        call_id = explicit_call_id(span)
+        turn_number = as_int(span.attr("turn.number"))
+        if stage == "llm":
+            ttft_us = ms_to_us(span.attr("llm.ttft_ms"))
+            return llm_mapping(
+                span, call_id=call_id, turn_number=turn_number,
+                ttfb_s=None if ttft_us is None else ttft_us / 1e6,
+                output=span.attr("llm.output", "gen_ai.output.messages"),
+            )
+        if stage in ("tool", "transfer"):
+            return tool_mapping(span, call_id=call_id, turn_number=turn_number, stage=stage,
+                                name=span.attr("gen_ai.tool.name", "tool.name", "transfer.target"))
+        if stage == "stt":
+            return self._stt(span, call_id, turn_number)
+        if stage == "tts":
+            return self._tts(span, call_id, turn_number)
+        if stage == "turn":
+            return self._turn(span, call_id, turn_number)
+        if stage == "session":
+            return self._session(span, call_id)
+        return SpanMapping(stage=stage, call_id=call_id, turn_number=turn_number)
+
+    @staticmethod
+    def _stt(span: SpanIn, call_id: str | None, turn_number: int | None) -> SpanMapping:
+        transcript = as_text(span.attr("stt.transcript", "transcript"))
+        is_final = as_bool(span.attr("stt.is_final", "is_final"))
+        provider = provider_of(span, "stt.provider")
+        facts: dict[str, Any] = {"user_stopped_us": us(span.start_ns)}
+        if is_final is not False:
+            facts["stt_final_us"] = us(span.end_ns)
+        eou_us = ms_to_us(span.attr("stt.eou_ms"))
+        if eou_us is not None:
+            facts["eou_us"] = us(span.start_ns) + eou_us
+        if transcript:
+            facts["user_text"] = transcript
+        if provider:
+            facts["stt_provider"] = provider
+        audio_seconds = as_float(span.attr("stt.audio_seconds", "metrics.audio_seconds"))
+        if audio_seconds is not None:
+            facts["stt_audio_seconds"] = audio_seconds
+        events = ()
+        if transcript and is_final is not False:
+            events = (DerivedEvent(span.end_ns, "user.message_received", transcript[:500], {"text": transcript}),)
+        return SpanMapping(stage="stt", call_id=call_id, turn_number=turn_number, provider=provider,
+                           model=model_of(span, "stt.model"),
+                           ttfb_ms=(span.end_ns - span.start_ns) / 1e6, facts=facts, events=events)
+
+    @staticmethod
+    def _tts(span: SpanIn, call_id: str | None, turn_number: int | None) -> SpanMapping:
+        provider = provider_of(span, "tts.provider")
+        text = as_text(span.attr("tts.text", "text"))
+        ttfb_us = ms_to_us(span.attr("tts.ttfb_ms"))
+        start_us = us(span.start_ns)
+        facts: dict[str, Any] = {"tts_request_us": start_us}
+        if ttfb_us is not None:
+            facts["tts_first_audio_us"] = start_us + ttfb_us
+        if provider:
+            facts["tts_provider"] = provider
+        if text:
+            facts["agent_text"] = text
+        characters = as_int(span.attr("tts.characters", "metrics.character_count"))
+        if characters is None and text:
+            characters = len(text)
+        if characters is not None:
+            facts["tts_characters"] = characters
+        if as_bool(span.attr("tts.interrupted")):
+            facts["interrupted"] = True
+        return SpanMapping(stage="tts", call_id=call_id, turn_number=turn_number, provider=provider,
+                           model=model_of(span, "tts.model"),
+                           ttfb_ms=None if ttfb_us is None else ttfb_us / 1000.0, facts=facts)
+
+    @staticmethod
+    def _turn(span: SpanIn, call_id: str | None, turn_number: int | None) -> SpanMapping:
+        facts: dict[str, Any] = {"turn_start_us": us(span.start_ns), "turn_end_us": us(span.end_ns)}
+        interrupted = as_bool(span.attr("turn.interrupted", "turn.was_interrupted"))
+        if interrupted:
+            facts["interrupted"] = True
+        for key, fact in (("turn.user_text", "user_text"), ("turn.agent_text", "agent_text")):
+            value = as_text(span.attributes.get(key))
+            if value:
+                facts[fact] = value
+        v2v = as_float(span.attr("turn.v2v_ms"))
+        if v2v is not None:
+            facts["reported_v2v_ms"] = v2v
+        eou_ms = as_float(span.attr("turn.eou_ms"))
+        if eou_ms is not None:
+            facts["eou_ms"] = eou_ms
+        events = (DerivedEvent(span.end_ns, "agent.interrupted", "the contact interrupted the agent",
+                               {"turn_number": turn_number}),) if interrupted else ()
+        return SpanMapping(stage="turn", call_id=call_id, turn_number=turn_number, facts=facts, events=events)
+
+    @staticmethod
+    def _session(span: SpanIn, call_id: str | None) -> SpanMapping:
+        failed = span.status_code == 2
+        facts: dict[str, Any] = {"session_start_us": us(span.start_ns), "session_end_us": us(span.end_ns)}
+        if failed:
+            facts["session_error"] = span.status_message or "session ended with status ERROR"
+        end_event = (DerivedEvent(span.end_ns, "call.failed", facts["session_error"], {"reason": facts["session_error"]})
+                     if failed else DerivedEvent(span.end_ns, "call.completed"))
+        return SpanMapping(stage="session", call_id=call_id, facts=facts,
+                           events=(DerivedEvent(span.start_ns, "agent.initialized"), end_event))

@@ -1,0 +1,186 @@
+"""Map stage driver: decoded spans and log records → immutable rows (decode → **map** → batch → write).
+
+Transport-agnostic and pure: the same function serves gRPC and HTTP, and the raw span is always kept,
+whatever mapper (if any) claimed it. Invalid items come back as ``RejectedSpan`` instances, never raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from collector.errors import RejectedSpan
+from collector.mappers import SpanMapping, select_mapper
+from collector.mappers.base import CALL_ID_KEYS, as_text, explicit_call_id
+from collector.mappers.native import call_facts
+from collector.otlp.codec import LogIn, SpanIn
+from collector.records import EventRow, Record, SpanRow, ToolCallRow
+from storage.catalogue import LEVELS, level_rank, lookup
+
+__all__ = ["MappedBatch", "map_spans", "map_logs", "severity_level"]
+
+_UNCLAIMED = SpanMapping()
+
+
+def _dumps(value: Any) -> str:
+    # default=str: attribute values are JSON-safe already; this only guards exotic producer values.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _time(ns: int) -> datetime:
+    # datetime.fromtimestamp loses sub-microsecond precision only, which PostgreSQL drops anyway.
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+
+
+@dataclass(slots=True)
+class MappedBatch:
+    """What one Export request became: rows to store, plus rejected items with their reasons."""
+
+    records: list[Record] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    items: int = 0
+
+    @property
+    def rejected_count(self) -> int:
+        return len(self.rejected)
+
+
+def severity_level(severity_number: int, severity_text: str = "") -> str:
+    """OTLP severity → catalogue level (design §5: 1–12 INFO, 13–16 WARNING, 17–20 ERROR, 21–24 CRITICAL)."""
+    if severity_number >= 21:
+        return "CRITICAL"
+    if severity_number >= 17:
+        return "ERROR"
+    if severity_number >= 13:
+        return "WARNING"
+    if severity_number == 0 and severity_text:
+        text = severity_text.strip().upper()
+        if text in ("FATAL", "CRITICAL"):
+            return "CRITICAL"
+        if text in LEVELS:
+            return text
+        if text == "WARN":
+            return "WARNING"
+    return "INFO"
+
+
+def _event_row(*, time_ns: int, event: str, call_id: str, explicit: bool, trace_id: str | None,
+               span_id: str | None, level: str | None, message: str | None, data: Any, source: str,
+               identity: str) -> EventRow:
+    event_type = lookup(event)
+    category = event_type.category if event_type else "other"
+    if event_type and (level is None or level_rank(event_type.default_level) > level_rank(level)):
+        level = event_type.default_level
+    event_id = hashlib.blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+    return EventRow(
+        time=_time(time_ns), event_id=event_id, call_id=call_id, call_id_explicit=explicit,
+        trace_id=trace_id, span_id=span_id, category=category, event=event, level=level or "INFO",
+        message=message, data=None if data is None else _dumps(data), source=source,
+    )
+
+
+def _span_rows(span: SpanIn, out: list[Record]) -> None:
+    mapper = select_mapper(span)
+    mapping = mapper.map_span(span) if mapper is not None else _UNCLAIMED
+    explicit_id = mapping.call_id or explicit_call_id(span)
+    call_id = explicit_id or span.trace_id
+    explicit = explicit_id is not None
+    facts = call_facts(span)
+    if mapping.facts:
+        facts.update(mapping.facts)
+    service_name = as_text(span.resource.get("service.name"))
+    out.append(SpanRow(
+        start_time=_time(span.start_ns), end_time=_time(span.end_ns),
+        duration_ms=(span.end_ns - span.start_ns) / 1e6, trace_id=span.trace_id, span_id=span.span_id,
+        parent_span_id=span.parent_span_id, call_id=call_id, call_id_explicit=explicit,
+        turn_number=mapping.turn_number, stage=mapping.stage, name=span.name, service_name=service_name,
+        scope_name=span.scope_name or None, kind=span.kind, status_code=span.status_code,
+        status_message=span.status_message, provider=mapping.provider, model=mapping.model,
+        ttfb_ms=mapping.ttfb_ms, input_tokens=mapping.input_tokens, output_tokens=mapping.output_tokens,
+        framework=mapper.name if mapper is not None else "unknown",
+        attributes=_dumps(span.attributes), events=_dumps(span.events) if span.events else None,
+        resource=_dumps(span.resource) if span.resource else None, facts=_dumps(facts) if facts else None,
+    ))
+    for tool in mapping.tool_calls:
+        out.append(ToolCallRow(
+            call_id=call_id, call_id_explicit=explicit, trace_id=span.trace_id, tool_call_id=tool.tool_call_id,
+            tool_name=tool.tool_name,
+            started_at=_time(tool.start_ns) if tool.start_ns else None,
+            ended_at=_time(tool.end_ns) if tool.end_ns else None,
+            duration_ms=(tool.end_ns - tool.start_ns) / 1e6 if tool.start_ns and tool.end_ns else None,
+            arguments=tool.arguments, result=tool.result, is_error=tool.is_error, error=tool.error,
+            span_id=span.span_id,
+        ))
+    for derived in mapping.events:
+        out.append(_event_row(
+            time_ns=derived.time_ns, event=derived.event, call_id=call_id, explicit=explicit,
+            trace_id=span.trace_id, span_id=span.span_id, level=derived.level, message=derived.message,
+            data=derived.data, source="derived",
+            identity=f"d|{span.trace_id}|{span.span_id}|{derived.event}|{derived.time_ns}",
+        ))
+    for index, span_event in enumerate(span.events):
+        name = span_event["name"]
+        attributes = span_event["attributes"]
+        event_key = as_text(attributes.get("event.name")) or name
+        if lookup(event_key) is None and name != "exception":
+            continue  # other span events stay in spans.events (e.g. streaming chunks); only catalogue ones log
+        level = "ERROR" if name == "exception" else None
+        message = as_text(attributes.get("exception.message") or attributes.get("message"))
+        out.append(_event_row(
+            time_ns=span_event["time_unix_nano"] or span.start_ns, event=event_key, call_id=call_id,
+            explicit=explicit, trace_id=span.trace_id, span_id=span.span_id, level=level, message=message,
+            data=attributes or None, source="span_event",
+            identity=f"e|{span.trace_id}|{span.span_id}|{index}|{name}|{span_event['time_unix_nano']}",
+        ))
+
+
+def map_spans(items: Iterable[SpanIn | RejectedSpan]) -> MappedBatch:
+    batch = MappedBatch()
+    for item in items:
+        batch.items += 1
+        if isinstance(item, RejectedSpan):
+            batch.rejected.append(str(item))
+            continue
+        try:
+            _span_rows(item, batch.records)
+        except RejectedSpan as rejected:
+            batch.rejected.append(f"span {item.name!r} ({item.span_id}): {rejected}")
+    return batch
+
+
+def _log_row(record: LogIn) -> EventRow:
+    event = record.event_name or as_text(record.attributes.get("event.name")) or ""
+    explicit_id = as_text(record.attr(*CALL_ID_KEYS))
+    call_id = explicit_id or record.trace_id or ""
+    if not call_id:
+        raise RejectedSpan(f"log record {event or '(unnamed)'!r} has neither a call.id attribute nor a trace id")
+    body = record.body
+    message = body if isinstance(body, str) else None
+    data = {k: v for k, v in record.attributes.items() if k != "event.name"}
+    if body is not None and not isinstance(body, str):
+        data["body"] = body
+    identity = (f"l|{call_id}|{record.trace_id}|{record.span_id}|{record.time_ns}|{event}|"
+                f"{_dumps(body)}|{_dumps(record.attributes)}")
+    return _event_row(
+        time_ns=record.time_ns, event=event or "log", call_id=call_id, explicit=explicit_id is not None,
+        trace_id=record.trace_id, span_id=record.span_id,
+        level=severity_level(record.severity_number, record.severity_text), message=message,
+        data=data or None, source="log", identity=identity,
+    )
+
+
+def map_logs(items: Iterable[LogIn | RejectedSpan]) -> MappedBatch:
+    batch = MappedBatch()
+    for item in items:
+        batch.items += 1
+        if isinstance(item, RejectedSpan):
+            batch.rejected.append(str(item))
+            continue
+        try:
+            batch.records.append(_log_row(item))
+        except RejectedSpan as rejected:
+            batch.rejected.append(str(rejected))
+    return batch

@@ -1,0 +1,132 @@
+"""Configuration: one typed, frozen ``Settings`` built from defaults < ``CALLSCOPE_*`` environment < CLI flags.
+
+``SETTINGS`` is the single table that feeds argparse ``--help``, the environment lookup, validation and
+docs/configuration.md (a test checks that every entry is documented).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
+
+__all__ = ["Setting", "SETTINGS", "Settings", "build_settings"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str                 # attribute of Settings and the flag: --name-with-dashes
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = str
+
+    @property
+    def env(self) -> str:
+        return "CALLSCOPE_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected a boolean (true/false), got {text!r}")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("database_url", "postgresql://postgres@127.0.0.1:5432/callscope",
+            "PostgreSQL connection URL (TimescaleDB is used when the extension is installed)."),
+    Setting("bind_address", "0.0.0.0", "Address the OTLP receivers listen on."),
+    Setting("grpc_port", 4317, "OTLP/gRPC port (TraceService, LogsService, grpc.health.v1).", int),
+    Setting("http_port", 4318, "OTLP/HTTP port (/v1/traces, /v1/logs, /health).", int),
+    Setting("max_message_mib", 16, "Largest accepted request, in MiB, after decompression.", int),
+    Setting("max_batch_records", 5000, "A batch is written when it holds this many records ...", int),
+    Setting("max_wait_ms", 200, "... or when its oldest record has waited this long (ms).", int),
+    Setting("queue_records", 50000,
+            "Records accepted but not yet committed; above it Export is refused with RESOURCE_EXHAUSTED "
+            "/ HTTP 429 and a retry hint, so memory stays bounded.", int),
+    Setting("retry_after_s", 1.0, "Retry hint sent with a refusal (RetryInfo / Retry-After), seconds.", float),
+    Setting("write_timeout_s", 30.0, "A batch that cannot be committed within this time fails with UNAVAILABLE.", float),
+    Setting("retention_days", 30, "TimescaleDB only: spans and events older than this are dropped (0 = keep).", int),
+    Setting("compress_after_days", 2, "TimescaleDB only: span and event chunks older than this are compressed.", int),
+    Setting("idle_timeout_s", 300,
+            "A call with no end and no telemetry for this long is shown as stale (it stays active).", int),
+    Setting("log_level", "info", "Log level: debug, info, warning, error."),
+    Setting("log_format", "json", "Log format: json (one object per line) or text."),
+    Setting("prices_file", "", "YAML price table that overrides the shipped defaults (optional)."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    bind_address: str
+    grpc_port: int
+    http_port: int
+    max_message_mib: int
+    max_batch_records: int
+    max_wait_ms: int
+    queue_records: int
+    retry_after_s: float
+    write_timeout_s: float
+    retention_days: int
+    compress_after_days: int
+    idle_timeout_s: int
+    log_level: str
+    log_format: str
+    prices_file: str
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mib * 1024 * 1024
+
+    def validate(self) -> None:
+        problems = []
+        if self.max_batch_records < 1:
+            problems.append("max_batch_records must be ≥ 1")
+        if self.queue_records < self.max_batch_records:
+            problems.append("queue_records must be ≥ max_batch_records")
+        if self.max_wait_ms < 0:
+            problems.append("max_wait_ms must be ≥ 0")
+        if self.max_message_mib < 1:
+            problems.append("max_message_mib must be ≥ 1")
+        for port in (self.grpc_port, self.http_port):
+            if not 0 <= port <= 65535:
+                problems.append(f"port {port} is out of range")
+        if self.log_format not in {"json", "text"}:
+            problems.append("log_format must be json or text")
+        if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
+            problems.append("log_level must be debug, info, warning or error")
+        if self.retention_days < 0 or self.compress_after_days < 0:
+            problems.append("retention_days and compress_after_days must be ≥ 0")
+        if problems:
+            raise ValueError("invalid configuration: " + "; ".join(problems))
+
+
+assert {s.name for s in SETTINGS} == {f.name for f in fields(Settings)}, "SETTINGS and Settings disagree"
+
+
+def build_settings(overrides: Mapping[str, Any] | None = None,
+                   environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults < ``CALLSCOPE_*`` environment < ``overrides`` (CLI flags; ``None`` values are ignored)."""
+    environ = os.environ if environ is None else environ
+    overrides = overrides or {}
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        value = setting.default
+        if setting.env in environ:
+            try:
+                value = setting.parse(environ[setting.env])
+            except ValueError as exc:
+                raise ValueError(f"{setting.env}: {exc}") from None
+        if overrides.get(setting.name) is not None:
+            value = overrides[setting.name]
+        values[setting.name] = value
+    settings = Settings(**values)
+    settings.validate()
+    return settings

@@ -1,0 +1,191 @@
+"""Storage: the public SQL schema (design.md §3) as SQLAlchemy Core — the contract users and dashboards query.
+
+Names of design §3 never change without a migration and a note; extra columns are ours (marked below).
+Alembic migrations (storage/migrations/) create exactly these tables; a test compares the two.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    ARRAY, Boolean, Column, DateTime, Float, Index, Integer, MetaData, PrimaryKeyConstraint, SmallInteger,
+    Table, Text, text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+__all__ = ["metadata", "calls", "turns", "spans", "tool_calls", "events", "event_types", "call_traces",
+           "HYPERTABLES"]
+
+metadata = MetaData()
+TZ = DateTime(timezone=True)
+
+calls = Table(
+    "calls", metadata,
+    Column("call_id", Text, primary_key=True),
+    Column("trace_ids", ARRAY(Text), nullable=False, server_default=text("'{}'")),
+    Column("started_at", TZ),
+    Column("ended_at", TZ),
+    Column("last_seen_at", TZ),
+    Column("duration_s", Float),
+    Column("status", Text, nullable=False, server_default="active"),
+    Column("status_reason", Text),
+    Column("direction", Text),
+    Column("campaign", Text),
+    Column("agent", Text),
+    Column("framework", Text),
+    Column("from_number", Text),
+    Column("to_number", Text),
+    Column("turn_count", Integer, nullable=False, server_default="0"),
+    Column("interruption_count", Integer, nullable=False, server_default="0"),
+    Column("tool_call_count", Integer, nullable=False, server_default="0"),
+    Column("error_count", Integer, nullable=False, server_default="0"),
+    Column("cost_total", Float),
+    Column("cost_stt", Float),
+    Column("cost_llm", Float),
+    Column("cost_tts", Float),
+    Column("cost_telephony", Float),
+    Column("currency", Text),
+    Column("summary", Text),
+    Column("tags", ARRAY(Text)),
+    Column("extracted", JSONB),
+    Column("recording_url", Text),
+    Column("attributes", JSONB),
+    # ours: when the ledger row was last recomputed
+    Column("updated_at", TZ, nullable=False, server_default=text("now()")),
+)
+Index("calls_started_at_idx", calls.c.started_at.desc())
+Index("calls_status_started_idx", calls.c.status, calls.c.started_at.desc())
+Index("calls_campaign_started_idx", calls.c.campaign, calls.c.started_at.desc())
+Index("calls_agent_started_idx", calls.c.agent, calls.c.started_at.desc())
+
+turns = Table(
+    "turns", metadata,
+    Column("call_id", Text, nullable=False),
+    Column("turn_number", Integer, nullable=False),
+    Column("started_at", TZ),
+    Column("ended_at", TZ),
+    Column("user_text", Text),
+    Column("agent_text", Text),
+    Column("interrupted", Boolean, nullable=False, server_default=text("false")),
+    Column("user_stopped_at", TZ),
+    Column("stt_final_at", TZ),
+    Column("llm_request_at", TZ),
+    Column("llm_first_token_at", TZ),
+    Column("tts_request_at", TZ),
+    Column("tts_first_audio_at", TZ),
+    Column("agent_started_at", TZ),
+    Column("eou_ms", Float),
+    Column("stt_ms", Float),
+    Column("stt_to_llm_ms", Float),
+    Column("llm_ttft_ms", Float),
+    Column("llm_to_tts_ms", Float),
+    Column("tts_ttfb_ms", Float),
+    Column("voice_to_voice_ms", Float),
+    Column("reported_v2v_ms", Float),
+    Column("llm_provider", Text),
+    Column("llm_model", Text),
+    Column("stt_provider", Text),
+    Column("tts_provider", Text),
+    Column("input_tokens", Integer),
+    Column("output_tokens", Integer),
+    # ours: the agent of the call, copied so latency panels group by agent without a join
+    Column("agent", Text),
+    PrimaryKeyConstraint("call_id", "turn_number", name="turns_pkey"),
+)
+Index("turns_started_at_idx", turns.c.started_at)
+
+spans = Table(
+    "spans", metadata,
+    Column("start_time", TZ, nullable=False),
+    Column("end_time", TZ, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("trace_id", Text, nullable=False),
+    Column("span_id", Text, nullable=False),
+    Column("parent_span_id", Text),
+    Column("call_id", Text, nullable=False),
+    Column("call_id_explicit", Boolean, nullable=False, server_default=text("false")),   # ours
+    Column("turn_number", Integer),
+    Column("stage", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("service_name", Text),
+    Column("scope_name", Text),
+    Column("kind", SmallInteger, nullable=False, server_default="0"),
+    Column("status_code", SmallInteger, nullable=False, server_default="0"),
+    Column("status_message", Text),
+    Column("provider", Text),
+    Column("model", Text),
+    Column("ttfb_ms", Float),
+    Column("input_tokens", Integer),
+    Column("output_tokens", Integer),
+    Column("framework", Text),                 # ours: the mapper that claimed the span
+    Column("attributes", JSONB, nullable=False),
+    Column("events", JSONB),
+    Column("resource", JSONB),
+    Column("facts", JSONB),                     # ours: the span's contribution to its call and turn
+)
+# Retried batches are stored once: the unique key includes the partitioning column (TimescaleDB rule).
+Index("spans_identity_idx", spans.c.trace_id, spans.c.span_id, spans.c.start_time, unique=True)
+Index("spans_call_idx", spans.c.call_id, spans.c.start_time)
+Index("spans_start_time_idx", spans.c.start_time.desc())
+
+tool_calls = Table(
+    "tool_calls", metadata,
+    Column("call_id", Text, nullable=False),
+    Column("turn_number", Integer),
+    Column("tool_call_id", Text, nullable=False),
+    Column("tool_name", Text, nullable=False),
+    Column("started_at", TZ),
+    Column("ended_at", TZ),
+    Column("duration_ms", Float),
+    Column("arguments", Text),
+    Column("result", Text),
+    Column("is_error", Boolean, nullable=False, server_default=text("false")),
+    Column("error", Text),
+    Column("span_id", Text),
+    Column("trace_id", Text),                   # ours: lets a trace that later names its call move the row
+    Column("call_id_explicit", Boolean, nullable=False, server_default=text("false")),   # ours
+    PrimaryKeyConstraint("call_id", "tool_call_id", name="tool_calls_pkey"),
+)
+Index("tool_calls_started_at_idx", tool_calls.c.started_at)
+Index("tool_calls_trace_idx", tool_calls.c.trace_id)
+
+events = Table(
+    "events", metadata,
+    Column("time", TZ, nullable=False),
+    Column("event_id", Text, nullable=False),   # ours: deterministic, so retries are stored once
+    Column("call_id", Text, nullable=False),
+    Column("call_id_explicit", Boolean, nullable=False, server_default=text("false")),   # ours
+    Column("trace_id", Text),
+    Column("span_id", Text),
+    Column("category", Text, nullable=False),
+    Column("event", Text, nullable=False),
+    Column("level", Text, nullable=False),
+    Column("message", Text),
+    Column("data", JSONB),
+    Column("source", Text, nullable=False),
+    Column("turn_number", Integer),             # ours
+)
+Index("events_identity_idx", events.c.event_id, events.c.time, unique=True)
+Index("events_call_idx", events.c.call_id, events.c.time)
+Index("events_event_time_idx", events.c.event, events.c.time.desc())
+Index("events_trace_idx", events.c.trace_id)
+Index("events_time_idx", events.c.time.desc())
+
+event_types = Table(
+    "event_types", metadata,
+    Column("event", Text, primary_key=True),
+    Column("display_name", Text, nullable=False),
+    Column("category", Text, nullable=False),
+    Column("default_level", Text, nullable=False),
+    Column("description", Text, nullable=False),
+)
+
+# ours: which call a trace belongs to, learned from spans that name their call explicitly.
+call_traces = Table(
+    "call_traces", metadata,
+    Column("trace_id", Text, primary_key=True),
+    Column("call_id", Text, nullable=False),
+)
+Index("call_traces_call_idx", call_traces.c.call_id)
+
+# table → time column; these become hypertables where TimescaleDB is installed.
+HYPERTABLES = {"spans": "start_time", "events": "time"}
