@@ -91,6 +91,10 @@ def _span_rows(span: SpanIn, out: list[Record]) -> None:
     facts = call_facts(span)
     if mapping.facts:
         facts.update(mapping.facts)
+    if mapping.turn_number is not None:
+        facts["turn_explicit"] = True
+    elif mapping.stage == "turn":
+        facts["turn_seq"] = True  # numbered by start time in storage/derive.sql
     service_name = as_text(span.resource.get("service.name"))
     out.append(SpanRow(
         start_time=_time(span.start_ns), end_time=_time(span.end_ns),

@@ -1,4 +1,4 @@
-"""Grafana: the read-only role, the latency relations the dashboards and alerts read, and their indexes.
+"""Grafana: the read-only role and the latency relations the dashboards and alerts read.
 
 Revision ID: 0002_grafana
 Revises: 0001_initial
@@ -10,7 +10,9 @@ Revises: 0001_initial
 * ``latency_turns`` (plain view, both backends): one row per turn with its call's agent / campaign / type.
 * ``latency_stage_1m``: per minute, stage, provider and model, the count / avg / p50 / p95 / p99 of span TTFB
   and duration. On TimescaleDB (``spans`` is a hypertable) a real-time continuous aggregate with a refresh
-  policy; on plain PostgreSQL a view of the same columns, backed by a partial expression index.
+  policy; on plain PostgreSQL a view of the same columns, backed by a partial expression index on spans
+  (``spans_latency_bucket_idx``: the view's time filter is on the bucket expression, which the planner can
+  only match against an index on that same expression).
   ``turns`` is not a hypertable, so it cannot feed a continuous aggregate: see docs/dashboards.md.
 """
 
@@ -59,7 +61,7 @@ CREATE OR REPLACE VIEW latency_turns AS
 SELECT t.started_at AS "time",
        t.call_id,
        t.turn_number,
-       c.agent,
+       coalesce(t.agent, c.agent) AS agent,
        c.campaign,
        c.direction,
        t.llm_provider,
@@ -79,13 +81,6 @@ FROM turns t
 LEFT JOIN calls c ON c.call_id = t.call_id
 """
 
-_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS turns_started_at_idx ON turns (started_at)",
-    "CREATE INDEX IF NOT EXISTS calls_started_at_idx ON calls (started_at)",
-    "CREATE INDEX IF NOT EXISTS calls_last_seen_at_idx ON calls (last_seen_at)",
-    "CREATE INDEX IF NOT EXISTS events_time_idx ON events (time)",
-    "CREATE INDEX IF NOT EXISTS tool_calls_errors_idx ON tool_calls (started_at) WHERE is_error",
-)
 
 
 def _spans_is_hypertable(conn: sa.Connection) -> bool:
@@ -131,8 +126,6 @@ def _create_continuous_aggregate(conn: sa.Connection) -> bool:
 def upgrade() -> None:
     conn = op.get_bind()
 
-    for statement in _INDEXES:
-        conn.execute(sa.text(statement))
     conn.execute(sa.text(_LATENCY_TURNS))
     if not (_spans_is_hypertable(conn) and _create_continuous_aggregate(conn)):
         _create_plain_stage_view(conn)
@@ -172,10 +165,6 @@ def downgrade() -> None:
         conn.execute(sa.text("DROP VIEW IF EXISTS latency_stage_1m"))
     conn.execute(sa.text("DROP VIEW IF EXISTS latency_turns"))
     conn.execute(sa.text("DROP INDEX IF EXISTS spans_latency_bucket_idx"))
-    for statement in _INDEXES:
-        name = statement.split("EXISTS ")[1].split()[0]
-        if name != "events_time_idx":  # may be TimescaleDB's own default index on a hypertable
-            conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
     # The role is cluster-wide and may serve other databases: revoke here, never drop.
     conn.execute(sa.text(f"""
 DO $$

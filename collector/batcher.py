@@ -1,0 +1,151 @@
+"""Batch stage: group commit of concurrent Exports (decode → map → **batch** → write).
+
+Bounded by record count: a submission that does not fit is refused with ``Overloaded`` (never dropped);
+an accepted one waits until the batch holding it is committed, so an Export's success is a promise.
+A batch is written when it reaches ``max_batch_records`` or its oldest submission has waited ``max_wait_ms``,
+whichever comes first; ``close`` flushes everything accepted before returning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from collector.errors import Overloaded, StorageUnavailable
+from collector.records import Record
+from collector.telemetry import METRICS
+
+__all__ = ["Batcher", "RecordWriter"]
+
+log = logging.getLogger("callscope.batcher")
+
+
+class RecordWriter(Protocol):
+    async def write(self, records: Sequence[Record]) -> object: ...
+
+
+@dataclass(slots=True)
+class _Submission:
+    records: Sequence[Record]
+    done: asyncio.Future[None]
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    def __init__(self, writer: RecordWriter, *, max_batch_records: int = 5000, max_wait_ms: int = 200,
+                 queue_records: int = 50000, retry_after_s: float = 1.0) -> None:
+        if queue_records < max_batch_records:
+            raise ValueError("queue_records must be ≥ max_batch_records")
+        self._writer = writer
+        self._max_batch = max_batch_records
+        self._max_wait = max_wait_ms / 1000.0
+        self._capacity = queue_records
+        self._retry_after = retry_after_s
+        self._pending: deque[_Submission] = deque()
+        self._queued_records = 0      # accepted and not yet committed (pending + being written)
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queued_records(self) -> int:
+        return self._queued_records
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="callscope-batcher")
+
+    async def submit(self, records: Sequence[Record]) -> None:
+        """Wait until ``records`` are committed; raise ``Overloaded`` at once if they do not fit."""
+        if not records:
+            return
+        if self._closing:
+            raise StorageUnavailable("collector is shutting down", retry_after_s=self._retry_after)
+        count = len(records)
+        # An oversized request is still admitted when nothing else is queued, or it could never get in.
+        if self._queued_records + count > self._capacity and self._queued_records > 0:
+            METRICS.refused_records += count
+            raise Overloaded(
+                f"ingest queue full ({self._queued_records} of {self._capacity} records waiting for the "
+                f"database); retry after {self._retry_after:g} s", retry_after_s=self._retry_after)
+        submission = _Submission(records, asyncio.get_running_loop().create_future())
+        self._pending.append(submission)
+        self._queued_records += count
+        self._wakeup.set()
+        await asyncio.shield(submission.done)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            pending_records = sum(len(s.records) for s in self._pending)
+            age = time.monotonic() - self._pending[0].enqueued_at
+            if pending_records < self._max_batch and age < self._max_wait and not self._closing:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), self._max_wait - age)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            await self._write_one_batch(by_size=pending_records >= self._max_batch)
+
+    async def _write_one_batch(self, *, by_size: bool) -> None:
+        batch: list[_Submission] = []
+        size = 0
+        while self._pending and (not batch or size + len(self._pending[0].records) <= self._max_batch):
+            submission = self._pending.popleft()
+            batch.append(submission)
+            size += len(submission.records)
+        records: list[Record] = []
+        for submission in batch:
+            records.extend(submission.records)
+        started = time.perf_counter()
+        try:
+            await self._writer.write(records)
+        except StorageUnavailable as exc:
+            METRICS.failed_batches += 1
+            log.warning("batch.failed", extra={"records": size, "error": str(exc)})
+            for submission in batch:
+                if not submission.done.done():
+                    submission.done.set_exception(exc)
+        except Exception as exc:  # a bug must fail the waiting Exports, not kill the loop
+            METRICS.failed_batches += 1
+            log.exception("batch.crashed", extra={"records": size})
+            error = StorageUnavailable(f"internal error while writing: {exc}")
+            for submission in batch:
+                if not submission.done.done():
+                    submission.done.set_exception(error)
+        else:
+            METRICS.committed_batches += 1
+            METRICS.committed_records += size
+            METRICS.batch_trigger_size += by_size
+            log.debug("batch.committed", extra={"records": size, "seconds": round(time.perf_counter() - started, 4)})
+            for submission in batch:
+                if not submission.done.done():
+                    submission.done.set_result(None)
+        finally:
+            self._queued_records -= size
+
+    async def close(self) -> None:
+        """Flush everything accepted, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    def terminate(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+        while self._pending:
+            submission = self._pending.popleft()
+            if not submission.done.done():
+                submission.done.set_exception(StorageUnavailable("collector terminated"))

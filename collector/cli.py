@@ -1,0 +1,181 @@
+"""Command line: thin commands that parse flags, build ``Settings`` and call one library function each."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Any, Callable, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from collector.logs import configure_logging
+from collector.settings import SETTINGS, Settings, build_settings
+
+__all__ = ["main"]
+
+_SERVE_SETTINGS = tuple(s.name for s in SETTINGS)
+_MIGRATE_SETTINGS = ("database_url", "retention_days", "compress_after_days", "log_level", "log_format")
+
+
+def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    group = parser.add_argument_group("configuration (flag > environment variable > default)")
+    for setting in SETTINGS:
+        if setting.name in names:
+            group.add_argument(setting.flag, dest=setting.name, type=setting.parse, default=None,
+                               metavar=setting.name.split("_")[-1].upper(),
+                               help=f"{setting.help} [env {setting.env}; default {setting.default!r}]")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return build_settings({s.name: getattr(args, s.name, None) for s in SETTINGS})
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from collector.server import serve
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from storage.migrate import migrate
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+    report = asyncio.run(migrate(settings.database_url, retention_days=settings.retention_days,
+                                 compress_after_days=settings.compress_after_days))
+    print(f"schema at revision {report.revision}; storage mode: {report.mode}"
+          + (f" (TimescaleDB {report.timescaledb_version})" if report.timescaledb_version else
+             " (TimescaleDB not available: plain tables, no compression or retention)"))
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from collector.simulate import run_simulation
+
+    total = args.calls
+    shown = {"done": 0}
+
+    def progress(done: int) -> None:
+        shown["done"] = done
+        if sys.stderr.isatty() or args.progress:
+            width = 30
+            filled = int(width * done / max(total, 1))
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} calls")
+            sys.stderr.flush()
+
+    report = asyncio.run(run_simulation(args.endpoint, calls=args.calls, concurrency=args.concurrency,
+                                        seed=args.seed, progress=progress))
+    if sys.stderr.isatty() or args.progress:
+        sys.stderr.write("\n")
+    print(_describe(report))
+    return 0 if not getattr(report, "rejected", 0) else 1
+
+
+def _describe(report: Any) -> str:
+    values = getattr(report, "__dict__", None) or {
+        name: getattr(report, name) for name in getattr(report, "__dataclass_fields__", {})}
+    return "simulation finished: " + ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+def _cmd_dashboards(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dashboards.generate import DashboardOptions, write_provisioning
+
+    options = DashboardOptions(**{k: v for k, v in vars(args).items()
+                                  if k in DashboardOptions.__dataclass_fields__ and v is not None})
+    written = write_provisioning(Path(args.out), options=options)
+    print(f"wrote {len(written)} files under {args.out}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callscope",
+        description="OpenTelemetry-native call ledger, latency breakdowns and alerts for voice AI agents.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the OTLP receiver (gRPC :4317, HTTP :4318)",
+                                description="Migrate the database, then receive OTLP traces and logs over "
+                                            "gRPC and HTTP and write them to the call ledger. SIGTERM stops "
+                                            "accepting, flushes what was accepted and exits.")
+    _add_settings(serve, _SERVE_SETTINGS)
+    serve.set_defaults(run=_cmd_serve)
+
+    migrate_cmd = commands.add_parser("migrate", help="create or upgrade the database schema (idempotent)",
+                                      description="Create or upgrade the schema; with TimescaleDB also the "
+                                                  "hypertables, compression and retention policies.")
+    _add_settings(migrate_cmd, _MIGRATE_SETTINGS)
+    migrate_cmd.set_defaults(run=_cmd_migrate)
+
+    simulate = commands.add_parser("simulate", help="send realistic voice-agent telemetry to a collector",
+                                   description="Generate realistic voice-agent calls (every status, turns with "
+                                               "STT/LLM/TTS, tools, interruptions, webhooks) and send them over "
+                                               "OTLP, like an instrumented agent would.")
+    simulate.add_argument("--endpoint", default=os.environ.get("CALLSCOPE_SIMULATE_ENDPOINT", "127.0.0.1:4317"),
+                          help="host:port for OTLP/gRPC, or http://host:4318 for OTLP/HTTP "
+                               "[env CALLSCOPE_SIMULATE_ENDPOINT; default 127.0.0.1:4317]")
+    simulate.add_argument("--calls", type=int, default=50, help="number of calls to send [default 50]")
+    simulate.add_argument("--concurrency", type=int, default=8, help="calls in flight at once [default 8]")
+    simulate.add_argument("--seed", type=int, default=1, help="random seed (same seed, same calls) [default 1]")
+    simulate.add_argument("--progress", action="store_true", help="draw the progress bar even when not a TTY")
+    simulate.set_defaults(run=_cmd_simulate)
+
+    dashboards = commands.add_parser("dashboards", help="generate Grafana provisioning (dashboards, alerts)",
+                                     description="Write the Grafana datasource, dashboards and alert rules "
+                                                 "(generated with grafana-foundation-sdk) under --out.")
+    dashboards.add_argument("--out", default="provisioning", help="output directory [default provisioning]")
+    dashboards.set_defaults(run=_cmd_dashboards)
+    return parser
+
+
+def _friendly(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """One clear line for the failures users meet, instead of a traceback."""
+    url = getattr(args, "database_url", None) or os.environ.get("CALLSCOPE_DATABASE_URL") or SETTINGS[0].default
+    if isinstance(exc, (ConnectionRefusedError, asyncpg.CannotConnectNowError)) or (
+            isinstance(exc, OSError) and "connect" in str(exc).lower() and "5432" in str(exc)):
+        return (f"cannot reach the database at {_redact(url)} ({exc}); is PostgreSQL running? "
+                f"Set --database-url or CALLSCOPE_DATABASE_URL.")
+    if isinstance(exc, asyncpg.InvalidPasswordError):
+        return f"the database at {_redact(url)} refused the credentials ({exc}); check the user and password."
+    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+        return f"the database at {_redact(url)} refused the connection ({exc}); check pg_hba.conf and the user."
+    if isinstance(exc, OSError) and exc.errno == 98:
+        return f"a port is already in use ({exc}); pass --grpc-port / --http-port or stop the other process."
+    if isinstance(exc, ValueError) and str(exc).startswith(("invalid configuration", "CALLSCOPE_")):
+        return str(exc)
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - turned into one line when we know the cause
+        message = _friendly(exc, args)
+        if message is None:
+            raise
+        print(f"callscope: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The collector's lifecycle: migrate → writer → batcher → gRPC + HTTP receivers; graceful stop.
+
+Stop order follows the data: stop accepting (receivers), flush what was accepted (batcher), close storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import asdict
+
+import asyncpg
+
+from collector.batcher import Batcher
+from collector.ingest import Ingest
+from collector.otlp.grpc import GrpcReceiver
+from collector.otlp.http import HttpReceiver
+from collector.settings import Settings
+from collector.telemetry import METRICS
+from storage.migrate import migrate
+from storage.writer import PostgresWriter
+
+__all__ = ["Collector", "serve"]
+
+log = logging.getLogger("callscope.collector")
+
+
+class Collector:
+    """All running parts of ``callscope serve``; ``async with Collector(settings)`` in tests."""
+
+    def __init__(self, settings: Settings, *, run_migrations: bool = True) -> None:
+        self.settings = settings
+        self._run_migrations = run_migrations
+        self.writer = PostgresWriter(settings.database_url, timeout=settings.write_timeout_s)
+        self.batcher = Batcher(self.writer, max_batch_records=settings.max_batch_records,
+                               max_wait_ms=settings.max_wait_ms, queue_records=settings.queue_records,
+                               retry_after_s=settings.retry_after_s)
+        self.ingest = Ingest(self.batcher)
+        self.grpc: GrpcReceiver | None = None
+        self.http: HttpReceiver | None = None
+
+    async def _database_healthy(self) -> bool:
+        try:
+            connection = await asyncpg.connect(self.settings.database_url, timeout=2)
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+            return False
+        await connection.close()
+        return True
+
+    async def start(self) -> None:
+        settings = self.settings
+        if self._run_migrations:
+            await migrate(settings.database_url, retention_days=settings.retention_days,
+                          compress_after_days=settings.compress_after_days)
+        await self.writer.start()
+        await self.batcher.start()
+        self.grpc = GrpcReceiver(self.ingest, host=settings.bind_address, port=settings.grpc_port,
+                                 max_message_bytes=settings.max_message_bytes)
+        self.http = HttpReceiver(self.ingest, host=settings.bind_address, port=settings.http_port,
+                                 max_message_bytes=settings.max_message_bytes, health=self._database_healthy)
+        await self.grpc.start()
+        try:
+            await self.http.start()
+        except BaseException:
+            await self.grpc.stop(0)
+            raise
+        log.info("receiver.started", extra={"grpc_port": self.grpc.port, "http_port": self.http.port,
+                                            "bind_address": settings.bind_address})
+
+    async def close(self, grace_s: float = 10.0) -> None:
+        """Stop accepting, wait for in-flight Exports, flush the batcher, close the database."""
+        if self.grpc is not None:
+            await self.grpc.stop(grace_s)
+        if self.http is not None:
+            await self.http.stop(grace_s)
+        await self.batcher.close()
+        await self.writer.close()
+        log.info("collector.stopped", extra=asdict(METRICS))
+
+    async def __aenter__(self) -> "Collector":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM / SIGINT (or ``stop`` is set), then shut down gracefully."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    collector = Collector(settings)
+    await collector.start()
+    try:
+        await stop.wait()
+        log.info("collector.stopping", extra={"queued_records": collector.batcher.queued_records})
+    finally:
+        await collector.close()

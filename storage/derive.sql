@@ -1,0 +1,295 @@
+-- Storage: recompute the derived rows (turn numbers, turns, calls, tool-call/event turn links) of the calls a
+-- batch touched, from what is stored. $1 = text[] of call ids. Every statement is a pure function of the
+-- stored spans and events, so the result does not depend on arrival order or on repeated batches.
+--
+-- Span facts (spans.facts, written by the mappers; times are epoch microseconds):
+--   call:  direction campaign agent status status_reason from_number to_number summary recording_url currency
+--          tags extracted cost_total sip_code session_start_us session_end_us session_error
+--          cost_stt cost_llm cost_tts cost_telephony
+--   turn:  turn_start_us turn_end_us turn_explicit turn_seq user_stopped_us eou_us eou_ms stt_final_us
+--          llm_request_us llm_first_token_us tts_request_us tts_first_audio_us agent_started_us user_text
+--          agent_text llm_text interrupted reported_v2v_ms stt_provider llm_provider llm_model tts_provider
+
+-- name: number_implicit_turns
+-- Turn spans whose convention has no turn index (e.g. GenAI invoke_agent) are numbered by start time.
+UPDATE spans s SET turn_number = n.turn_number
+FROM (
+    SELECT trace_id, span_id, start_time,
+           row_number() OVER (PARTITION BY call_id ORDER BY start_time, span_id)::int AS turn_number
+    FROM spans
+    WHERE call_id = ANY($1::text[]) AND stage = 'turn' AND (facts->>'turn_seq')::boolean
+) n
+WHERE s.call_id = ANY($1::text[]) AND s.trace_id = n.trace_id AND s.span_id = n.span_id
+  AND s.start_time = n.start_time AND s.turn_number IS DISTINCT FROM n.turn_number;
+
+-- name: inherit_turn_numbers
+-- A span without its own turn index belongs to the turn of its nearest ancestor turn span.
+WITH RECURSIVE s AS (
+    SELECT trace_id, span_id, parent_span_id, start_time, turn_number,
+           (stage = 'turn' OR coalesce((facts->>'turn_explicit')::boolean, false)) AS anchored
+    FROM spans WHERE call_id = ANY($1::text[])
+), walk AS (
+    SELECT trace_id, span_id, start_time, parent_span_id AS cursor, NULL::int AS found, 0 AS depth
+    FROM s WHERE NOT anchored
+    UNION ALL
+    SELECT w.trace_id, w.span_id, w.start_time, p.parent_span_id,
+           CASE WHEN p.anchored THEN p.turn_number END, w.depth + 1
+    FROM walk w JOIN s p ON p.trace_id = w.trace_id AND p.span_id = w.cursor
+    WHERE w.found IS NULL AND w.depth < 64
+), resolved AS (
+    SELECT trace_id, span_id, start_time, max(found) AS turn_number
+    FROM walk GROUP BY trace_id, span_id, start_time
+)
+UPDATE spans sp SET turn_number = r.turn_number
+FROM resolved r
+WHERE sp.call_id = ANY($1::text[]) AND sp.trace_id = r.trace_id AND sp.span_id = r.span_id
+  AND sp.start_time = r.start_time AND sp.turn_number IS DISTINCT FROM r.turn_number;
+
+-- name: link_tool_calls
+UPDATE tool_calls t SET turn_number = s.turn_number
+FROM spans s
+WHERE t.call_id = ANY($1::text[]) AND s.call_id = t.call_id AND s.span_id = t.span_id
+  AND t.turn_number IS DISTINCT FROM s.turn_number;
+
+-- name: link_events
+UPDATE events e SET turn_number = s.turn_number
+FROM spans s
+WHERE e.call_id = ANY($1::text[]) AND e.span_id IS NOT NULL AND s.call_id = e.call_id
+  AND s.span_id = e.span_id AND e.turn_number IS DISTINCT FROM s.turn_number;
+
+-- name: delete_turns
+DELETE FROM turns WHERE call_id = ANY($1::text[]);
+
+-- name: insert_turns
+WITH f AS (
+    SELECT call_id, turn_number, stage, start_time, end_time, facts, input_tokens, output_tokens
+    FROM spans
+    WHERE call_id = ANY($1::text[]) AND turn_number IS NOT NULL AND facts IS NOT NULL
+), t AS (
+    SELECT call_id, turn_number,
+        to_timestamp(min((facts->>'turn_start_us')::float8) / 1e6) AS turn_start,
+        to_timestamp(max((facts->>'turn_end_us')::float8) / 1e6) AS turn_end,
+        min(start_time) AS first_start, max(end_time) AS last_end,
+        to_timestamp(min((facts->>'user_stopped_us')::float8) / 1e6) AS user_stopped_at,
+        to_timestamp(min((facts->>'eou_us')::float8) / 1e6) AS eou_at,
+        max((facts->>'eou_ms')::float8) AS eou_ms,
+        to_timestamp(max((facts->>'stt_final_us')::float8) / 1e6) AS stt_final_at,
+        to_timestamp(min((facts->>'llm_request_us')::float8) / 1e6) AS llm_request_at,
+        to_timestamp(min((facts->>'llm_first_token_us')::float8) / 1e6) AS llm_first_token_at,
+        to_timestamp(min((facts->>'tts_request_us')::float8) / 1e6) AS tts_request_at,
+        to_timestamp(min((facts->>'tts_first_audio_us')::float8) / 1e6) AS tts_first_audio_at,
+        to_timestamp(min((facts->>'agent_started_us')::float8) / 1e6) AS agent_started_at,
+        max(facts->>'user_text') FILTER (WHERE stage = 'turn') AS turn_user_text,
+        string_agg(facts->>'user_text', ' ' ORDER BY start_time) FILTER (WHERE stage <> 'turn') AS stage_user_text,
+        max(facts->>'agent_text') FILTER (WHERE stage = 'turn') AS turn_agent_text,
+        string_agg(facts->>'agent_text', ' ' ORDER BY start_time) FILTER (WHERE stage <> 'turn') AS spoken_text,
+        string_agg(facts->>'llm_text', ' ' ORDER BY start_time) AS llm_text,
+        coalesce(bool_or((facts->>'interrupted')::boolean), false) AS interrupted,
+        max((facts->>'reported_v2v_ms')::float8) AS reported_v2v_ms,
+        (array_agg(facts->>'llm_provider' ORDER BY start_time) FILTER (WHERE facts ? 'llm_provider'))[1] AS llm_provider,
+        (array_agg(facts->>'llm_model' ORDER BY start_time) FILTER (WHERE facts ? 'llm_model'))[1] AS llm_model,
+        (array_agg(facts->>'stt_provider' ORDER BY start_time) FILTER (WHERE facts ? 'stt_provider'))[1] AS stt_provider,
+        (array_agg(facts->>'tts_provider' ORDER BY start_time) FILTER (WHERE facts ? 'tts_provider'))[1] AS tts_provider,
+        sum(input_tokens) FILTER (WHERE stage = 'llm') AS input_tokens,
+        sum(output_tokens) FILTER (WHERE stage = 'llm') AS output_tokens
+    FROM f GROUP BY call_id, turn_number
+), m AS (
+    SELECT t.*, coalesce(agent_started_at, tts_first_audio_at) AS agent_audio_at FROM t
+)
+INSERT INTO turns (call_id, turn_number, started_at, ended_at, user_text, agent_text, interrupted,
+    user_stopped_at, stt_final_at, llm_request_at, llm_first_token_at, tts_request_at, tts_first_audio_at,
+    agent_started_at, eou_ms, stt_ms, stt_to_llm_ms, llm_ttft_ms, llm_to_tts_ms, tts_ttfb_ms,
+    voice_to_voice_ms, reported_v2v_ms, llm_provider, llm_model, stt_provider, tts_provider,
+    input_tokens, output_tokens)
+SELECT call_id, turn_number,
+    coalesce(turn_start, first_start), coalesce(turn_end, last_end),
+    coalesce(turn_user_text, stage_user_text), coalesce(turn_agent_text, spoken_text, llm_text), interrupted,
+    user_stopped_at, stt_final_at, llm_request_at, llm_first_token_at, tts_request_at, tts_first_audio_at,
+    agent_audio_at,
+    coalesce(eou_ms, extract(epoch FROM eou_at - user_stopped_at) * 1000),
+    extract(epoch FROM stt_final_at - user_stopped_at) * 1000,
+    extract(epoch FROM llm_request_at - stt_final_at) * 1000,
+    extract(epoch FROM llm_first_token_at - llm_request_at) * 1000,
+    extract(epoch FROM tts_request_at - llm_first_token_at) * 1000,
+    extract(epoch FROM tts_first_audio_at - tts_request_at) * 1000,
+    extract(epoch FROM agent_audio_at - user_stopped_at) * 1000,
+    reported_v2v_ms, llm_provider, llm_model, stt_provider, tts_provider, input_tokens, output_tokens
+FROM m;
+
+-- name: upsert_calls
+WITH ids AS (
+    SELECT DISTINCT unnest($1::text[]) AS call_id
+), sp AS (
+    SELECT call_id,
+        min(start_time) AS first_at, max(end_time) AS last_at,
+        array_agg(DISTINCT trace_id ORDER BY trace_id) AS trace_ids,
+        count(*) FILTER (WHERE status_code = 2) AS error_spans,
+        (array_agg(facts->>'direction' ORDER BY end_time DESC) FILTER (WHERE facts ? 'direction'))[1] AS direction,
+        (array_agg(facts->>'campaign' ORDER BY end_time DESC) FILTER (WHERE facts ? 'campaign'))[1] AS campaign,
+        (array_agg(facts->>'agent' ORDER BY end_time DESC) FILTER (WHERE facts ? 'agent'))[1] AS agent,
+        (array_agg(facts->>'status_reason' ORDER BY end_time DESC) FILTER (WHERE facts ? 'status_reason'))[1] AS status_reason,
+        (array_agg(facts->>'from_number' ORDER BY end_time DESC) FILTER (WHERE facts ? 'from_number'))[1] AS from_number,
+        (array_agg(facts->>'to_number' ORDER BY end_time DESC) FILTER (WHERE facts ? 'to_number'))[1] AS to_number,
+        (array_agg(facts->>'summary' ORDER BY end_time DESC) FILTER (WHERE facts ? 'summary'))[1] AS summary,
+        (array_agg(facts->>'recording_url' ORDER BY end_time DESC) FILTER (WHERE facts ? 'recording_url'))[1] AS recording_url,
+        (array_agg(facts->>'currency' ORDER BY end_time DESC) FILTER (WHERE facts ? 'currency'))[1] AS currency,
+        (array_agg(facts->'tags' ORDER BY end_time DESC) FILTER (WHERE facts ? 'tags'))[1] AS tags,
+        (array_agg(facts->'extracted' ORDER BY end_time DESC) FILTER (WHERE facts ? 'extracted'))[1] AS extracted,
+        (array_agg((facts->>'cost_total')::float8 ORDER BY end_time DESC) FILTER (WHERE facts ? 'cost_total'))[1] AS cost_reported,
+        (array_agg((facts->>'sip_code')::int ORDER BY end_time DESC) FILTER (WHERE facts ? 'sip_code'))[1] AS sip_code,
+        to_timestamp(max((facts->>'session_end_us')::float8) / 1e6) AS session_end,
+        (array_agg(facts->>'session_error' ORDER BY end_time DESC) FILTER (WHERE facts ? 'session_error'))[1] AS session_error,
+        sum((facts->>'cost_stt')::float8) AS cost_stt,
+        sum((facts->>'cost_llm')::float8) AS cost_llm,
+        sum((facts->>'cost_tts')::float8) AS cost_tts,
+        sum((facts->>'cost_telephony')::float8) AS cost_telephony,
+        mode() WITHIN GROUP (ORDER BY framework) FILTER (WHERE framework <> 'unknown') AS framework,
+        (array_agg(attributes ORDER BY start_time) FILTER (WHERE stage = 'session'))[1] AS session_attributes
+    FROM spans WHERE call_id = ANY($1::text[]) GROUP BY call_id
+), ev AS (
+    SELECT call_id,
+        min(time) AS first_at, max(time) AS last_at,
+        count(*) FILTER (WHERE level IN ('ERROR', 'CRITICAL') AND source <> 'derived') AS error_events,
+        (array_agg(data->>'call.direction' ORDER BY time DESC) FILTER (WHERE data ? 'call.direction'))[1] AS direction,
+        (array_agg(data->>'call.campaign' ORDER BY time DESC) FILTER (WHERE data ? 'call.campaign'))[1] AS campaign,
+        (array_agg(data->>'call.agent' ORDER BY time DESC) FILTER (WHERE data ? 'call.agent'))[1] AS agent,
+        (array_agg(data->>'call.from' ORDER BY time DESC) FILTER (WHERE data ? 'call.from'))[1] AS from_number,
+        (array_agg(data->>'call.to' ORDER BY time DESC) FILTER (WHERE data ? 'call.to'))[1] AS to_number,
+        (array_agg(coalesce(data->>'call.status_reason', message) ORDER BY time DESC)
+            FILTER (WHERE data ? 'call.status_reason'
+                    OR (event IN ('call.failed', 'call.declined', 'call.missed') AND source <> 'derived')))[1] AS status_reason,
+        (array_agg((data->>'sip.response.code')::int ORDER BY time DESC)
+            FILTER (WHERE data->>'sip.response.code' ~ '^[0-9]+$'))[1] AS sip_code,
+        max(time) FILTER (WHERE event IN ('call.completed', 'call.failed', 'call.declined', 'call.missed')
+                          AND source <> 'derived') AS terminal_at
+    FROM events WHERE call_id = ANY($1::text[]) GROUP BY call_id
+), said AS (
+    -- statuses stated explicitly: call.status attributes and lifecycle events (design §4: these win)
+    SELECT call_id, end_time AS at, facts->>'status' AS status
+    FROM spans WHERE call_id = ANY($1::text[]) AND facts ? 'status'
+    UNION ALL
+    SELECT call_id, time, lower(data->>'call.status')
+    FROM events WHERE call_id = ANY($1::text[]) AND data ? 'call.status'
+    UNION ALL
+    SELECT call_id, time, CASE event
+        WHEN 'call.queued' THEN 'queued' WHEN 'call.ringing' THEN 'ringing' WHEN 'call.answered' THEN 'active'
+        WHEN 'call.completed' THEN 'completed' WHEN 'call.failed' THEN 'failed'
+        WHEN 'call.declined' THEN 'declined' WHEN 'call.missed' THEN 'missed' END
+    FROM events
+    WHERE call_id = ANY($1::text[]) AND source <> 'derived'
+      AND event IN ('call.queued', 'call.ringing', 'call.answered', 'call.completed', 'call.failed',
+                    'call.declined', 'call.missed')
+), st AS (
+    SELECT call_id,
+        (array_agg(status ORDER BY at DESC, status)
+            FILTER (WHERE status IN ('completed', 'failed', 'declined', 'missed')))[1] AS terminal,
+        (array_agg(status ORDER BY at DESC, status)
+            FILTER (WHERE status IN ('queued', 'ringing', 'active')))[1] AS live
+    FROM said GROUP BY call_id
+), tu AS (
+    SELECT call_id, count(*) AS turns, count(*) FILTER (WHERE interrupted) AS interruptions
+    FROM turns WHERE call_id = ANY($1::text[]) GROUP BY call_id
+), tc AS (
+    SELECT call_id, count(*) AS tools FROM tool_calls WHERE call_id = ANY($1::text[]) GROUP BY call_id
+), base AS (
+    SELECT ids.call_id, sp.trace_ids,
+        least(sp.first_at, ev.first_at) AS started_at,
+        greatest(sp.last_at, ev.last_at) AS last_seen_at,
+        coalesce(sp.sip_code, ev.sip_code) AS sip_code,
+        sp.session_end, sp.session_error, ev.terminal_at, st.terminal, st.live,
+        coalesce(sp.direction, ev.direction) AS direction,
+        coalesce(sp.campaign, ev.campaign) AS campaign,
+        coalesce(sp.agent, ev.agent) AS agent,
+        sp.framework,
+        coalesce(sp.from_number, ev.from_number) AS from_number,
+        coalesce(sp.to_number, ev.to_number) AS to_number,
+        coalesce(tu.turns, 0) AS turn_count, coalesce(tu.interruptions, 0) AS interruption_count,
+        coalesce(tc.tools, 0) AS tool_call_count,
+        (coalesce(sp.error_spans, 0) + coalesce(ev.error_events, 0))::int AS error_count,
+        sp.cost_reported, sp.cost_stt, sp.cost_llm, sp.cost_tts, sp.cost_telephony, sp.currency,
+        sp.summary, sp.tags, sp.extracted, sp.recording_url, sp.session_attributes,
+        coalesce(sp.status_reason, ev.status_reason) AS status_reason
+    FROM ids
+    LEFT JOIN sp ON sp.call_id = ids.call_id
+    LEFT JOIN ev ON ev.call_id = ids.call_id
+    LEFT JOIN st ON st.call_id = ids.call_id
+    LEFT JOIN tu ON tu.call_id = ids.call_id
+    LEFT JOIN tc ON tc.call_id = ids.call_id
+    WHERE sp.call_id IS NOT NULL OR ev.call_id IS NOT NULL
+), decided AS (
+    SELECT base.*,
+        coalesce(
+            terminal,
+            CASE WHEN sip_code IN (486, 600, 603) THEN 'declined'
+                 WHEN sip_code IN (408, 480, 487) THEN 'missed'
+                 WHEN sip_code >= 400 THEN 'failed' END,
+            CASE WHEN session_end IS NOT NULL THEN
+                 CASE WHEN session_error IS NOT NULL THEN 'failed' ELSE 'completed' END END,
+            live, 'active') AS status
+    FROM base
+), ended AS (
+    SELECT decided.*,
+        CASE WHEN status IN ('completed', 'failed', 'declined', 'missed')
+             THEN coalesce(session_end, terminal_at, last_seen_at) END AS ended_at
+    FROM decided
+)
+INSERT INTO calls AS c (call_id, trace_ids, started_at, ended_at, last_seen_at, duration_s, status,
+    status_reason, direction, campaign, agent, framework, from_number, to_number, turn_count,
+    interruption_count, tool_call_count, error_count, cost_total, cost_stt, cost_llm, cost_tts,
+    cost_telephony, currency, summary, tags, extracted, recording_url, attributes, updated_at)
+SELECT call_id, coalesce(trace_ids, '{}'), started_at, ended_at, last_seen_at,
+    extract(epoch FROM ended_at - started_at),
+    status,
+    coalesce(status_reason,
+             CASE WHEN status = 'failed' AND session_error IS NOT NULL THEN session_error END,
+             CASE WHEN sip_code >= 400 AND status IN ('failed', 'declined', 'missed') THEN 'SIP ' || sip_code END),
+    direction, campaign, agent, framework, from_number, to_number, turn_count, interruption_count,
+    tool_call_count, error_count,
+    coalesce(cost_reported,
+             CASE WHEN num_nonnulls(cost_stt, cost_llm, cost_tts, cost_telephony) > 0 THEN
+                  coalesce(cost_stt, 0) + coalesce(cost_llm, 0) + coalesce(cost_tts, 0) + coalesce(cost_telephony, 0)
+             END),
+    cost_stt, cost_llm, cost_tts, cost_telephony,
+    CASE WHEN currency IS NOT NULL THEN currency
+         WHEN num_nonnulls(cost_reported, cost_stt, cost_llm, cost_tts, cost_telephony) > 0 THEN 'USD' END,
+    summary,
+    CASE WHEN jsonb_typeof(tags) = 'array' THEN ARRAY(SELECT jsonb_array_elements_text(tags)) END,
+    extracted, recording_url, session_attributes, now()
+FROM ended
+ON CONFLICT (call_id) DO UPDATE SET
+    trace_ids = EXCLUDED.trace_ids, started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at,
+    last_seen_at = EXCLUDED.last_seen_at, duration_s = EXCLUDED.duration_s, status = EXCLUDED.status,
+    status_reason = EXCLUDED.status_reason, direction = EXCLUDED.direction, campaign = EXCLUDED.campaign,
+    agent = EXCLUDED.agent, framework = EXCLUDED.framework, from_number = EXCLUDED.from_number,
+    to_number = EXCLUDED.to_number, turn_count = EXCLUDED.turn_count,
+    interruption_count = EXCLUDED.interruption_count, tool_call_count = EXCLUDED.tool_call_count,
+    error_count = EXCLUDED.error_count, cost_total = EXCLUDED.cost_total, cost_stt = EXCLUDED.cost_stt,
+    cost_llm = EXCLUDED.cost_llm, cost_tts = EXCLUDED.cost_tts, cost_telephony = EXCLUDED.cost_telephony,
+    currency = EXCLUDED.currency, summary = EXCLUDED.summary, tags = EXCLUDED.tags,
+    extracted = EXCLUDED.extracted, recording_url = EXCLUDED.recording_url,
+    attributes = EXCLUDED.attributes, updated_at = now();
+
+-- name: copy_agent_to_turns
+UPDATE turns t SET agent = c.agent
+FROM calls c
+WHERE t.call_id = ANY($1::text[]) AND c.call_id = t.call_id AND t.agent IS DISTINCT FROM c.agent;
+
+-- name: drop_greeting_events
+DELETE FROM events
+WHERE call_id = ANY($1::text[]) AND event = 'agent.greeting_sent' AND source = 'derived'
+  AND event_id = md5('greeting|' || call_id);
+
+-- name: greeting_events
+-- An agent turn before any user speech is the greeting (design §5 (c)); one derived event per call.
+INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, span_id, category, event, level,
+                    message, data, source, turn_number)
+SELECT DISTINCT ON (t.call_id) coalesce(t.agent_started_at, t.started_at), md5('greeting|' || t.call_id),
+       t.call_id, true, NULL, NULL, 'agent', 'agent.greeting_sent', 'INFO', left(t.agent_text, 500),
+       jsonb_build_object('text', t.agent_text), 'derived', t.turn_number
+FROM turns t
+WHERE t.call_id = ANY($1::text[]) AND t.user_text IS NULL AND t.agent_text IS NOT NULL
+  AND t.started_at IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM turns u WHERE u.call_id = t.call_id AND u.turn_number < t.turn_number
+                  AND u.user_text IS NOT NULL)
+ORDER BY t.call_id, t.turn_number
+ON CONFLICT DO NOTHING;

@@ -1,0 +1,234 @@
+"""Write stage: one transaction per batch — COPY into staging, set-based inserts, re-derive touched calls.
+
+Spans and events are inserted with ``ON CONFLICT DO NOTHING`` on their identity, so a client retry never
+duplicates anything; tool calls are upserted. Spans that carry no call id of their own join the call that
+another span of their trace names (``call_traces``), whichever arrives first. Then storage/derive.sql
+recomputes turns and calls for every call the batch changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from operator import attrgetter
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Sequence
+
+import asyncpg
+
+from collector.errors import StorageUnavailable
+from collector.records import EventRow, Record, SpanRow, ToolCallRow, columns_of
+
+__all__ = ["PostgresWriter", "WriteResult", "storage_errors", "DERIVE_STATEMENTS"]
+
+log = logging.getLogger("callscope.storage")
+
+SPAN_COLUMNS = columns_of(SpanRow)
+EVENT_COLUMNS = columns_of(EventRow)
+TOOL_COLUMNS = columns_of(ToolCallRow)
+# Records are slotted dataclasses; COPY wants tuples: attrgetter builds them without astuple's deep copy.
+_SPAN_TUPLE = attrgetter(*SPAN_COLUMNS)
+_EVENT_TUPLE = attrgetter(*EVENT_COLUMNS)
+_TOOL_TUPLE = attrgetter(*TOOL_COLUMNS)
+
+
+def _load_derive() -> tuple[tuple[str, str], ...]:
+    text = Path(__file__).with_name("derive.sql").read_text()
+    parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.MULTILINE)
+    return tuple((parts[i], parts[i + 1].strip()) for i in range(1, len(parts), 2))
+
+
+DERIVE_STATEMENTS = _load_derive()
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    spans: int
+    events: int
+    tool_calls: int
+    calls_touched: int
+
+
+@asynccontextmanager
+async def storage_errors() -> AsyncIterator[None]:
+    """The one boundary where asyncpg / OS errors become ``StorageUnavailable`` (retryable by clients)."""
+    try:
+        yield
+    except StorageUnavailable:
+        raise
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError) as exc:
+        raise StorageUnavailable(f"database write failed: {type(exc).__name__}: {exc}") from exc
+
+
+_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS stage_spans (LIKE spans INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS stage_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS stage_tools (LIKE tool_calls INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+)
+
+_LEARN_TRACES = """
+WITH named AS (
+    SELECT trace_id, call_id, start_time AS at FROM stage_spans WHERE call_id_explicit
+    UNION ALL
+    SELECT trace_id, call_id, time FROM stage_events WHERE call_id_explicit AND trace_id IS NOT NULL
+), first_named AS (
+    SELECT DISTINCT ON (trace_id) trace_id, call_id FROM named ORDER BY trace_id, at, call_id
+)
+INSERT INTO call_traces (trace_id, call_id) SELECT trace_id, call_id FROM first_named
+ON CONFLICT (trace_id) DO NOTHING
+RETURNING trace_id, call_id
+"""
+
+# Rows stored earlier under their trace id move to the call their trace turned out to belong to.
+_REHOME = (
+    """UPDATE spans s SET call_id = l.call_id
+       FROM unnest($1::text[], $2::text[]) AS l(trace_id, call_id)
+       WHERE s.trace_id = l.trace_id AND NOT s.call_id_explicit AND s.call_id <> l.call_id""",
+    """UPDATE events e SET call_id = l.call_id
+       FROM unnest($1::text[], $2::text[]) AS l(trace_id, call_id)
+       WHERE e.trace_id = l.trace_id AND NOT e.call_id_explicit AND e.call_id <> l.call_id""",
+    """WITH moved AS (
+           DELETE FROM tool_calls t USING unnest($1::text[], $2::text[]) AS l(trace_id, call_id)
+           WHERE t.trace_id = l.trace_id AND NOT t.call_id_explicit AND t.call_id <> l.call_id
+           RETURNING t.*, l.call_id AS new_call_id)
+       INSERT INTO tool_calls (call_id, turn_number, tool_call_id, tool_name, started_at, ended_at, duration_ms,
+                               arguments, result, is_error, error, span_id, trace_id, call_id_explicit)
+       SELECT new_call_id, turn_number, tool_call_id, tool_name, started_at, ended_at, duration_ms, arguments,
+              result, is_error, error, span_id, trace_id, call_id_explicit FROM moved
+       ON CONFLICT (call_id, tool_call_id) DO NOTHING""",
+    "DELETE FROM turns WHERE call_id = ANY($1::text[]) AND NOT (call_id = ANY($2::text[]))",
+    "DELETE FROM calls WHERE call_id = ANY($1::text[]) AND NOT (call_id = ANY($2::text[]))",
+)
+
+
+def _resolved(alias: str) -> str:
+    return (f"CASE WHEN {alias}.call_id_explicit THEN {alias}.call_id "
+            f"ELSE coalesce(ct.call_id, {alias}.call_id) END")
+
+
+_INSERT_SPANS = f"""
+WITH ins AS (
+    INSERT INTO spans ({", ".join(SPAN_COLUMNS)})
+    SELECT {", ".join(_resolved("s") if c == "call_id" else "s." + c for c in SPAN_COLUMNS)}
+    FROM stage_spans s LEFT JOIN call_traces ct ON NOT s.call_id_explicit AND ct.trace_id = s.trace_id
+    ON CONFLICT DO NOTHING
+    RETURNING call_id
+) SELECT call_id, count(*) AS n FROM ins GROUP BY call_id
+"""
+
+_INSERT_EVENTS = f"""
+WITH ins AS (
+    INSERT INTO events ({", ".join(EVENT_COLUMNS)})
+    SELECT {", ".join(_resolved("s") if c == "call_id" else "s." + c for c in EVENT_COLUMNS)}
+    FROM stage_events s LEFT JOIN call_traces ct ON NOT s.call_id_explicit AND ct.trace_id = s.trace_id
+    ON CONFLICT DO NOTHING
+    RETURNING call_id
+) SELECT call_id, count(*) AS n FROM ins GROUP BY call_id
+"""
+
+_UPSERT_TOOLS = f"""
+WITH resolved AS (
+    SELECT DISTINCT ON (call_id, tool_call_id) * FROM (
+        SELECT {", ".join(_resolved("s") + " AS call_id" if c == "call_id" else "s." + c for c in TOOL_COLUMNS)}
+        FROM stage_tools s LEFT JOIN call_traces ct ON NOT s.call_id_explicit AND ct.trace_id = s.trace_id
+    ) r ORDER BY call_id, tool_call_id, is_error DESC, ended_at DESC NULLS LAST, span_id
+), ins AS (
+    INSERT INTO tool_calls AS t ({", ".join(TOOL_COLUMNS)})
+    SELECT {", ".join(TOOL_COLUMNS)} FROM resolved
+    ON CONFLICT (call_id, tool_call_id) DO UPDATE SET
+        tool_name = EXCLUDED.tool_name,
+        started_at = coalesce(t.started_at, EXCLUDED.started_at),
+        ended_at = coalesce(EXCLUDED.ended_at, t.ended_at),
+        duration_ms = coalesce(EXCLUDED.duration_ms, t.duration_ms),
+        arguments = coalesce(EXCLUDED.arguments, t.arguments),
+        result = coalesce(EXCLUDED.result, t.result),
+        is_error = t.is_error OR EXCLUDED.is_error,
+        error = coalesce(EXCLUDED.error, t.error)
+    WHERE (t.tool_name, t.started_at, t.ended_at, t.arguments, t.result, t.is_error, t.error)
+          IS DISTINCT FROM
+          (EXCLUDED.tool_name, coalesce(t.started_at, EXCLUDED.started_at), coalesce(EXCLUDED.ended_at, t.ended_at),
+           coalesce(EXCLUDED.arguments, t.arguments), coalesce(EXCLUDED.result, t.result),
+           t.is_error OR EXCLUDED.is_error, coalesce(EXCLUDED.error, t.error))
+    RETURNING call_id
+) SELECT call_id, count(*) AS n FROM ins GROUP BY call_id
+"""
+
+
+class PostgresWriter:
+    """Owns one connection; ``write`` commits a batch atomically or raises ``StorageUnavailable``."""
+
+    def __init__(self, database_url: str, *, timeout: float = 30.0) -> None:
+        self._database_url = database_url
+        self._timeout = timeout
+        self._connection: asyncpg.Connection | None = None
+
+    async def start(self) -> None:
+        await self._connect()
+
+    async def _connect(self) -> asyncpg.Connection:
+        if self._connection is None or self._connection.is_closed():
+            async with storage_errors():
+                connection = await asyncpg.connect(self._database_url, timeout=self._timeout)
+                for statement in _STAGING:
+                    await connection.execute(statement)
+            self._connection = connection
+        return self._connection
+
+    async def close(self) -> None:
+        if self._connection is not None and not self._connection.is_closed():
+            await self._connection.close(timeout=5)
+        self._connection = None
+
+    def terminate(self) -> None:
+        if self._connection is not None:
+            self._connection.terminate()
+        self._connection = None
+
+    async def write(self, records: Sequence[Record]) -> WriteResult:
+        spans = [r for r in records if type(r) is SpanRow]
+        events = [r for r in records if type(r) is EventRow]
+        tools = [r for r in records if type(r) is ToolCallRow]
+        try:
+            async with storage_errors():
+                connection = await self._connect()
+                return await asyncio.wait_for(self._transaction(connection, spans, events, tools), self._timeout)
+        except StorageUnavailable:
+            # The connection may be mid-transaction or broken; start clean next time.
+            self.terminate()
+            raise
+
+    async def _transaction(self, connection: asyncpg.Connection, spans: list[SpanRow], events: list[EventRow],
+                           tools: list[ToolCallRow]) -> WriteResult:
+        async with connection.transaction():
+            if spans:
+                await connection.copy_records_to_table("stage_spans", records=map(_SPAN_TUPLE, spans), columns=SPAN_COLUMNS)
+            if events:
+                await connection.copy_records_to_table("stage_events", records=map(_EVENT_TUPLE, events), columns=EVENT_COLUMNS)
+            if tools:
+                await connection.copy_records_to_table("stage_tools", records=map(_TOOL_TUPLE, tools), columns=TOOL_COLUMNS)
+            touched: dict[str, int] = {}
+            learned = await connection.fetch(_LEARN_TRACES)
+            if learned:
+                trace_ids = [row["trace_id"] for row in learned]
+                call_ids = [row["call_id"] for row in learned]
+                for statement in _REHOME:
+                    await connection.execute(statement, trace_ids, call_ids)
+                touched.update((call_id, 0) for call_id in call_ids)
+            counts = {}
+            for name, statement, present in (("spans", _INSERT_SPANS, spans), ("events", _INSERT_EVENTS, events),
+                                              ("tool_calls", _UPSERT_TOOLS, tools)):
+                counts[name] = 0
+                if not present:
+                    continue
+                for row in await connection.fetch(statement):
+                    touched[row["call_id"]] = 0
+                    counts[name] += row["n"]
+            if touched:
+                call_ids = sorted(touched)
+                for _name, statement in DERIVE_STATEMENTS:
+                    await connection.execute(statement, call_ids)
+        return WriteResult(spans=counts["spans"], events=counts["events"], tool_calls=counts["tool_calls"],
+                           calls_touched=len(touched))
