@@ -459,6 +459,9 @@ class _CallBuilder:
         self.campaign: str | None = None
         self.from_number: str | None = None
         self.to_number: str | None = None
+        self.llm: tuple[str, str, str, float, float, float] = self.agent.llms[0]
+        self.stt: tuple[str, str, float] = self.agent.stts[0]
+        self.tts: tuple[str, str, str, float] = self.agent.ttss[0]
 
     # -- primitives
     def sid(self) -> bytes:
@@ -1165,8 +1168,12 @@ class _CallBuilder:
             scopes: dict[str, tuple[InstrumentationScope, list[Span]]] = {}
             for s in group:
                 scopes.setdefault(s.scope.name, (s.scope, []))[1].append(self.span_pb(s))
+            # The exporter groups a batch by scope; the scope holding the batch's last span goes last, so a
+            # root span ends the request (within a request, order across scopes carries no meaning).
+            last = group[-1].scope.name
+            ordered = [v for k, v in scopes.items() if k != last] + [scopes[last]]
             out.append(ExportTraceServiceRequest(resource_spans=[ResourceSpans(
-                resource=resource, scope_spans=[ScopeSpans(scope=sc, spans=pbs) for sc, pbs in scopes.values()],
+                resource=resource, scope_spans=[ScopeSpans(scope=sc, spans=pbs) for sc, pbs in ordered],
             )]))
         return tuple(out)
 
@@ -1383,7 +1390,12 @@ def _pack(items: list[tuple[bytes, bytes, bytes]]) -> bytes:
     request.1 = Resource{Spans,Logs}; .1 = resource, .2 = Scope{Spans,Logs}; .1 = scope, .2 = records."""
     groups: dict[bytes, dict[bytes, list[bytes]]] = {}
     for resource, scope, record in items:
-        groups.setdefault(resource, {}).setdefault(scope, []).append(record)
+        # re-insert so that iteration order follows each group's *last* record (roots end their request)
+        scopes = groups.pop(resource, {})
+        records = scopes.pop(scope, [])
+        records.append(record)
+        scopes[scope] = records
+        groups[resource] = scopes
     out = bytearray()
     for resource, scopes in groups.items():
         inner = bytearray(_field(1, resource))

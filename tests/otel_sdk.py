@@ -9,10 +9,14 @@ from typing import Iterator
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord, SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, SimpleLogRecordProcessor
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 MS = 1_000_000  # nanoseconds per millisecond
 
@@ -33,15 +37,26 @@ def exporters(kind: str, collector) -> tuple[object, object]:  # type: ignore[no
 
 
 class SdkAgent:
-    """A tracer + logger pair exporting through the SDK's batch processors, like an instrumented agent."""
+    """A tracer + logger pair exporting through the SDK's batch processors, like an instrumented agent.
 
-    def __init__(self, kind: str, collector, service_name: str = "voice-agent") -> None:  # type: ignore[no-untyped-def]
-        span_exporter, log_exporter = exporters(kind, collector)
+    ``kind`` is ``grpc`` or ``http`` (real OTLP exporters to ``collector``) or ``memory``: spans and log
+    records are kept, and ``requests()`` encodes them into one OTLP request per item, for tests that
+    reorder, split and repeat what an agent sends.
+    """
+
+    def __init__(self, kind: str, collector=None, service_name: str = "voice-agent") -> None:  # type: ignore[no-untyped-def]
+        if kind == "memory":
+            span_exporter, log_exporter = InMemorySpanExporter(), InMemoryLogRecordExporter()
+            self.memory = (span_exporter, log_exporter)
+            span_processor, log_processor = SimpleSpanProcessor(span_exporter), SimpleLogRecordProcessor(log_exporter)
+        else:
+            span_exporter, log_exporter = exporters(kind, collector)
+            span_processor, log_processor = BatchSpanProcessor(span_exporter), BatchLogRecordProcessor(log_exporter)
         resource = Resource.create({"service.name": service_name})
         self.tracer_provider = TracerProvider(resource=resource)
-        self.tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+        self.tracer_provider.add_span_processor(span_processor)
         self.logger_provider = LoggerProvider(resource=resource)
-        self.logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
+        self.logger_provider.add_log_record_processor(log_processor)
         self.tracer = self.tracer_provider.get_tracer("callscope.tests")
         self.logger = self.logger_provider.get_logger("callscope.tests")
 
@@ -71,3 +86,8 @@ class SdkAgent:
             self.tracer_provider.shutdown()
             self.logger_provider.shutdown()
         await asyncio.to_thread(_flush)
+
+    def requests(self) -> tuple[list, list]:
+        """(trace requests, log requests): one OTLP request per finished span / log record, in end order."""
+        spans, logs = self.memory[0].get_finished_spans(), self.memory[1].get_finished_logs()
+        return [encode_spans([span]) for span in spans], [encode_logs([log]) for log in logs]

@@ -62,7 +62,8 @@ class HttpReceiver:
         self._app.router.add_post("/v1/logs", self._logs)
         self._app.router.add_get("/health", self._health_check)
         self._app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, shutdown_timeout=10.0)
+        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, shutdown_timeout=10.0,
+                                     auto_decompress=False)  # we inflate ourselves, bounded by max_message_mib
         self._site: web.TCPSite | None = None
         self.port = port
 
