@@ -235,9 +235,15 @@ DETAIL_TRACE = f"""SELECT
    || CASE WHEN s.status_code = 2 THEN '[{{"key": "error", "value": true}}]'::jsonb ELSE '[]'::jsonb END
   )::text AS "tags",
   coalesce((SELECT jsonb_agg(jsonb_build_object(
-              'timestamp', extract(epoch FROM coalesce((ev.e->>'time')::timestamptz, s.start_time)) * 1000,
+              'timestamp', coalesce(NULLIF(ev.e->>'time_unix_nano', '0')::numeric / 1000000,
+                                    extract(epoch FROM s.start_time) * 1000),
               'name', ev.e->>'name',
-              'fields', jsonb_build_array(jsonb_build_object('key', 'message', 'value', ev.e->>'name'))))
+              'fields', jsonb_build_array(jsonb_build_object('key', 'message', 'value', ev.e->>'name'))
+                        || coalesce((SELECT jsonb_agg(jsonb_build_object('key', f.key, 'value', f.value)
+                                                      ORDER BY f.key)
+                                     FROM jsonb_each(CASE WHEN jsonb_typeof(ev.e->'attributes') = 'object'
+                                                     THEN ev.e->'attributes' ELSE '{{}}'::jsonb END)
+                                          AS f(key, value)), '[]'::jsonb)))
             FROM jsonb_array_elements(CASE WHEN jsonb_typeof(s.events) = 'array' THEN s.events
                                       ELSE '[]'::jsonb END) AS ev(e)), '[]'::jsonb)::text AS "logs",
   {_KIND} AS "kind",
@@ -563,6 +569,5 @@ WHERE $__timeFilter(e.time)
   AND e.event = 'webhook.retry_exhausted'"""
 
 ALERT_NO_TELEMETRY = """SELECT now() AS "time",
-  count(*) AS calls_seen
-FROM calls c
-WHERE $__timeFilter(c.last_seen_at)"""
+  (EXISTS (SELECT 1 FROM spans s WHERE $__timeFilter(s.start_time))
+   OR EXISTS (SELECT 1 FROM events e WHERE $__timeFilter(e.time)))::int AS telemetry_seen"""
