@@ -82,7 +82,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if sys.stderr.isatty() or args.progress:
         sys.stderr.write("\n")
     print(_describe(report))
-    return 0 if not getattr(report, "rejected", 0) else 1
+    return 0 if not report.rejected and not report.failed_requests else 1
 
 
 def _describe(report: Any) -> str:

@@ -1067,8 +1067,8 @@ class _CallBuilder:
                                    fail=failed and final)
             in_total += history
             out_total += out_tokens
-            if first_ttft is None:
-                first_ttft = ttft
+            if first_ttft is None and not (failed and final):
+                first_ttft = ttft  # a failed request reports no time to first chunk: the turn has no TTFT
             ia.end = chat.end + _ms(r.uniform(1, 3))
             if failed and final:
                 ia.fail("rate limited by provider", "429")

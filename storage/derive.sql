@@ -9,16 +9,43 @@
 --   turn:  turn_start_us turn_end_us turn_explicit turn_seq user_stopped_us eou_us eou_ms stt_final_us
 --          llm_request_us llm_first_token_us tts_request_us tts_first_audio_us agent_started_us user_text
 --          agent_text llm_text interrupted reported_v2v_ms stt_provider llm_provider llm_model tts_provider
+--          prompt_text (the user message an LLM span answered; lowest-priority user text)
+--          turn_role (user | agent) turn_pair_key: sibling user and agent turn spans (LiveKit user_turn /
+--          agent_turn) are paired into one turn, see number_implicit_turns
+--   cost:  llm_cached_tokens stt_audio_seconds tts_characters (inputs; collector/cost.py turns them into cost_*)
 
 -- name: number_implicit_turns
 -- Turn spans whose convention has no turn index (e.g. GenAI invoke_agent) are numbered by start time.
-UPDATE spans s SET turn_number = n.turn_number
-FROM (
-    SELECT trace_id, span_id, start_time,
-           row_number() OVER (PARTITION BY call_id ORDER BY start_time, span_id)::int AS turn_number
+-- Sibling user / agent turn spans (facts turn_role, LiveKit user_turn + agent_turn) share one number: an
+-- agent turn joins the latest user turn that started before it and either carries the same turn_pair_key
+-- (the user's transcript, within 30 s) or ended at most 2 s before the agent turn started (preemptive
+-- generation starts the agent turn before the user turn ends). An agent turn with no such user turn
+-- (greeting, generate_reply) is a turn of its own. Any span may ask for a number with turn_seq.
+WITH seq AS (
+    SELECT call_id, trace_id, span_id, start_time, end_time, facts->>'turn_role' AS role,
+           facts->>'turn_pair_key' AS pair_key
     FROM spans
-    WHERE call_id = ANY($1::text[]) AND stage = 'turn' AND (facts->>'turn_seq')::boolean
-) n
+    WHERE call_id = ANY($1::text[]) AND (facts->>'turn_seq')::boolean
+), grouped AS (
+    SELECT a.call_id, a.trace_id, a.span_id, a.start_time,
+           coalesce(u.start_time, a.start_time) AS group_start, coalesce(u.span_id, a.span_id) AS group_span
+    FROM seq a
+    LEFT JOIN LATERAL (
+        SELECT c.start_time, c.span_id FROM seq c
+        WHERE a.role = 'agent' AND c.role = 'user' AND c.call_id = a.call_id AND c.start_time <= a.start_time
+          AND ((a.pair_key IS NOT NULL AND c.pair_key = a.pair_key
+                AND c.end_time >= a.start_time - interval '30 seconds')
+               OR c.end_time >= a.start_time - interval '2 seconds')
+        ORDER BY (a.pair_key IS NOT NULL AND c.pair_key = a.pair_key) DESC, c.start_time DESC, c.span_id
+        LIMIT 1
+    ) u ON true
+), n AS (
+    SELECT trace_id, span_id, start_time,
+           dense_rank() OVER (PARTITION BY call_id ORDER BY group_start, group_span)::int AS turn_number
+    FROM grouped
+)
+UPDATE spans s SET turn_number = n.turn_number
+FROM n
 WHERE s.call_id = ANY($1::text[]) AND s.trace_id = n.trace_id AND s.span_id = n.span_id
   AND s.start_time = n.start_time AND s.turn_number IS DISTINCT FROM n.turn_number;
 
@@ -26,7 +53,8 @@ WHERE s.call_id = ANY($1::text[]) AND s.trace_id = n.trace_id AND s.span_id = n.
 -- A span without its own turn index belongs to the turn of its nearest ancestor turn span.
 WITH RECURSIVE s AS (
     SELECT trace_id, span_id, parent_span_id, start_time, turn_number,
-           (stage = 'turn' OR coalesce((facts->>'turn_explicit')::boolean, false)) AS anchored
+           (stage = 'turn' OR coalesce((facts->>'turn_explicit')::boolean, false)
+            OR coalesce((facts->>'turn_seq')::boolean, false)) AS anchored
     FROM spans WHERE call_id = ANY($1::text[])
 ), walk AS (
     SELECT trace_id, span_id, start_time, parent_span_id AS cursor, NULL::int AS found, 0 AS depth
@@ -50,6 +78,22 @@ UPDATE tool_calls t SET turn_number = s.turn_number
 FROM spans s
 WHERE t.call_id = ANY($1::text[]) AND s.call_id = t.call_id AND s.span_id = t.span_id
   AND t.turn_number IS DISTINCT FROM s.turn_number;
+
+-- name: time_recovered_tool_calls
+-- A tool call recovered from an LLM request's input (Pipecat) has no start of its own: it began when the
+-- LLM step that asked for it ended, the latest LLM span of its turn that ended before the tool call did.
+UPDATE tool_calls t SET started_at = x.started_at,
+       duration_ms = extract(epoch FROM t.ended_at - x.started_at) * 1000
+FROM (
+    SELECT t2.call_id, t2.tool_call_id,
+           (SELECT max(s.end_time) FROM spans s
+            WHERE s.call_id = t2.call_id AND s.stage = 'llm' AND s.turn_number = t2.turn_number
+              AND s.end_time <= t2.ended_at) AS started_at
+    FROM tool_calls t2
+    WHERE t2.call_id = ANY($1::text[]) AND t2.started_at IS NULL AND t2.ended_at IS NOT NULL
+      AND t2.turn_number IS NOT NULL
+) x
+WHERE t.call_id = x.call_id AND t.tool_call_id = x.tool_call_id AND x.started_at IS NOT NULL;
 
 -- name: link_events
 UPDATE events e SET turn_number = s.turn_number
@@ -81,6 +125,7 @@ WITH f AS (
         to_timestamp(min((facts->>'agent_started_us')::float8) / 1e6) AS agent_started_at,
         max(facts->>'user_text') FILTER (WHERE stage = 'turn') AS turn_user_text,
         string_agg(facts->>'user_text', ' ' ORDER BY start_time) FILTER (WHERE stage <> 'turn') AS stage_user_text,
+        (array_agg(facts->>'prompt_text' ORDER BY start_time) FILTER (WHERE facts ? 'prompt_text'))[1] AS prompt_text,
         max(facts->>'agent_text') FILTER (WHERE stage = 'turn') AS turn_agent_text,
         string_agg(facts->>'agent_text', ' ' ORDER BY start_time) FILTER (WHERE stage <> 'turn') AS spoken_text,
         string_agg(facts->>'llm_text', ' ' ORDER BY start_time) AS llm_text,
@@ -103,7 +148,8 @@ INSERT INTO turns (call_id, turn_number, started_at, ended_at, user_text, agent_
     input_tokens, output_tokens)
 SELECT call_id, turn_number,
     coalesce(turn_start, first_start), coalesce(turn_end, last_end),
-    coalesce(turn_user_text, stage_user_text), coalesce(turn_agent_text, spoken_text, llm_text), interrupted,
+    coalesce(turn_user_text, stage_user_text, prompt_text), coalesce(turn_agent_text, spoken_text, llm_text),
+    interrupted,
     user_stopped_at, stt_final_at, llm_request_at, llm_first_token_at, tts_request_at, tts_first_audio_at,
     agent_audio_at,
     coalesce(eou_ms, extract(epoch FROM eou_at - user_stopped_at) * 1000),
@@ -232,6 +278,15 @@ WITH ids AS (
         CASE WHEN status IN ('completed', 'failed', 'declined', 'missed')
              THEN coalesce(session_end, terminal_at, last_seen_at) END AS ended_at
     FROM decided
+), priced AS (
+    -- telephony: a producer's cost_telephony facts, else the ended call's duration × its direction's rate
+    -- (telephony_rates, filled from the price table at collector startup; a zero rate means no cost)
+    SELECT ended.*,
+        coalesce(ended.cost_telephony,
+                 CASE WHEN ended.ended_at IS NOT NULL THEN
+                      extract(epoch FROM ended.ended_at - ended.started_at) / 60.0 * nullif(r.per_minute, 0)
+                 END) AS cost_phone
+    FROM ended LEFT JOIN telephony_rates r ON r.direction = ended.direction
 )
 INSERT INTO calls AS c (call_id, trace_ids, started_at, ended_at, last_seen_at, duration_s, status,
     status_reason, direction, campaign, agent, framework, from_number, to_number, turn_count,
@@ -246,16 +301,16 @@ SELECT call_id, coalesce(trace_ids, '{}'), started_at, ended_at, last_seen_at,
     direction, campaign, agent, framework, from_number, to_number, turn_count, interruption_count,
     tool_call_count, error_count,
     coalesce(cost_reported,
-             CASE WHEN num_nonnulls(cost_stt, cost_llm, cost_tts, cost_telephony) > 0 THEN
-                  coalesce(cost_stt, 0) + coalesce(cost_llm, 0) + coalesce(cost_tts, 0) + coalesce(cost_telephony, 0)
+             CASE WHEN num_nonnulls(cost_stt, cost_llm, cost_tts, cost_phone) > 0 THEN
+                  coalesce(cost_stt, 0) + coalesce(cost_llm, 0) + coalesce(cost_tts, 0) + coalesce(cost_phone, 0)
              END),
-    cost_stt, cost_llm, cost_tts, cost_telephony,
+    cost_stt, cost_llm, cost_tts, cost_phone,
     CASE WHEN currency IS NOT NULL THEN currency
-         WHEN num_nonnulls(cost_reported, cost_stt, cost_llm, cost_tts, cost_telephony) > 0 THEN 'USD' END,
+         WHEN num_nonnulls(cost_reported, cost_stt, cost_llm, cost_tts, cost_phone) > 0 THEN 'USD' END,
     summary,
     CASE WHEN jsonb_typeof(tags) = 'array' THEN ARRAY(SELECT jsonb_array_elements_text(tags)) END,
     extracted, recording_url, session_attributes, now()
-FROM ended
+FROM priced
 ON CONFLICT (call_id) DO UPDATE SET
     trace_ids = EXCLUDED.trace_ids, started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at,
     last_seen_at = EXCLUDED.last_seen_at, duration_s = EXCLUDED.duration_s, status = EXCLUDED.status,
@@ -293,3 +348,12 @@ WHERE t.call_id = ANY($1::text[]) AND t.user_text IS NULL AND t.agent_text IS NO
                   AND u.user_text IS NOT NULL)
 ORDER BY t.call_id, t.turn_number
 ON CONFLICT DO NOTHING;
+
+-- name: drop_shadowed_derived_events
+-- A derived event repeats what the producer said itself (e.g. call.completed or agent.interrupted sent as a
+-- log record too): the producer's own event wins, so the call log shows it once.
+DELETE FROM events d
+WHERE d.call_id = ANY($1::text[]) AND d.source = 'derived'
+  AND EXISTS (SELECT 1 FROM events e
+              WHERE e.call_id = d.call_id AND e.event = d.event AND e.source <> 'derived'
+                AND e.turn_number IS NOT DISTINCT FROM d.turn_number);

@@ -1,6 +1,6 @@
 """Map stage: generic OpenTelemetry GenAI semantic conventions (semconv v1.36 → v1.41, old and new keys).
 
-``chat`` / ``generate_content`` / ``text_completion`` → llm, ``execute_tool`` → tool, ``invoke_agent`` → turn,
+``chat`` / ``generate_content`` / ``text_completion`` → llm, ``execute_tool`` → tool, ``invoke_agent`` → turn, a root ``invoke_workflow`` → session,
 ``speech_to_text`` / ``text_to_speech`` (proposed voice-agent operations) → stt / tts. The stage helpers here
 are shared with the other mappers, which see the same GenAI keys on their LLM and tool spans.
 """
@@ -15,7 +15,7 @@ from collector.mappers.base import (
 )
 from collector.otlp.codec import SpanIn
 
-__all__ = ["GenAIMapper", "llm_mapping", "tool_mapping", "message_text", "provider_of", "model_of"]
+__all__ = ["GenAIMapper", "llm_mapping", "tool_mapping", "session_mapping", "message_text", "provider_of", "model_of"]
 
 _LLM_OPERATIONS = frozenset({"chat", "generate_content", "text_completion", "completion", "responses"})
 _STT_OPERATIONS = frozenset({"speech_to_text", "transcription", "stt"})
@@ -135,6 +135,18 @@ def tool_mapping(span: SpanIn, *, name: Any = None, call_key: Any = None, argume
     )
 
 
+def session_mapping(span: SpanIn, *, call_id: str | None) -> SpanMapping:
+    """The span that bounds the whole call: its end ends the call (status ERROR → failed, else completed)."""
+    failed = span.status_code == 2
+    facts: dict[str, Any] = {"session_start_us": us(span.start_ns), "session_end_us": us(span.end_ns)}
+    if failed:
+        facts["session_error"] = span.status_message or "session ended with status ERROR"
+    end_event = (DerivedEvent(span.end_ns, "call.failed", facts["session_error"], {"reason": facts["session_error"]})
+                 if failed else DerivedEvent(span.end_ns, "call.completed"))
+    return SpanMapping(stage="session", call_id=call_id, facts=facts,
+                       events=(DerivedEvent(span.start_ns, "agent.initialized"), end_event))
+
+
 class GenAIMapper:
     """Fallback for any span carrying GenAI semantic-convention attributes."""
 
@@ -152,6 +164,9 @@ class GenAIMapper:
             return llm_mapping(span, call_id=call_id)
         if operation == "execute_tool":
             return tool_mapping(span, call_id=call_id)
+        if operation == "invoke_workflow" and span.parent_span_id is None:
+            # The root workflow span of an agent session (LiveKit 1.8 style) bounds the whole call.
+            return session_mapping(span, call_id=call_id)
         if operation == "invoke_agent":
             facts: dict[str, Any] = {"turn_start_us": us(span.start_ns), "turn_end_us": us(span.end_ns)}
             reason = as_text(span.attr("gen_ai.agent.invocation.end_reason"))

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from collector.mappers.base import (
     DerivedEvent, SpanMapping, as_bool, as_float, as_int, as_text, explicit_call_id, ms_to_us, parse_json, us,
 )
-from collector.mappers.genai import llm_mapping, model_of, provider_of, tool_mapping
+from collector.mappers.genai import llm_mapping, model_of, provider_of, session_mapping, tool_mapping
 from collector.otlp.codec import SpanIn
 
 __all__ = ["NativeMapper", "call_facts", "STATUSES", "DIRECTIONS"]
@@ -91,9 +91,15 @@ class NativeMapper:
                 ttfb_s=None if ttft_us is None else ttft_us / 1e6,
                 output=span.attr("llm.output", "gen_ai.output.messages"),
             )
-        if stage in ("tool", "transfer"):
+        if stage == "tool":
+            return tool_mapping(span, call_id=call_id, turn_number=turn_number)
+        if stage == "transfer":
+            # A transfer is the agent's native call tool (seed 002 "call tools"): one tool call named transfer.
+            target = as_text(span.attr("transfer.target"))
             return tool_mapping(span, call_id=call_id, turn_number=turn_number, stage=stage,
-                                name=span.attr("gen_ai.tool.name", "tool.name", "transfer.target"))
+                                name=span.attr("gen_ai.tool.name") or "transfer",
+                                arguments=span.attr("gen_ai.tool.call.arguments")
+                                or ({"target": target} if target else None))
         if stage == "stt":
             return self._stt(span, call_id, turn_number)
         if stage == "tts":
@@ -101,7 +107,7 @@ class NativeMapper:
         if stage == "turn":
             return self._turn(span, call_id, turn_number)
         if stage == "session":
-            return self._session(span, call_id)
+            return session_mapping(span, call_id=call_id)
         return SpanMapping(stage=stage, call_id=call_id, turn_number=turn_number)
 
     @staticmethod
@@ -172,14 +178,3 @@ class NativeMapper:
         events = (DerivedEvent(span.end_ns, "agent.interrupted", "the contact interrupted the agent",
                                {"turn_number": turn_number}),) if interrupted else ()
         return SpanMapping(stage="turn", call_id=call_id, turn_number=turn_number, facts=facts, events=events)
-
-    @staticmethod
-    def _session(span: SpanIn, call_id: str | None) -> SpanMapping:
-        failed = span.status_code == 2
-        facts: dict[str, Any] = {"session_start_us": us(span.start_ns), "session_end_us": us(span.end_ns)}
-        if failed:
-            facts["session_error"] = span.status_message or "session ended with status ERROR"
-        end_event = (DerivedEvent(span.end_ns, "call.failed", facts["session_error"], {"reason": facts["session_error"]})
-                     if failed else DerivedEvent(span.end_ns, "call.completed"))
-        return SpanMapping(stage="session", call_id=call_id, facts=facts,
-                           events=(DerivedEvent(span.start_ns, "agent.initialized"), end_event))
