@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from collector.logs import configure_logging
-from collector.settings import SETTINGS, Settings, build_settings
+from collector.settings import SETTINGS, Settings, build_settings, parse_bool
 
 __all__ = ["main"]
 
@@ -91,13 +91,33 @@ def _describe(report: Any) -> str:
     return "simulation finished: " + ", ".join(f"{k}={v}" for k, v in values.items())
 
 
+def _dashboard_fields() -> list[tuple[str, type, object, bool]]:
+    """(name, type, default, is_threshold) of every generator option: each becomes a ``--flag``."""
+    from dataclasses import MISSING, fields
+
+    from dashboards.generate import AlertThresholds, DashboardOptions
+
+    found = []
+    for owner, is_threshold in ((DashboardOptions, False), (AlertThresholds, True)):
+        for item in fields(owner):
+            if item.name == "thresholds":
+                continue
+            default = item.default if item.default is not MISSING else None
+            kind = type(default) if default is not None else str
+            found.append((item.name, kind, default, is_threshold))
+    return found
+
+
 def _cmd_dashboards(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dashboards.generate import DashboardOptions, write_provisioning
+    from dashboards.generate import AlertThresholds, DashboardOptions, write_provisioning
 
-    options = DashboardOptions(**{k: v for k, v in vars(args).items()
-                                  if k in DashboardOptions.__dataclass_fields__ and v is not None})
+    chosen = {name: getattr(args, name) for name, *_ in _dashboard_fields() if getattr(args, name) is not None}
+    threshold_names = {name for name, _, _, is_threshold in _dashboard_fields() if is_threshold}
+    thresholds = AlertThresholds(**{k: v for k, v in chosen.items() if k in threshold_names})
+    options = DashboardOptions(thresholds=thresholds,
+                               **{k: v for k, v in chosen.items() if k not in threshold_names})
     written = write_provisioning(Path(args.out), options=options)
     print(f"wrote {len(written)} files under {args.out}")
     return 0
@@ -139,6 +159,11 @@ def _parser() -> argparse.ArgumentParser:
                                      description="Write the Grafana datasource, dashboards and alert rules "
                                                  "(generated with grafana-foundation-sdk) under --out.")
     dashboards.add_argument("--out", default="provisioning", help="output directory [default provisioning]")
+    generator = dashboards.add_argument_group("generator options (alert thresholds, data source)")
+    for name, kind, default, _ in _dashboard_fields():
+        parse = parse_bool if kind is bool else kind
+        generator.add_argument("--" + name.replace("_", "-"), dest=name, type=parse, default=None,
+                               help=f"default {default!r}")
     dashboards.set_defaults(run=_cmd_dashboards)
     return parser
 

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
-__all__ = ["Setting", "SETTINGS", "Settings", "build_settings"]
+__all__ = ["Setting", "SETTINGS", "Settings", "build_settings", "parse_bool"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Setting:
         return "--" + self.name.replace("_", "-")
 
 
-def _bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
         return True
