@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from collector.cost import cost_facts
 from collector.errors import RejectedSpan
 from collector.mappers import SpanMapping, select_mapper
 from collector.mappers.base import CALL_ID_KEYS, as_text, explicit_call_id
@@ -91,6 +92,8 @@ def _span_rows(span: SpanIn, out: list[Record]) -> None:
     facts = call_facts(span)
     if mapping.facts:
         facts.update(mapping.facts)
+    facts.update(cost_facts(mapping.stage, mapping.provider, mapping.model, mapping.input_tokens,
+                            mapping.output_tokens, facts))
     if mapping.turn_number is not None:
         facts["turn_explicit"] = True
     elif mapping.stage == "turn":

@@ -13,6 +13,7 @@ from dataclasses import asdict
 import asyncpg
 
 from collector.batcher import Batcher
+from collector.cost import PriceTable, configure_prices
 from collector.ingest import Ingest
 from collector.otlp.grpc import GrpcReceiver
 from collector.otlp.http import HttpReceiver
@@ -39,6 +40,7 @@ class Collector:
         self.ingest = Ingest(self.batcher)
         self.grpc: GrpcReceiver | None = None
         self.http: HttpReceiver | None = None
+        self.prices: PriceTable | None = None
 
     async def _database_healthy(self) -> bool:
         try:
@@ -48,11 +50,33 @@ class Collector:
         await connection.close()
         return True
 
+    async def _store_telephony_rates(self, prices: PriceTable) -> None:
+        """Replace the ``telephony_rates`` rows (read by storage/derive.sql) with the loaded price table's."""
+        try:
+            connection = await asyncpg.connect(self.settings.database_url, timeout=10)
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+            log.warning("prices.not_stored", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return
+        try:
+            async with connection.transaction():
+                await connection.execute("DELETE FROM telephony_rates")
+                await connection.executemany(
+                    "INSERT INTO telephony_rates (direction, per_minute, currency, price_version) "
+                    "VALUES ($1, $2, $3, $4)",
+                    [(*row, prices.version) for row in prices.telephony_rows()])
+        except asyncpg.PostgresError as exc:   # e.g. a database not migrated to 0003 yet
+            log.warning("prices.not_stored", extra={"error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            await connection.close()
+        log.info("prices.loaded", extra={"version": prices.version, "source": prices.source})
+
     async def start(self) -> None:
         settings = self.settings
         if self._run_migrations:
             await migrate(settings.database_url, retention_days=settings.retention_days,
                           compress_after_days=settings.compress_after_days)
+        self.prices = configure_prices(settings.prices_file)
+        await self._store_telephony_rates(self.prices)
         await self.writer.start()
         await self.batcher.start()
         self.grpc = GrpcReceiver(self.ingest, host=settings.bind_address, port=settings.grpc_port,
