@@ -10,11 +10,13 @@ from __future__ import annotations
 from collector.mappers.base import Mapper, SpanMapping
 from collector.mappers.genai import GenAIMapper
 from collector.mappers.native import NativeMapper
+from collector.mappers.pipecat import PipecatMapper
 from collector.otlp.codec import SpanIn
 
 __all__ = ["MAPPERS", "Mapper", "SpanMapping", "select_mapper"]
 
 MAPPERS: tuple[Mapper, ...] = (
+    PipecatMapper(),
     NativeMapper(),
     GenAIMapper(),
 )
