@@ -122,3 +122,54 @@ async def ledger(db: Any, call_id: str) -> tuple[Any, list[Any], list[Any], list
 
 def event_keys(events: list[Any]) -> set[tuple[str, int | None]]:
     return {(e["event"], e["turn_number"]) for e in events}
+
+
+# --- hand-built requests (framework versions we have no recording of) -------------------------------------
+
+def _any_value(value: Any) -> Any:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue
+
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, (list, tuple)):
+        return AnyValue(array_value=ArrayValue(values=[_any_value(v) for v in value]))
+    return AnyValue(string_value=str(value))
+
+
+def _key_values(attributes: dict[str, Any]) -> list[Any]:
+    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+    return [KeyValue(key=k, value=_any_value(v)) for k, v in attributes.items()]
+
+
+def trace_request(scope: str, spans: list[dict[str, Any]], *, trace_id: str = "5" * 32, t0_ns: int,
+                  resource: dict[str, Any] | None = None) -> trace_service_pb2.ExportTraceServiceRequest:
+    """One request: ``spans`` are dicts with name, id (hex or short int), parent, start/end (ms after t0),
+    attributes, events [(name, ms, attributes)], status (0/1/2)."""
+    from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+    def span_id(value: Any) -> bytes:
+        return bytes.fromhex(value if isinstance(value, str) else f"{value:016x}")
+
+    built = []
+    for item in spans:
+        built.append(Span(
+            trace_id=bytes.fromhex(trace_id), span_id=span_id(item["id"]),
+            parent_span_id=span_id(item["parent"]) if item.get("parent") is not None else b"",
+            name=item["name"], kind=item.get("kind", 1),
+            start_time_unix_nano=t0_ns + int(item["start"] * 1_000_000),
+            end_time_unix_nano=t0_ns + int(item["end"] * 1_000_000),
+            attributes=_key_values(item.get("attributes", {})),
+            events=[Span.Event(name=name, time_unix_nano=t0_ns + int(ms * 1_000_000), attributes=_key_values(attrs))
+                    for name, ms, attrs in item.get("events", ())],
+            status=Status(code=item.get("status", 0), message=item.get("status_message", "")),
+        ))
+    return trace_service_pb2.ExportTraceServiceRequest(resource_spans=[ResourceSpans(
+        resource=Resource(attributes=_key_values(resource or {"service.name": "agent"})),
+        scope_spans=[ScopeSpans(scope=InstrumentationScope(name=scope), spans=built)])])

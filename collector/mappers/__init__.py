@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collector.mappers.base import Mapper, SpanMapping
 from collector.mappers.genai import GenAIMapper
+from collector.mappers.livekit import LiveKitMapper
 from collector.mappers.native import NativeMapper
 from collector.mappers.pipecat import PipecatMapper
 from collector.otlp.codec import SpanIn
@@ -17,6 +18,7 @@ __all__ = ["MAPPERS", "Mapper", "SpanMapping", "select_mapper"]
 
 MAPPERS: tuple[Mapper, ...] = (
     PipecatMapper(),
+    LiveKitMapper(),
     NativeMapper(),
     GenAIMapper(),
 )
