@@ -133,6 +133,15 @@ class Batcher:
         finally:
             self._queued_records -= size
 
+    async def flush(self) -> None:
+        """Return once everything accepted so far is committed (or has failed)."""
+        waiting = [s.done for s in self._pending]
+        self._wakeup.set()
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
+        while self._queued_records:
+            await asyncio.sleep(0.005)
+
     async def close(self) -> None:
         """Flush everything accepted, then stop."""
         self._closing = True

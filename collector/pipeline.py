@@ -7,7 +7,7 @@ whatever mapper (if any) claimed it. Invalid items come back as ``RejectedSpan``
 from __future__ import annotations
 
 import hashlib
-import json
+import orjson
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -28,7 +28,8 @@ _UNCLAIMED = SpanMapping()
 
 def _dumps(value: Any) -> str:
     # default=str: attribute values are JSON-safe already; this only guards exotic producer values.
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    # OPT_NON_STR_KEYS: kvlist keys are strings, but a producer's dict body may not be.
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _time(ns: int) -> datetime:

@@ -1,6 +1,7 @@
-"""The collector's lifecycle: migrate → writer → batcher → gRPC + HTTP receivers; graceful stop.
+"""The collector's lifecycle: migrate → writer + deriver → batcher → gRPC + HTTP receivers; graceful stop.
 
-Stop order follows the data: stop accepting (receivers), flush what was accepted (batcher), close storage.
+Stop order follows the data: stop accepting (receivers), flush what was accepted (batcher), close the writer,
+derive what is still dirty (deriver).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collector.otlp.http import HttpReceiver
 from collector.settings import Settings
 from collector.telemetry import METRICS
 from storage.migrate import migrate
+from storage.deriver import Deriver
 from storage.writer import PostgresWriter
 
 __all__ = ["Collector", "serve"]
@@ -33,7 +35,9 @@ class Collector:
     def __init__(self, settings: Settings, *, run_migrations: bool = True) -> None:
         self.settings = settings
         self._run_migrations = run_migrations
-        self.writer = PostgresWriter(settings.database_url, timeout=settings.write_timeout_s)
+        self.deriver = Deriver(settings.database_url, timeout=max(settings.write_timeout_s, 30.0))
+        self.writer = PostgresWriter(settings.database_url, timeout=settings.write_timeout_s,
+                                     on_commit=self.deriver.notify)
         self.batcher = Batcher(self.writer, max_batch_records=settings.max_batch_records,
                                max_wait_ms=settings.max_wait_ms, queue_records=settings.queue_records,
                                retry_after_s=settings.retry_after_s)
@@ -78,6 +82,7 @@ class Collector:
         self.prices = configure_prices(settings.prices_file)
         await self._store_telephony_rates(self.prices)
         await self.writer.start()
+        await self.deriver.start()
         await self.batcher.start()
         self.grpc = GrpcReceiver(self.ingest, host=settings.bind_address, port=settings.grpc_port,
                                  max_message_bytes=settings.max_message_bytes)
@@ -100,7 +105,13 @@ class Collector:
             await self.http.stop(grace_s)
         await self.batcher.close()
         await self.writer.close()
+        await self.deriver.close()
         log.info("collector.stopped", extra=asdict(METRICS))
+
+    async def settle(self) -> None:
+        """Wait until every accepted record is committed and every touched call is derived."""
+        await self.batcher.flush()
+        await self.deriver.drain()
 
     async def __aenter__(self) -> "Collector":
         await self.start()

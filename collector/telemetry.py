@@ -20,6 +20,7 @@ class Metrics:
     committed_batches: int = 0
     failed_batches: int = 0
     batch_trigger_size: int = 0    # batches sent because they were full (the rest: by age or shutdown)
+    derived_calls: int = 0         # call recomputations (turns + call row) by the deriver
 
     def prometheus(self) -> str:
         lines = []

@@ -162,6 +162,13 @@ SELECT call_id, turn_number,
     reported_v2v_ms, llm_provider, llm_model, stt_provider, tts_provider, input_tokens, output_tokens
 FROM m;
 
+-- name: delete_vanished_calls
+-- A call whose rows all moved to another call id (its trace named its call later) disappears.
+DELETE FROM calls c
+WHERE c.call_id = ANY($1::text[])
+  AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.call_id = c.call_id)
+  AND NOT EXISTS (SELECT 1 FROM events e WHERE e.call_id = c.call_id);
+
 -- name: upsert_calls
 WITH ids AS (
     SELECT DISTINCT unnest($1::text[]) AS call_id

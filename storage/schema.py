@@ -7,13 +7,13 @@ Alembic migrations (storage/migrations/) create exactly these tables; a test com
 from __future__ import annotations
 
 from sqlalchemy import (
-    ARRAY, Boolean, Column, DateTime, Float, Index, Integer, MetaData, PrimaryKeyConstraint, SmallInteger,
-    Table, Text, text,
+    ARRAY, BigInteger, Boolean, Column, DateTime, Float, Index, Integer, MetaData, PrimaryKeyConstraint, SmallInteger,
+    Identity, Table, Text, text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = ["metadata", "calls", "turns", "spans", "tool_calls", "events", "event_types", "call_traces",
-           "HYPERTABLES"]
+           "HYPERTABLES", "dirty_calls"]
 
 metadata = MetaData()
 TZ = DateTime(timezone=True)
@@ -186,6 +186,14 @@ call_traces = Table(
     Column("call_id", Text, nullable=False),
 )
 Index("call_traces_call_idx", call_traces.c.call_id)
+
+# ours: calls a committed batch changed and whose turns / call row are not recomputed yet. Written in the
+# same transaction as the spans (so a crash loses no recomputation), drained by storage/deriver.py.
+dirty_calls = Table(
+    "dirty_calls", metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("call_id", Text, nullable=False),
+)
 
 # table → time column; these become hypertables where TimescaleDB is installed.
 HYPERTABLES = {"spans": "start_time", "events": "time"}

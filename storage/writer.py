@@ -3,7 +3,9 @@
 Spans and events are inserted with ``ON CONFLICT DO NOTHING`` on their identity, so a client retry never
 duplicates anything; tool calls are upserted. Spans that carry no call id of their own join the call that
 another span of their trace names (``call_traces``), whichever arrives first. Then storage/derive.sql
-recomputes turns and calls for every call the batch changed.
+marks every call the batch changed in ``dirty_calls``, in the same transaction; storage/deriver.py recomputes
+their turns and call rows from there, many batches at once (a call spread over 50 batches is derived a few
+times, not 50).
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from operator import attrgetter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 import asyncpg
 
 from collector.errors import StorageUnavailable
 from collector.records import EventRow, Record, SpanRow, ToolCallRow, columns_of
 
-__all__ = ["PostgresWriter", "WriteResult", "storage_errors", "DERIVE_STATEMENTS"]
+__all__ = ["PostgresWriter", "WriteResult", "storage_errors", "DERIVE_STATEMENTS", "SERVER_SETTINGS"]
 
 log = logging.getLogger("callscope.storage")
 
@@ -157,12 +159,19 @@ WITH resolved AS (
 """
 
 
+_MARK_DIRTY = "INSERT INTO dirty_calls (call_id) SELECT unnest($1::text[])"
+# Statements take arrays of ids; a generic plan would guess their size and pick sequential scans.
+SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "application_name": "callscope"}
+
+
 class PostgresWriter:
     """Owns one connection; ``write`` commits a batch atomically or raises ``StorageUnavailable``."""
 
-    def __init__(self, database_url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, database_url: str, *, timeout: float = 30.0,
+                 on_commit: Callable[[], None] | None = None) -> None:
         self._database_url = database_url
         self._timeout = timeout
+        self._on_commit = on_commit
         self._connection: asyncpg.Connection | None = None
 
     async def start(self) -> None:
@@ -171,7 +180,8 @@ class PostgresWriter:
     async def _connect(self) -> asyncpg.Connection:
         if self._connection is None or self._connection.is_closed():
             async with storage_errors():
-                connection = await asyncpg.connect(self._database_url, timeout=self._timeout)
+                connection = await asyncpg.connect(self._database_url, timeout=self._timeout,
+                                                   server_settings=SERVER_SETTINGS)
                 for statement in _STAGING:
                     await connection.execute(statement)
             self._connection = connection
@@ -194,11 +204,14 @@ class PostgresWriter:
         try:
             async with storage_errors():
                 connection = await self._connect()
-                return await asyncio.wait_for(self._transaction(connection, spans, events, tools), self._timeout)
+                result = await asyncio.wait_for(self._transaction(connection, spans, events, tools), self._timeout)
         except StorageUnavailable:
             # The connection may be mid-transaction or broken; start clean next time.
             self.terminate()
             raise
+        if result.calls_touched and self._on_commit is not None:
+            self._on_commit()
+        return result
 
     async def _transaction(self, connection: asyncpg.Connection, spans: list[SpanRow], events: list[EventRow],
                            tools: list[ToolCallRow]) -> WriteResult:
@@ -216,7 +229,10 @@ class PostgresWriter:
                 call_ids = [row["call_id"] for row in learned]
                 for statement in _REHOME:
                     await connection.execute(statement, trace_ids, call_ids)
+                # Both sides are re-derived: the call gains rows, the trace-id call it replaces must vanish
+                # (a derive round running concurrently may have re-created it from its old snapshot).
                 touched.update((call_id, 0) for call_id in call_ids)
+                touched.update((trace_id, 0) for trace_id in trace_ids)
             counts = {}
             for name, statement, present in (("spans", _INSERT_SPANS, spans), ("events", _INSERT_EVENTS, events),
                                               ("tool_calls", _UPSERT_TOOLS, tools)):
@@ -227,8 +243,6 @@ class PostgresWriter:
                     touched[row["call_id"]] = 0
                     counts[name] += row["n"]
             if touched:
-                call_ids = sorted(touched)
-                for _name, statement in DERIVE_STATEMENTS:
-                    await connection.execute(statement, call_ids)
+                await connection.execute(_MARK_DIRTY, sorted(touched))
         return WriteResult(spans=counts["spans"], events=counts["events"], tool_calls=counts["tool_calls"],
                            calls_touched=len(touched))

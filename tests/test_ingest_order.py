@@ -70,6 +70,7 @@ async def test_children_stored_before_their_call_is_named_join_it(collector, db)
     for request in traces:  # one span per request, children first
         await client.send(request)
     await client.close()
+    await collector.settle()
     orphans = await db.fetchval("SELECT count(*) FROM spans WHERE call_id = trace_id")
     assert orphans == 0
     assert await db.fetchval("SELECT count(*) FROM calls") == 3

@@ -86,6 +86,7 @@ async def test_sdk_exports_native_call_into_ledger(collector, db, transport):
     t0 = time.time_ns() - 60_000 * MS
     send_native_call(agent, "call-native-1", t0)
     await agent.flush()
+    await collector.settle()
 
     call = await db.fetchrow("SELECT * FROM calls WHERE call_id = 'call-native-1'")
     assert call is not None
@@ -140,6 +141,7 @@ async def test_sdk_exports_genai_call_into_ledger(collector, db, transport):
     agent = SdkAgent(transport, collector)
     send_genai_call(agent, "conv-genai-1", time.time_ns() - 60_000 * MS)
     await agent.flush()
+    await collector.settle()
 
     call = await db.fetchrow("SELECT * FROM calls WHERE call_id = 'conv-genai-1'")
     assert call["agent"] == "ivy-booking" and call["framework"] == "genai"

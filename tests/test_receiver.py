@@ -83,6 +83,7 @@ async def test_otlp_json_with_hex_ids_and_integer_enums(collector, db):
     assert status == 200 and headers["Content-Type"] == "application/json"
     answer = json.loads(body)
     assert int(answer["partialSuccess"]["rejectedSpans"]) == 1
+    await collector.settle()
     row = await db.fetchrow("SELECT * FROM spans WHERE call_id = 'json-call'")
     assert (row["trace_id"], row["span_id"], row["kind"], row["status_code"]) == (
         "5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174", 2, 2)

@@ -71,6 +71,7 @@ async def test_every_status_from_native_input(collector, db):
     agent = SdkAgent("grpc", collector)
     build_calls(agent)
     await agent.flush()
+    await collector.settle()
     rows = {r["call_id"]: r for r in await db.fetch("SELECT * FROM calls")}
     assert {call_id: (r["status"], r["status_reason"]) for call_id, r in rows.items()} == EXPECTED
     assert {r["status"] for r in rows.values()} == {

@@ -29,35 +29,49 @@ _TEXT_FACTS = (
 )
 
 
+_CALL_KEY_PREFIXES = ("call.", "sip.", "gen_ai.agent.name")
+
+
+def _call_keys(span: SpanIn) -> dict[str, Any]:
+    """Only the call-level keys, resource first so span attributes override it (one pass over each dict)."""
+    found = {k: v for k, v in span.resource.items() if k.startswith(_CALL_KEY_PREFIXES) and v not in (None, "")}
+    found.update((k, v) for k, v in span.attributes.items()
+                 if k.startswith(_CALL_KEY_PREFIXES) and v not in (None, ""))
+    return found
+
+
 def call_facts(span: SpanIn) -> dict[str, Any]:
     """Call-level facts of the native convention found on a span or its resource."""
     facts: dict[str, Any] = {}
+    keys = _call_keys(span)
+    if not keys or keys.keys() == {"call.id"}:
+        return facts  # most spans carry no call metadata beyond the id (hot path)
     for key, fact in _TEXT_FACTS:
-        value = as_text(span.attr(key))
+        value = as_text(keys.get(key))
         if value is not None:
             facts[fact] = value
     if "agent" not in facts:
-        agent = as_text(span.attr("gen_ai.agent.name"))
+        agent = as_text(keys.get("gen_ai.agent.name"))
         if agent is not None:
             facts["agent"] = agent
-    direction = as_text(span.attr("call.direction"))
+    direction = as_text(keys.get("call.direction"))
     if direction and direction.lower() in DIRECTIONS:
         facts["direction"] = direction.lower()
-    status = as_text(span.attr("call.status"))
+    status = as_text(keys.get("call.status"))
     if status and status.lower() in STATUSES:
         facts["status"] = status.lower()
-    sip_code = as_int(span.attr("sip.response.code", "sip.response.status_code"))
+    sip_code = as_int(keys.get("sip.response.code", keys.get("sip.response.status_code")))
     if sip_code:
         facts["sip_code"] = sip_code
-    cost = as_float(span.attr("call.cost"))
+    cost = as_float(keys.get("call.cost"))
     if cost is not None:
         facts["cost_total"] = cost
-    tags = span.attr("call.tags")
+    tags = keys.get("call.tags")
     if isinstance(tags, str):
         tags = parse_json(tags) if tags.startswith("[") else [t.strip() for t in tags.split(",") if t.strip()]
     if isinstance(tags, list) and tags:
         facts["tags"] = [str(tag) for tag in tags]
-    extracted = span.attr("call.extracted")
+    extracted = keys.get("call.extracted")
     extracted = parse_json(extracted) if not isinstance(extracted, dict) else extracted
     if isinstance(extracted, dict):
         facts["extracted"] = extracted

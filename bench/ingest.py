@@ -1,0 +1,237 @@
+"""Ingest benchmark (run by hand, never in CI): sustained spans/s committed, Export latency, collector RSS,
+and — in the same run, on the same rows — the raw asyncpg COPY ceiling, so the ratio holds on any machine.
+
+    python -m bench.ingest --calls 3000 --concurrency 8
+
+Starts ``callscope serve`` as a subprocess against a fresh database (or drives ``--endpoint`` if given),
+sends pre-encoded simulator requests over gRPC (``--spans-per-request`` spans each, like an SDK's
+BatchSpanProcessor), and counts a span only when its Export returned OK (= committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from operator import attrgetter
+from pathlib import Path
+
+import asyncpg
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from collector.otlp.codec import iter_spans, parse_traces
+from collector.pipeline import map_spans
+from collector.records import SpanRow, columns_of
+from collector.simulate import encode_requests, generate_calls
+from storage.migrate import migrate
+
+RESULTS = Path(__file__).with_name("results")
+
+
+@dataclass
+class BenchResult:
+    calls: int
+    spans: int
+    log_records: int
+    requests: int
+    concurrency: int
+    spans_per_request: int
+    elapsed_s: float
+    spans_per_s: float
+    export_p50_ms: float
+    export_p99_ms: float
+    export_max_ms: float
+    refused_retries: int
+    collector_peak_rss_mib: float | None
+    copy_ceiling_spans_per_s: float
+    ratio_to_copy_ceiling: float
+    mapping_spans_per_s: float
+    machine: str
+    when: str
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _peak_rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+async def _recreate(admin_url: str, name: str) -> None:
+    connection = await asyncpg.connect(admin_url)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+
+
+def _progress(done: int, total: int, started: float) -> None:
+    width = 30
+    filled = int(width * done / max(total, 1))
+    rate = done / max(time.perf_counter() - started, 1e-9)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} spans  {rate:,.0f} spans/s")
+    sys.stderr.flush()
+
+
+async def _drive(endpoint: str, trace_bodies: list[bytes], log_bodies: list[bytes], concurrency: int,
+                 span_counts: list[int]) -> tuple[float, list[float], int]:
+    channel = grpc.aio.insecure_channel(endpoint, options=[("grpc.max_send_message_length", 64 << 20)])
+    # Pre-encoded bytes go straight on the wire: the client costs no protobuf work during the run.
+    export_traces = channel.unary_unary(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        request_serializer=lambda body: body,
+        response_deserializer=trace_service_pb2.ExportTraceServiceResponse.FromString)
+    export_logs = channel.unary_unary(
+        "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+        request_serializer=lambda body: body, response_deserializer=lambda body: body)
+    latencies: list[float] = []
+    retries = 0
+    queue: asyncio.Queue[tuple[str, bytes, int]] = asyncio.Queue()
+    for body, count in zip(trace_bodies, span_counts):
+        queue.put_nowait(("traces", body, count))
+    for body in log_bodies:
+        queue.put_nowait(("logs", body, 0))
+    total = sum(span_counts)
+    done = 0
+    started = time.perf_counter()
+
+    async def worker() -> None:
+        nonlocal done, retries
+        while not queue.empty():
+            kind, body, count = queue.get_nowait()
+            while True:
+                sent = time.perf_counter()
+                try:
+                    await (export_traces if kind == "traces" else export_logs)(body, timeout=60)
+                except grpc.aio.AioRpcError as error:
+                    if error.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+                        retries += 1
+                        await asyncio.sleep(0.2)
+                        continue
+                    raise
+                latencies.append((time.perf_counter() - sent) * 1000)
+                done += count
+                _progress(done, total, started)
+                break
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    sys.stderr.write("\n")
+    await channel.close()
+    return elapsed, latencies, retries
+
+
+async def _copy_ceiling(database_url: str, trace_bodies: list[bytes]) -> tuple[float, float]:
+    """(mapping spans/s, COPY spans/s): decode+map in-process, then COPY the same rows, nothing else."""
+    started = time.perf_counter()
+    rows: list[SpanRow] = []
+    for body in trace_bodies:
+        rows.extend(r for r in map_spans(iter_spans(parse_traces(body))).records if type(r) is SpanRow)
+    mapping_rate = len(rows) / (time.perf_counter() - started)
+    columns = columns_of(SpanRow)
+    to_tuple = attrgetter(*columns)
+    tuples = [to_tuple(r) for r in rows]
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute("CREATE TABLE copy_ceiling (LIKE spans INCLUDING DEFAULTS)")
+        started = time.perf_counter()
+        for i in range(0, len(tuples), 5000):
+            await connection.copy_records_to_table("copy_ceiling", records=tuples[i:i + 5000], columns=columns)
+        copy_rate = len(tuples) / (time.perf_counter() - started)
+        await connection.execute("DROP TABLE copy_ceiling")
+    finally:
+        await connection.close()
+    return mapping_rate, copy_rate
+
+
+async def run(args: argparse.Namespace) -> BenchResult:
+    admin_url = args.admin_url
+    database_url = admin_url.rsplit("/", 1)[0] + "/" + args.database
+    sys.stderr.write(f"generating {args.calls} calls ...\n")
+    calls = generate_calls(args.calls, seed=args.seed)
+    trace_bodies, log_bodies = encode_requests(calls, spans_per_request=args.spans_per_request)
+    if args.no_logs:
+        log_bodies = []
+    span_counts = [sum(len(ss.spans) for rs in trace_service_pb2.ExportTraceServiceRequest.FromString(b).resource_spans
+                       for ss in rs.scope_spans) for b in trace_bodies]
+    log_records = sum(call.log_count for call in calls) if log_bodies else 0
+    process = None
+    endpoint = args.endpoint
+    if endpoint is None:
+        await _recreate(admin_url, args.database)
+        await migrate(database_url)
+        grpc_port, http_port = _free_port(), _free_port()
+        env = {**os.environ, "CALLSCOPE_DATABASE_URL": database_url, "CALLSCOPE_GRPC_PORT": str(grpc_port),
+               "CALLSCOPE_HTTP_PORT": str(http_port), "CALLSCOPE_BIND_ADDRESS": "127.0.0.1",
+               "CALLSCOPE_LOG_LEVEL": "warning"}
+        process = subprocess.Popen([sys.executable, "-m", "collector.cli", "serve"], env=env)
+        endpoint = f"127.0.0.1:{grpc_port}"
+        channel = grpc.aio.insecure_channel(endpoint)
+        await asyncio.wait_for(channel.channel_ready(), 30)
+        await channel.close()
+    try:
+        elapsed, latencies, retries = await _drive(endpoint, trace_bodies, log_bodies, args.concurrency, span_counts)
+        rss = _peak_rss_mib(process.pid) if process else None
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(30)
+    mapping_rate, copy_rate = await _copy_ceiling(database_url, trace_bodies)
+    spans = sum(span_counts)
+    quantiles = statistics.quantiles(latencies, n=100)
+    rate = spans / elapsed
+    return BenchResult(
+        calls=args.calls, spans=spans, log_records=log_records, requests=len(latencies),
+        concurrency=args.concurrency, spans_per_request=args.spans_per_request, elapsed_s=round(elapsed, 2),
+        spans_per_s=round(rate), export_p50_ms=round(quantiles[49], 1), export_p99_ms=round(quantiles[98], 1),
+        export_max_ms=round(max(latencies), 1), refused_retries=retries,
+        collector_peak_rss_mib=None if rss is None else round(rss, 1),
+        copy_ceiling_spans_per_s=round(copy_rate), ratio_to_copy_ceiling=round(rate / copy_rate, 3),
+        mapping_spans_per_s=round(mapping_rate),
+        machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        when=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=3000, help="simulated calls to send [3000]")
+    parser.add_argument("--concurrency", type=int, default=8, help="Exports in flight at once [8]")
+    parser.add_argument("--spans-per-request", type=int, default=512, help="spans per Export [512]")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-logs", action="store_true", help="send only traces")
+    parser.add_argument("--endpoint", help="drive this running collector instead of starting one")
+    parser.add_argument("--admin-url", default=os.environ.get("CALLSCOPE_BENCH_ADMIN_URL",
+                                                             "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--database", default="callscope_bench", help="database the benchmark recreates")
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args))
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"ingest-{result.when.replace(':', '')}.json"
+    out.write_text(json.dumps(asdict(result), indent=2))
+    print(json.dumps(asdict(result), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

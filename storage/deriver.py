@@ -1,0 +1,126 @@
+"""Derive stage: recompute turns, calls and links for the calls in ``dirty_calls`` (storage/derive.sql).
+
+Runs beside the writer on its own connection, so PostgreSQL derives one batch while the next is written.
+Each round claims up to ``max_marks`` marks (``FOR UPDATE SKIP LOCKED``), recomputes their calls and deletes
+the marks in one transaction: a failure leaves the marks for the next round, and a call marked again while
+it is being derived keeps its new mark, so it is derived again. Rounds of several collectors on one
+database are serialized by an advisory lock. ``drain`` runs rounds until nothing is dirty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from collector.telemetry import METRICS
+from storage.writer import DERIVE_STATEMENTS, SERVER_SETTINGS, storage_errors
+
+__all__ = ["Deriver"]
+
+log = logging.getLogger("callscope.deriver")
+
+_CLAIM = """
+WITH claimed AS (SELECT id FROM dirty_calls ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+DELETE FROM dirty_calls d USING claimed WHERE d.id = claimed.id
+RETURNING d.call_id
+"""
+_ONE_DERIVER = "SELECT pg_advisory_xact_lock(7063720869421651557)"
+
+
+class Deriver:
+    def __init__(self, database_url: str, *, max_marks: int = 2000, idle_s: float = 0.2,
+                 timeout: float = 60.0) -> None:
+        self._database_url = database_url
+        self._max_marks = max_marks
+        self._idle_s = idle_s
+        self._timeout = timeout
+        self._connection: asyncpg.Connection | None = None
+        self._wakeup = asyncio.Event()
+        self._round = asyncio.Lock()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def notify(self) -> None:
+        """A batch marked calls dirty: derive soon (called by the writer after COMMIT)."""
+        self._wakeup.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="callscope-deriver")
+
+    async def _connect(self) -> asyncpg.Connection:
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await asyncpg.connect(self._database_url, timeout=self._timeout,
+                                                     server_settings=SERVER_SETTINGS)
+        return self._connection
+
+    async def derive_round(self) -> int:
+        """Recompute the calls of up to ``max_marks`` marks; return how many marks were consumed."""
+        async with self._round:
+            async with storage_errors():
+                connection = await self._connect()
+                try:
+                    async with connection.transaction():
+                        await connection.execute(_ONE_DERIVER)
+                        rows = await connection.fetch(_CLAIM, self._max_marks)
+                        claimed = len(rows)
+                        call_ids = sorted({row["call_id"] for row in rows})
+                        if call_ids:
+                            for _name, statement in DERIVE_STATEMENTS:
+                                await connection.execute(statement, call_ids, timeout=self._timeout)
+                except BaseException:
+                    if self._connection is not None and not self._connection.is_closed():
+                        if self._connection.is_in_transaction():
+                            self._connection.terminate()
+                            self._connection = None
+                    raise
+        METRICS.derived_calls += len(call_ids)
+        return claimed
+
+    async def drain(self) -> None:
+        """Derive until no call is dirty (the marks of committed batches are all processed)."""
+        while await self.derive_round():
+            pass
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self._idle_s * 5)
+            except asyncio.TimeoutError:
+                pass
+            self._wakeup.clear()
+            # Let a few batches accumulate: deriving a call once per many batches is the point.
+            await asyncio.sleep(self._idle_s)
+            try:
+                while not self._closing and await self.derive_round() == self._max_marks:
+                    pass
+                backoff = 0.5
+            except Exception as exc:  # the database may be down: keep the marks, try again later
+                log.warning("derive.failed", extra={"error": str(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def close(self) -> None:
+        """Stop the loop, then derive whatever is still dirty."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        try:
+            await self.drain()
+        except Exception as exc:  # marks stay in dirty_calls: the next start derives them
+            log.warning("derive.drain_failed", extra={"error": str(exc)})
+        if self._connection is not None and not self._connection.is_closed():
+            await self._connection.close(timeout=5)
+        self._connection = None
+
+    def terminate(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+        if self._connection is not None:
+            self._connection.terminate()
+        self._connection = None
