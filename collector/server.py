@@ -35,7 +35,8 @@ class Collector:
     def __init__(self, settings: Settings, *, run_migrations: bool = True) -> None:
         self.settings = settings
         self._run_migrations = run_migrations
-        self.deriver = Deriver(settings.database_url, timeout=max(settings.write_timeout_s, 30.0))
+        self.deriver = Deriver(settings.database_url, timeout=max(settings.write_timeout_s, 30.0),
+                               stale_after_s=settings.idle_timeout_s)
         self.writer = PostgresWriter(settings.database_url, timeout=settings.write_timeout_s,
                                      on_commit=self.deriver.notify)
         self.batcher = Batcher(self.writer, max_batch_records=settings.max_batch_records,

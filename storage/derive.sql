@@ -329,7 +329,7 @@ ON CONFLICT (call_id) DO UPDATE SET
     cost_llm = EXCLUDED.cost_llm, cost_tts = EXCLUDED.cost_tts, cost_telephony = EXCLUDED.cost_telephony,
     currency = EXCLUDED.currency, summary = EXCLUDED.summary, tags = EXCLUDED.tags,
     extracted = EXCLUDED.extracted, recording_url = EXCLUDED.recording_url,
-    attributes = EXCLUDED.attributes, updated_at = now();
+    attributes = EXCLUDED.attributes, updated_at = now(), stale = false;
 
 -- name: copy_agent_to_turns
 UPDATE turns t SET agent = c.agent

@@ -27,11 +27,18 @@ DELETE FROM dirty_calls d USING claimed WHERE d.id = claimed.id
 RETURNING d.call_id
 """
 _ONE_DERIVER = "SELECT pg_advisory_xact_lock(7063720869421651557)"
+# design §4: a call with no end and no data for the idle time stays active but is visibly stale.
+_MARK_STALE = """
+UPDATE calls SET stale = true
+WHERE status = 'active' AND NOT stale AND last_seen_at < now() - make_interval(secs => $1)
+"""
 
 
 class Deriver:
     def __init__(self, database_url: str, *, max_marks: int = 2000, idle_s: float = 0.2,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, stale_after_s: float = 300.0) -> None:
+        self._stale_after_s = stale_after_s
+        self._stale_checked = 0.0
         self._database_url = database_url
         self._max_marks = max_marks
         self._idle_s = idle_s
@@ -78,6 +85,19 @@ class Deriver:
         METRICS.derived_calls += len(call_ids)
         return claimed
 
+    async def _mark_stale_now_and_then(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._stale_checked >= min(30.0, self._stale_after_s / 4):
+            self._stale_checked = now
+            await self.mark_stale()
+
+    async def mark_stale(self) -> None:
+        """Flag active calls silent for longer than ``stale_after_s``."""
+        async with self._round:
+            async with storage_errors():
+                connection = await self._connect()
+                await connection.execute(_MARK_STALE, float(self._stale_after_s))
+
     async def drain(self) -> None:
         """Derive until no call is dirty (the marks of committed batches are all processed)."""
         while await self.derive_round():
@@ -96,6 +116,7 @@ class Deriver:
             try:
                 while not self._closing and await self.derive_round() == self._max_marks:
                     pass
+                await self._mark_stale_now_and_then()
                 backoff = 0.5
             except Exception as exc:  # the database may be down: keep the marks, try again later
                 log.warning("derive.failed", extra={"error": str(exc)})

@@ -51,6 +51,8 @@ calls = Table(
     Column("attributes", JSONB),
     # ours: when the ledger row was last recomputed
     Column("updated_at", TZ, nullable=False, server_default=text("now()")),
+    # ours: active, but no telemetry for longer than the collector's idle timeout (design §4)
+    Column("stale", Boolean, nullable=False, server_default=text("false")),
 )
 Index("calls_started_at_idx", calls.c.started_at.desc())
 Index("calls_status_started_idx", calls.c.status, calls.c.started_at.desc())

@@ -89,3 +89,25 @@ async def test_every_status_from_native_input(collector, db):
     # the catalogue's level wins when higher than the record's severity
     assert await db.fetchval("SELECT level FROM events WHERE call_id = 'st-event-wins' AND event = 'call.failed' "
                              "AND source = 'log'") == "CRITICAL"
+
+
+async def test_silent_active_call_turns_stale_and_new_data_clears_it(database_url, db):
+    from collector.server import Collector
+    from tests.conftest import collector_settings
+
+    async with Collector(collector_settings(database_url, idle_timeout_s=60), run_migrations=False) as running:
+        agent = SdkAgent("grpc", running)
+        old = time.time_ns() - 3_600_000 * MS          # silent for an hour, never ended
+        with agent.span("turn", old, old + 1_000 * MS, {"call.id": "st-stale", "turn.number": 1}):
+            pass
+        await agent.flush()
+        await running.settle()
+        await running.deriver.mark_stale()
+        assert await db.fetchval("SELECT (status, stale)::text FROM calls WHERE call_id = 'st-stale'") == "(active,t)"
+        fresh = SdkAgent("grpc", running)
+        now = time.time_ns()
+        with fresh.span("turn", now - 1_000 * MS, now, {"call.id": "st-stale", "turn.number": 2}):
+            pass
+        await fresh.flush()
+        await running.settle()
+        assert await db.fetchval("SELECT (status, stale)::text FROM calls WHERE call_id = 'st-stale'") == "(active,f)"

@@ -1,4 +1,5 @@
-"""dirty_calls: calls whose derived rows must be recomputed (a transactional outbox between write and derive)
+"""dirty_calls: calls whose derived rows must be recomputed (a transactional outbox between write and derive);
+calls.stale: an active call silent for longer than the idle timeout
 
 Append-only marks (no unique key): the writer's INSERT never waits for a derive round that is deleting
 older marks of the same call.
@@ -24,5 +25,9 @@ def upgrade() -> None:
     )
 
 
+    op.add_column("calls", sa.Column("stale", sa.Boolean(), server_default=sa.text("false"), nullable=False))
+
+
 def downgrade() -> None:
+    op.drop_column("calls", "stale")
     op.drop_table("dirty_calls")
