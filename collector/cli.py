@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from collector.doctor import default_health_endpoint, describe_failure
 from collector.logs import configure_logging
 from collector.settings import SETTINGS, Settings, build_settings, parse_bool
 
@@ -18,6 +19,8 @@ __all__ = ["main"]
 
 _SERVE_SETTINGS = tuple(s.name for s in SETTINGS)
 _MIGRATE_SETTINGS = ("database_url", "retention_days", "compress_after_days", "log_level", "log_format")
+_DOCTOR_SETTINGS = ("database_url", "bind_address", "grpc_port", "http_port", "retention_days",
+                    "compress_after_days")
 
 
 def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -123,6 +126,25 @@ def _cmd_dashboards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_health(args: argparse.Namespace) -> int:
+    from collector.doctor import health
+
+    status = health(args.endpoint, timeout=args.timeout)
+    print(f"{args.endpoint}: {status}")
+    return 0 if status == "SERVING" else 1
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from collector.doctor import run_checks
+
+    checks = asyncio.run(run_checks(_settings(args), provisioning=Path(args.provisioning), timeout=args.timeout))
+    for check in checks:
+        print(check.line())
+    return 1 if any(check.level == "fail" for check in checks) else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="callscope",
@@ -165,12 +187,39 @@ def _parser() -> argparse.ArgumentParser:
         generator.add_argument("--" + name.replace("_", "-"), dest=name, type=parse, default=None,
                                help=f"default {default!r}")
     dashboards.set_defaults(run=_cmd_dashboards)
+
+    health_cmd = commands.add_parser("health", help="ask a collector's gRPC health service (exit 0 if SERVING)",
+                                     description="Query grpc.health.v1 of a running collector and print one "
+                                                 "line; exit 0 when it answers SERVING, 1 otherwise. The "
+                                                 "container HEALTHCHECK runs this.")
+    health_cmd.add_argument("--endpoint", default=default_health_endpoint(), metavar="HOST:PORT",
+                            help="host:port of the OTLP/gRPC receiver "
+                                 "[default 127.0.0.1:$CALLSCOPE_GRPC_PORT, else 127.0.0.1:4317]")
+    health_cmd.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
+                            help="seconds to wait for the answer [default 3]")
+    health_cmd.set_defaults(run=_cmd_health)
+
+    doctor = commands.add_parser("doctor", help="check the database, ports and provisioning files; say what to fix",
+                                 description="Check the database (reachable, version, TimescaleDB and its "
+                                             "compression/retention policies, schema revision, Grafana's read-only "
+                                             "role), the receiver ports and the Grafana provisioning files. One "
+                                             "line per check (OK / WARN / FAIL and what to fix); exit 0 when "
+                                             "nothing failed.")
+    _add_settings(doctor, _DOCTOR_SETTINGS)
+    doctor.add_argument("--provisioning", default="provisioning", metavar="DIR",
+                        help="Grafana provisioning directory to check [default provisioning]")
+    doctor.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
+                        help="seconds per network check [default 3]")
+    doctor.set_defaults(run=_cmd_doctor)
     return parser
 
 
 def _friendly(exc: BaseException, args: argparse.Namespace) -> str | None:
     """One clear line for the failures users meet, instead of a traceback."""
     url = getattr(args, "database_url", None) or os.environ.get("CALLSCOPE_DATABASE_URL") or SETTINGS[0].default
+    known = describe_failure(exc, url)
+    if known is not None:
+        return known
     if isinstance(exc, (ConnectionRefusedError, asyncpg.CannotConnectNowError)) or (
             isinstance(exc, OSError) and "connect" in str(exc).lower() and "5432" in str(exc)):
         return (f"cannot reach the database at {_redact(url)} ({exc}); is PostgreSQL running? "
