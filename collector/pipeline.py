@@ -167,6 +167,10 @@ def _log_row(record: LogIn) -> EventRow:
         raise RejectedSpan(f"log record {event or '(unnamed)'!r} has neither a call.id attribute nor a trace id")
     body = record.body
     message = body if isinstance(body, str) else None
+    if message is None and isinstance(body, dict):   # GenAI events: {content} or {message: {content}}
+        inner = body.get("message")
+        content = body.get("content", inner.get("content") if isinstance(inner, dict) else None)
+        message = content if isinstance(content, str) and content else None
     data = {k: v for k, v in record.attributes.items() if k != "event.name"}
     if body is not None and not isinstance(body, str):
         data["body"] = body

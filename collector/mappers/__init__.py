@@ -11,6 +11,8 @@ from collector.mappers.base import Mapper, SpanMapping
 from collector.mappers.genai import GenAIMapper
 from collector.mappers.livekit import LiveKitMapper
 from collector.mappers.native import NativeMapper
+from collector.mappers.openinference import OpenInferenceMapper
+from collector.mappers.openllmetry import OpenLLMetryMapper
 from collector.mappers.pipecat import PipecatMapper
 from collector.otlp.codec import SpanIn
 
@@ -19,6 +21,8 @@ __all__ = ["MAPPERS", "Mapper", "SpanMapping", "select_mapper"]
 MAPPERS: tuple[Mapper, ...] = (
     PipecatMapper(),
     LiveKitMapper(),
+    OpenInferenceMapper(),
+    OpenLLMetryMapper(),
     NativeMapper(),
     GenAIMapper(),
 )

@@ -13,6 +13,7 @@ from collector.mappers.base import (
     DerivedEvent, SpanMapping, ToolCallDraft, as_bool, as_int, as_json_text, as_text, explicit_call_id,
     parse_json, seconds_to_us, us,
 )
+from collector.mappers.standalone import CUT_SHORT, finish_reasons, standalone_turn
 from collector.otlp.codec import SpanIn
 
 __all__ = ["GenAIMapper", "llm_mapping", "tool_mapping", "session_mapping", "message_text", "provider_of", "model_of"]
@@ -161,7 +162,13 @@ class GenAIMapper:
         operation = as_text(span.attr("gen_ai.operation.name", "llm.request.type")) or ""
         call_id = explicit_call_id(span)
         if operation in _LLM_OPERATIONS or (not operation and span.attributes.get("gen_ai.system")):
-            return llm_mapping(span, call_id=call_id)
+            mapping = llm_mapping(span, call_id=call_id)
+            if span.parent_span_id is None:   # a bare instrumented request: an exchange of its own
+                output = span.attributes.get("gen_ai.output.messages")
+                cut_short = any(reason.lower() in CUT_SHORT for reason in finish_reasons(span, output))
+                mapping = standalone_turn(span, mapping, input_messages=span.attributes.get("gen_ai.input.messages"),
+                                          cut_short=cut_short)
+            return mapping
         if operation == "execute_tool":
             return tool_mapping(span, call_id=call_id)
         if operation == "invoke_workflow" and span.parent_span_id is None:

@@ -1,0 +1,58 @@
+"""Map stage helper: a root LLM span with no voice framework around it is one exchange, a turn of its own.
+
+Bare LLM instrumentations (OTel openai-v2, OpenLLMetry, OpenInference's OpenAI instrumentor) export each
+request as its own trace: no call, no turn span. Such a root span asks storage/derive.sql for a turn number
+(``turn_seq``), bounds the turn, names the user message it answers (``prompt_text``), flags a reply cut
+short, and reports the tool calls its input shows were answered since the last user message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from collector.mappers.base import DerivedEvent, SpanMapping, ToolCallDraft, us
+from collector.mappers.messages import last_user_text, messages_of, recover_tools
+from collector.otlp.codec import SpanIn
+
+__all__ = ["standalone_turn", "finish_reasons", "CUT_SHORT"]
+
+CUT_SHORT = frozenset({"error", "cancelled", "canceled", "interrupted", "abort", "aborted"})
+
+
+def finish_reasons(span: SpanIn, output_messages: Any = None) -> list[str]:
+    """``gen_ai.response.finish_reasons`` (array or string), else the output messages' ``finish_reason``."""
+    value = span.attributes.get("gen_ai.response.finish_reasons", span.attributes.get("llm.finish_reason"))
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [str(m.get("finish_reason")) for m in messages_of(output_messages)
+            if isinstance(m, dict) and "finish_reason" in m and m.get("finish_reason") is not None]
+
+
+def standalone_turn(span: SpanIn, mapping: SpanMapping, *, input_messages: Any, cut_short: bool = False,
+                    recover: bool = True) -> SpanMapping:
+    """``mapping`` of a root LLM span turned into its own turn; spans with a parent are returned unchanged."""
+    if span.parent_span_id is not None or mapping.turn_number is not None:
+        return mapping
+    facts = dict(mapping.facts)
+    facts.update(turn_seq=True, turn_start_us=us(span.start_ns), turn_end_us=us(span.end_ns))
+    prompt = last_user_text(input_messages)
+    if prompt and "prompt_text" not in facts:
+        facts["prompt_text"] = prompt
+    events = list(mapping.events)
+    if cut_short:
+        facts["interrupted"] = True
+        events.append(DerivedEvent(span.end_ns, "agent.interrupted", "the reply was cut short", None))
+    tools = list(mapping.tool_calls)
+    if recover and not tools:
+        for tool in recover_tools(input_messages):
+            tools.append(ToolCallDraft(tool.tool_call_id, tool.name, None, span.start_ns, tool.arguments,
+                                       tool.result, tool.error is not None, tool.error))
+            data = {"tool": tool.name, "tool_call_id": tool.tool_call_id}
+            events.append(DerivedEvent(span.start_ns, "integration.invoked", None, {**data, "arguments": tool.arguments}))
+            events.append(DerivedEvent(span.start_ns, "integration.failed", tool.error, {**data, "error": tool.error})
+                          if tool.error is not None else
+                          DerivedEvent(span.start_ns, "integration.completed", None, {**data, "result": tool.result}))
+    return replace(mapping, facts=facts, events=tuple(events), tool_calls=tuple(tools))
