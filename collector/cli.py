@@ -66,8 +66,36 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _collector_answers(endpoint: str, timeout: float = 5.0) -> bool:
+    """Is a collector listening at ``endpoint``? (simulate would otherwise retry for minutes)."""
+    if endpoint.startswith(("http://", "https://")):
+        import aiohttp
+
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+                async with session.get(endpoint.rstrip("/") + "/health") as response:
+                    return response.status < 500
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
+    import grpc
+
+    channel = grpc.aio.insecure_channel(endpoint.removeprefix("grpc://"))
+    try:
+        await asyncio.wait_for(channel.channel_ready(), timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
+    finally:
+        await channel.close()
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from collector.simulate import run_simulation
+
+    if not asyncio.run(_collector_answers(args.endpoint)):
+        print(f"callscope: no collector answers at {args.endpoint}; start one with `callscope serve` "
+              f"or pass --endpoint host:4317 (gRPC) / http://host:4318 (HTTP).", file=sys.stderr)
+        return 2
 
     total = args.calls
     shown = {"done": 0}

@@ -32,6 +32,22 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+_last_resource: tuple[int, dict[str, Any] | None, str | None] = (0, None, None)
+
+
+def _resource_json(resource: dict[str, Any]) -> str | None:
+    """JSON of a resource, serialized once for all the spans of a ResourceSpans (they share the dict)."""
+    global _last_resource
+    if not resource:
+        return None
+    key, cached_dict, cached = _last_resource
+    if cached_dict is resource and key == id(resource):
+        return cached
+    text = _dumps(resource)
+    _last_resource = (id(resource), resource, text)
+    return text
+
+
 def _time(ns: int) -> datetime:
     # datetime.fromtimestamp loses sub-microsecond precision only, which PostgreSQL drops anyway.
     return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
@@ -110,7 +126,7 @@ def _span_rows(span: SpanIn, out: list[Record]) -> None:
         ttfb_ms=mapping.ttfb_ms, input_tokens=mapping.input_tokens, output_tokens=mapping.output_tokens,
         framework=mapper.name if mapper is not None else "unknown",
         attributes=_dumps(span.attributes), events=_dumps(span.events) if span.events else None,
-        resource=_dumps(span.resource) if span.resource else None, facts=_dumps(facts) if facts else None,
+        resource=_resource_json(span.resource), facts=_dumps(facts) if facts else None,
     ))
     for tool in mapping.tool_calls:
         out.append(ToolCallRow(

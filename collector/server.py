@@ -99,12 +99,14 @@ class Collector:
                                             "bind_address": settings.bind_address})
 
     async def close(self, grace_s: float = 10.0) -> None:
-        """Stop accepting, wait for in-flight Exports, flush the batcher, close the database."""
-        if self.grpc is not None:
-            await self.grpc.stop(grace_s)
-        if self.http is not None:
-            await self.http.stop(grace_s)
+        """Stop accepting, flush what was accepted (in-flight Exports get their answer), close the database."""
+        stopping = [receiver.stop(grace_s) for receiver in (self.grpc, self.http) if receiver is not None]
+        receivers = asyncio.ensure_future(asyncio.gather(*stopping))
+        await asyncio.sleep(0)  # the receivers refuse new calls from here on
+        # Flush now rather than after the receivers stop: in-flight Exports wait for their batch's
+        # commit, and waiting for its age timer could outlast the grace period.
         await self.batcher.close()
+        await receivers
         await self.writer.close()
         await self.deriver.close()
         log.info("collector.stopped", extra=asdict(METRICS))

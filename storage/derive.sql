@@ -27,18 +27,20 @@ WITH seq AS (
     FROM spans
     WHERE call_id = ANY($1::text[]) AND (facts->>'turn_seq')::boolean
 ), grouped AS (
-    SELECT a.call_id, a.trace_id, a.span_id, a.start_time,
+    -- A join on call_id (hash join, pairs within one call) rather than a LATERAL subquery per span:
+    -- the latter rescans every turn span of the batch for each one (quadratic in the batch).
+    SELECT DISTINCT ON (a.trace_id, a.span_id, a.start_time)
+           a.call_id, a.trace_id, a.span_id, a.start_time,
            coalesce(u.start_time, a.start_time) AS group_start, coalesce(u.span_id, a.span_id) AS group_span
     FROM seq a
-    LEFT JOIN LATERAL (
-        SELECT c.start_time, c.span_id FROM seq c
-        WHERE a.role = 'agent' AND c.role = 'user' AND c.call_id = a.call_id AND c.start_time <= a.start_time
-          AND ((a.pair_key IS NOT NULL AND c.pair_key = a.pair_key
-                AND c.end_time >= a.start_time - interval '30 seconds')
-               OR c.end_time >= a.start_time - interval '2 seconds')
-        ORDER BY (a.pair_key IS NOT NULL AND c.pair_key = a.pair_key) DESC, c.start_time DESC, c.span_id
-        LIMIT 1
-    ) u ON true
+    LEFT JOIN seq u
+      ON a.role = 'agent' AND u.role = 'user' AND u.call_id = a.call_id AND u.start_time <= a.start_time
+     AND ((a.pair_key IS NOT NULL AND u.pair_key = a.pair_key
+           AND u.end_time >= a.start_time - interval '30 seconds')
+          OR u.end_time >= a.start_time - interval '2 seconds')
+    ORDER BY a.trace_id, a.span_id, a.start_time,
+             (a.pair_key IS NOT NULL AND u.pair_key IS NOT DISTINCT FROM a.pair_key) DESC,
+             u.start_time DESC NULLS LAST, u.span_id
 ), n AS (
     SELECT trace_id, span_id, start_time,
            dense_rank() OVER (PARTITION BY call_id ORDER BY group_start, group_span)::int AS turn_number
@@ -76,8 +78,8 @@ WHERE sp.call_id = ANY($1::text[]) AND sp.trace_id = r.trace_id AND sp.span_id =
 -- name: link_tool_calls
 UPDATE tool_calls t SET turn_number = s.turn_number
 FROM spans s
-WHERE t.call_id = ANY($1::text[]) AND s.call_id = t.call_id AND s.span_id = t.span_id
-  AND t.turn_number IS DISTINCT FROM s.turn_number;
+WHERE t.call_id = ANY($1::text[]) AND s.call_id = ANY($1::text[]) AND s.call_id = t.call_id
+  AND s.span_id = t.span_id AND t.turn_number IS DISTINCT FROM s.turn_number;
 
 -- name: time_recovered_tool_calls
 -- A tool call recovered from an LLM request's input (Pipecat) has no start of its own: it began when the
@@ -98,8 +100,8 @@ WHERE t.call_id = x.call_id AND t.tool_call_id = x.tool_call_id AND x.started_at
 -- name: link_events
 UPDATE events e SET turn_number = s.turn_number
 FROM spans s
-WHERE e.call_id = ANY($1::text[]) AND e.span_id IS NOT NULL AND s.call_id = e.call_id
-  AND s.span_id = e.span_id AND e.turn_number IS DISTINCT FROM s.turn_number;
+WHERE e.call_id = ANY($1::text[]) AND e.span_id IS NOT NULL AND s.call_id = ANY($1::text[])
+  AND s.call_id = e.call_id AND s.span_id = e.span_id AND e.turn_number IS DISTINCT FROM s.turn_number;
 
 -- name: delete_turns
 DELETE FROM turns WHERE call_id = ANY($1::text[]);

@@ -146,3 +146,16 @@ async def test_health_without_a_collector_is_one_line_and_exit_1():
 async def test_health_of_a_running_collector(collector):
     code, out, _ = await _run("health", env={"CALLSCOPE_GRPC_PORT": str(collector.grpc.port)})
     assert (code, out) == (0, f"127.0.0.1:{collector.grpc.port}: SERVING\n")
+
+
+def test_simulate_without_a_collector_says_so_in_one_line(capsys):
+    import socket
+
+    from collector.cli import main
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    assert main(["simulate", "--endpoint", f"127.0.0.1:{closed_port}", "--calls", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("callscope: no collector answers at") and "\n" not in error
