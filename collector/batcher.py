@@ -2,8 +2,10 @@
 
 Bounded by record count: a submission that does not fit is refused with ``Overloaded`` (never dropped);
 an accepted one waits until the batch holding it is committed, so an Export's success is a promise.
-A batch is written when it reaches ``max_batch_records`` or its oldest submission has waited ``max_wait_ms``,
-whichever comes first; ``close`` flushes everything accepted before returning.
+A batch is written when a writer connection is free and either it reaches ``max_batch_records`` or its oldest
+submission has waited ``max_wait_ms``; while every writer is busy, submissions gather into the next batch
+(group commit), so batches grow with load and latency stays low without it. ``close`` flushes everything
+accepted before returning.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class _Submission:
 
 class Batcher:
     def __init__(self, writer: RecordWriter, *, max_batch_records: int = 5000, max_wait_ms: int = 200,
-                 queue_records: int = 50000, retry_after_s: float = 1.0) -> None:
+                 queue_records: int = 50000, retry_after_s: float = 1.0, writers: int = 1) -> None:
         if queue_records < max_batch_records:
             raise ValueError("queue_records must be ≥ max_batch_records")
         self._writer = writer
@@ -50,6 +52,8 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(writers)
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     @property
     def queued_records(self) -> int:
@@ -81,7 +85,12 @@ class Batcher:
         while True:
             if not self._pending:
                 if self._closing:
-                    return
+                    return  # close() then waits for the batches still being written
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self._slots.locked() and not self._closing:
+                # Every writer is busy: keep gathering (group commit); a finished batch wakes us.
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -94,7 +103,16 @@ class Batcher:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            await self._write_one_batch(by_size=pending_records >= self._max_batch)
+            # Up to ``writers`` batches are written at once (one database connection each).
+            await self._slots.acquire()
+            task = asyncio.create_task(self._write_one_batch(by_size=pending_records >= self._max_batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+        self._wakeup.set()
 
     async def _write_one_batch(self, *, by_size: bool) -> None:
         batch: list[_Submission] = []
@@ -149,6 +167,8 @@ class Batcher:
         if self._task is not None:
             await self._task
             self._task = None
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     def terminate(self) -> None:
         self._closing = True

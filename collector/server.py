@@ -22,7 +22,7 @@ from collector.settings import Settings
 from collector.telemetry import METRICS
 from storage.migrate import migrate
 from storage.deriver import Deriver
-from storage.writer import PostgresWriter
+from storage.writer import WriterPool
 
 __all__ = ["Collector", "serve"]
 
@@ -37,11 +37,11 @@ class Collector:
         self._run_migrations = run_migrations
         self.deriver = Deriver(settings.database_url, timeout=max(settings.write_timeout_s, 30.0),
                                stale_after_s=settings.idle_timeout_s)
-        self.writer = PostgresWriter(settings.database_url, timeout=settings.write_timeout_s,
-                                     on_commit=self.deriver.notify)
+        self.writer = WriterPool(settings.database_url, size=settings.writer_connections,
+                                 timeout=settings.write_timeout_s, on_commit=self.deriver.notify)
         self.batcher = Batcher(self.writer, max_batch_records=settings.max_batch_records,
                                max_wait_ms=settings.max_wait_ms, queue_records=settings.queue_records,
-                               retry_after_s=settings.retry_after_s)
+                               retry_after_s=settings.retry_after_s, writers=settings.writer_connections)
         self.ingest = Ingest(self.batcher)
         self.grpc: GrpcReceiver | None = None
         self.http: HttpReceiver | None = None

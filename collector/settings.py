@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
-__all__ = ["Setting", "SETTINGS", "Settings", "build_settings", "parse_bool"]
+__all__ = ["Setting", "SETTINGS", "Settings", "build_settings", "parse_bool", "settings_table_markdown"]
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http_port", 4318, "OTLP/HTTP port (/v1/traces, /v1/logs, /health).", int),
     Setting("max_message_mib", 16, "Largest accepted request, in MiB, after decompression.", int),
     Setting("max_batch_records", 5000, "A batch is written when it holds this many records ...", int),
-    Setting("max_wait_ms", 200, "... or when its oldest record has waited this long (ms).", int),
+    Setting("max_wait_ms", 10,
+            "... or when its oldest record has waited this long (ms); while all writers are busy, records "
+            "gather into the next batch anyway.", int),
     Setting("queue_records", 50000,
             "Records accepted but not yet committed; above it Export is refused with RESOURCE_EXHAUSTED "
             "/ HTTP 429 and a retry hint, so memory stays bounded.", int),
+    Setting("writer_connections", 2,
+            "Database connections writing batches in parallel (plus one that derives calls and turns).", int),
     Setting("retry_after_s", 1.0, "Retry hint sent with a refusal (RetryInfo / Retry-After), seconds.", float),
     Setting("write_timeout_s", 30.0, "A batch that cannot be committed within this time fails with UNAVAILABLE.", float),
     Setting("retention_days", 30, "TimescaleDB only: spans and events older than this are dropped (0 = keep).", int),
@@ -72,6 +76,7 @@ class Settings:
     max_batch_records: int
     max_wait_ms: int
     queue_records: int
+    writer_connections: int
     retry_after_s: float
     write_timeout_s: float
     retention_days: int
@@ -91,6 +96,8 @@ class Settings:
             problems.append("max_batch_records must be ≥ 1")
         if self.queue_records < self.max_batch_records:
             problems.append("queue_records must be ≥ max_batch_records")
+        if self.writer_connections < 1:
+            problems.append("writer_connections must be ≥ 1")
         if self.max_wait_ms < 0:
             problems.append("max_wait_ms must be ≥ 0")
         if self.max_message_mib < 1:
@@ -109,6 +116,12 @@ class Settings:
 
 
 assert {s.name for s in SETTINGS} == {f.name for f in fields(Settings)}, "SETTINGS and Settings disagree"
+
+
+def settings_table_markdown() -> str:
+    """The configuration reference table of docs/configuration.md (a test keeps the page equal to it)."""
+    rows = [f"| `{s.flag}` | `{s.env}` | `{s.default!r}` | {s.help} |" for s in SETTINGS]
+    return "\n".join(["| flag | environment | default | meaning |", "| --- | --- | --- | --- |", *rows])
 
 
 def build_settings(overrides: Mapping[str, Any] | None = None,

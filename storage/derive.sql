@@ -362,7 +362,7 @@ ON CONFLICT DO NOTHING;
 -- A derived event repeats what the producer said itself (e.g. call.completed or agent.interrupted sent as a
 -- log record too): the producer's own event wins, so the call log shows it once.
 DELETE FROM events d
-WHERE d.call_id = ANY($1::text[]) AND d.source = 'derived'
-  AND EXISTS (SELECT 1 FROM events e
-              WHERE e.call_id = d.call_id AND e.event = d.event AND e.source <> 'derived'
-                AND e.turn_number IS NOT DISTINCT FROM d.turn_number);
+USING events e
+WHERE d.call_id = ANY($1::text[]) AND e.call_id = ANY($1::text[]) AND d.source = 'derived'
+  AND e.source <> 'derived' AND e.call_id = d.call_id AND e.event = d.event
+  AND e.turn_number IS NOT DISTINCT FROM d.turn_number;

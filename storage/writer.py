@@ -24,7 +24,7 @@ import asyncpg
 from collector.errors import StorageUnavailable
 from collector.records import EventRow, Record, SpanRow, ToolCallRow, columns_of
 
-__all__ = ["PostgresWriter", "WriteResult", "storage_errors", "DERIVE_STATEMENTS", "SERVER_SETTINGS"]
+__all__ = ["PostgresWriter", "WriterPool", "WriteResult", "storage_errors", "DERIVE_STATEMENTS", "SERVER_SETTINGS"]
 
 log = logging.getLogger("callscope.storage")
 
@@ -246,3 +246,37 @@ class PostgresWriter:
                 await connection.execute(_MARK_DIRTY, sorted(touched))
         return WriteResult(spans=counts["spans"], events=counts["events"], tool_calls=counts["tool_calls"],
                            calls_touched=len(touched))
+
+
+class WriterPool:
+    """Several ``PostgresWriter`` connections, so batches commit in parallel on a multi-core database.
+
+    Concurrent batches touching the same trace may deadlock in PostgreSQL; the loser fails with
+    ``StorageUnavailable`` and its client retries, which stores nothing twice.
+    """
+
+    def __init__(self, database_url: str, *, size: int = 2, timeout: float = 30.0,
+                 on_commit: Callable[[], None] | None = None) -> None:
+        self._writers = [PostgresWriter(database_url, timeout=timeout, on_commit=on_commit) for _ in range(size)]
+        self._idle: asyncio.Queue[PostgresWriter] = asyncio.Queue()
+        for writer in self._writers:
+            self._idle.put_nowait(writer)
+
+    async def start(self) -> None:
+        for writer in self._writers:
+            await writer.start()
+
+    async def write(self, records: Sequence[Record]) -> WriteResult:
+        writer = await self._idle.get()
+        try:
+            return await writer.write(records)
+        finally:
+            self._idle.put_nowait(writer)
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            await writer.close()
+
+    def terminate(self) -> None:
+        for writer in self._writers:
+            writer.terminate()

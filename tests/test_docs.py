@@ -8,7 +8,7 @@ from pathlib import Path
 
 from collector.cli import _parser
 from collector.mappers import MAPPERS
-from collector.settings import SETTINGS
+from collector.settings import SETTINGS, settings_table_markdown
 from storage.catalogue import CATALOGUE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +36,7 @@ def test_quickstart_is_two_commands():
 
 def test_every_setting_is_documented():
     configuration = (ROOT / "docs" / "configuration.md").read_text()
+    assert settings_table_markdown() in configuration, "regenerate the table from collector/settings.py"
     for setting in SETTINGS:
         assert f"`{setting.flag}`" in configuration and f"`{setting.env}`" in configuration, setting.name
 
