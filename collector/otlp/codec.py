@@ -184,7 +184,22 @@ def any_value(value: Any) -> Any:
 
 
 def attributes_to_dict(key_values: Any) -> dict[str, Any]:
-    return {kv.key: any_value(kv.value) for kv in key_values}
+    # Hot path (every attribute of every span): scalar cases inline, any_value only for nested values.
+    out: dict[str, Any] = {}
+    for kv in key_values:
+        value = kv.value
+        which = value.WhichOneof("value")
+        if which == "string_value":
+            out[kv.key] = value.string_value
+        elif which == "int_value":
+            out[kv.key] = value.int_value
+        elif which == "double_value":
+            out[kv.key] = value.double_value
+        elif which == "bool_value":
+            out[kv.key] = value.bool_value
+        else:
+            out[kv.key] = any_value(value)
+    return out
 
 
 def _span_id(raw: bytes, field: str, *, optional: bool = False) -> str | None:
