@@ -823,6 +823,11 @@ class _CallBuilder:
         if node:
             self.log(llm_start, "path.node_generation_started", f"Generating at node {node[1]}",
                      {"path.node": node[1]}, span=turn, with_call_id=cid)
+            # A few flow turns hit a path error (decided without the RNG, so other draws stay put).
+            if (number * 7 + int(self.call_id.encode().hex()[-4:], 16)) % 23 == 0:
+                self.log(llm_start + _ms(2), "path.error", f"No edge matched at node {node[1]}; staying",
+                         {"path.node": node[1], "error.type": "NoMatchingEdge"}, span=turn,
+                         severity=_ERR, with_call_id=cid)
         history = 850 + 70 * number + r.randint(0, 40)
         stage_spans: list[_Sp] = [stt]
         truth.update({"stt_ms": round((stt_end - user_stop) / _MS, 3), "stt_provider": stt_provider,
