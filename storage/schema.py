@@ -13,7 +13,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = ["metadata", "calls", "turns", "spans", "tool_calls", "events", "event_types", "call_traces",
-           "HYPERTABLES", "dirty_calls"]
+           "HYPERTABLES", "dirty_calls", "telephony_rates"]
 
 metadata = MetaData()
 TZ = DateTime(timezone=True)
@@ -195,6 +195,16 @@ dirty_calls = Table(
     "dirty_calls", metadata,
     Column("id", BigInteger, Identity(always=False), primary_key=True),
     Column("call_id", Text, nullable=False),
+)
+
+# ours: price per minute by call direction, filled from the price table at collector start (design §7).
+telephony_rates = Table(
+    "telephony_rates", metadata,
+    Column("direction", Text, primary_key=True),
+    Column("per_minute", Float, nullable=False),
+    Column("currency", Text, nullable=False, server_default="USD"),
+    Column("price_version", Text),
+    Column("updated_at", TZ, nullable=False, server_default=text("now()")),
 )
 
 # table → time column; these become hypertables where TimescaleDB is installed.

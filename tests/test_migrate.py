@@ -105,3 +105,19 @@ async def test_hypertables_compression_and_retention_with_timescaledb():
     procs = {(r["hypertable_name"], r["proc_name"]) for r in jobs}
     for table in ("spans", "events"):
         assert (table, "policy_compression") in procs and (table, "policy_retention") in procs
+
+
+async def test_schema_code_and_migrations_agree(database_url):
+    """Every table and column of storage/schema.py exists after migrating, and every migrated table is in
+    schema.py (views and the latency rollup of 0002 aside)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        columns = await _columns(connection)
+        tables = {r[0] for r in await connection.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    finally:
+        await connection.close()
+    declared = {table.name: {c.name for c in table.columns} for table in metadata.sorted_tables}
+    assert tables - {"alembic_version"} == set(declared)
+    for name, names in declared.items():
+        assert names == columns[name], name
