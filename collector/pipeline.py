@@ -10,7 +10,7 @@ import hashlib
 import orjson
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from collector.cost import cost_facts
 from collector.errors import RejectedSpan
@@ -161,7 +161,9 @@ def _span_rows(span: SpanIn, out: list[Record]) -> None:
         ))
 
 
-def map_spans(items: Iterable[SpanIn | RejectedSpan]) -> MappedBatch:
+def _map_items(items: Iterable[Any], add_rows: Callable[[Any, list[Record]], None],
+               describe: Callable[[Any], str]) -> MappedBatch:
+    """One loop for both signals: an invalid item is recorded with its reason; the others become rows."""
     batch = MappedBatch()
     for item in items:
         batch.items += 1
@@ -169,10 +171,14 @@ def map_spans(items: Iterable[SpanIn | RejectedSpan]) -> MappedBatch:
             batch.rejected.append(str(item))
             continue
         try:
-            _span_rows(item, batch.records)
+            add_rows(item, batch.records)
         except RejectedSpan as rejected:
-            batch.rejected.append(f"span {item.name!r} ({item.span_id}): {rejected}")
+            batch.rejected.append(f"{describe(item)}: {rejected}")
     return batch
+
+
+def map_spans(items: Iterable[SpanIn | RejectedSpan]) -> MappedBatch:
+    return _map_items(items, _span_rows, lambda span: f"span {span.name!r} ({span.span_id})")
 
 
 def _log_row(record: LogIn) -> EventRow:
@@ -180,7 +186,7 @@ def _log_row(record: LogIn) -> EventRow:
     explicit_id = as_text(record.attr(*CALL_ID_KEYS))
     call_id = explicit_id or record.trace_id or ""
     if not call_id:
-        raise RejectedSpan(f"log record {event or '(unnamed)'!r} has neither a call.id attribute nor a trace id")
+        raise RejectedSpan("it has neither a call.id attribute nor a trace id")
     body = record.body
     message = body if isinstance(body, str) else None
     if message is None and isinstance(body, dict):   # GenAI events: {content} or {message: {content}}
@@ -201,14 +207,5 @@ def _log_row(record: LogIn) -> EventRow:
 
 
 def map_logs(items: Iterable[LogIn | RejectedSpan]) -> MappedBatch:
-    batch = MappedBatch()
-    for item in items:
-        batch.items += 1
-        if isinstance(item, RejectedSpan):
-            batch.rejected.append(str(item))
-            continue
-        try:
-            batch.records.append(_log_row(item))
-        except RejectedSpan as rejected:
-            batch.rejected.append(str(rejected))
-    return batch
+    return _map_items(items, lambda record, out: out.append(_log_row(record)),
+                      lambda record: f"log record {record.event_name or '(unnamed)'!r}")

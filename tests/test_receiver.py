@@ -187,3 +187,21 @@ async def test_database_down_answers_unavailable_and_recovers(database_url, db):
         await client.send(request_of(span("stt", b"\x32" * 16, b"\x01" * 8, call_id="down-1")))  # retry
         await client.close()
     assert sorted(r[0] for r in await db.fetch("SELECT call_id FROM calls")) == ["down-0", "down-1"]
+
+
+async def test_log_record_without_any_call_correlation_is_rejected_alone(collector, db):
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    request = ExportLogsServiceRequest()
+    records = request.resource_logs.add().scope_logs.add().log_records
+    good = records.add(time_unix_nano=NOW, event_name="webhook.sent", severity_number=9)
+    attribute = good.attributes.add()
+    attribute.key, attribute.value.string_value = "call.id", "log-call"
+    records.add(time_unix_nano=NOW, event_name="webhook.sent")          # no call.id, no trace id
+    client = GrpcClient(collector.grpc.port)
+    response = await client.send(request)
+    await client.close()
+    assert response.partial_success.rejected_log_records == 1
+    assert "log record 'webhook.sent': it has neither a call.id attribute nor a trace id" in (
+        response.partial_success.error_message)
+    assert await db.fetchval("SELECT count(*) FROM events WHERE call_id = 'log-call'") == 1

@@ -16,7 +16,7 @@ from collector.mappers.base import (
 from collector.mappers.standalone import CUT_SHORT, finish_reasons, standalone_turn
 from collector.otlp.codec import SpanIn
 
-__all__ = ["GenAIMapper", "llm_mapping", "tool_mapping", "session_mapping", "message_text", "provider_of", "model_of"]
+__all__ = ["GenAIMapper", "llm_mapping", "tool_mapping", "session_mapping", "tts_mapping", "message_text", "provider_of", "model_of"]
 
 _LLM_OPERATIONS = frozenset({"chat", "generate_content", "text_completion", "completion", "responses"})
 _STT_OPERATIONS = frozenset({"speech_to_text", "transcription", "stt"})
@@ -102,6 +102,30 @@ def llm_mapping(span: SpanIn, *, ttfb_s: Any = None, output: Any = None, stage: 
         ttfb_ms=None if ttfb_us is None else ttfb_us / 1000.0,
         input_tokens=input_tokens, output_tokens=output_tokens, facts=facts, events=events,
     )
+
+
+def tts_mapping(span: SpanIn, *, provider: str | None, text: str | None, ttfb_us: int | None,
+                characters: int | None = None, interrupted: bool = False, call_id: str | None = None,
+                turn_number: int | None = None, model: str | None = None,
+                events: tuple[DerivedEvent, ...] = ()) -> SpanMapping:
+    """A TTS request span: request at start, first audio at start + TTFB; the text is what the agent said."""
+    start_us = us(span.start_ns)
+    facts: dict[str, Any] = {"tts_request_us": start_us}
+    if ttfb_us is not None:
+        facts["tts_first_audio_us"] = start_us + ttfb_us
+    if provider:
+        facts["tts_provider"] = provider
+    if text:
+        facts["agent_text"] = text
+    if characters is None and text:
+        characters = len(text)
+    if characters is not None:
+        facts["tts_characters"] = characters
+    if interrupted:
+        facts["interrupted"] = True
+    return SpanMapping(stage="tts", call_id=call_id, turn_number=turn_number, provider=provider,
+                       model=model if model is not None else model_of(span),
+                       ttfb_ms=None if ttfb_us is None else ttfb_us / 1000.0, facts=facts, events=events)
 
 
 def tool_mapping(span: SpanIn, *, name: Any = None, call_key: Any = None, arguments: Any = None,

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from collector.mappers.base import (
     DerivedEvent, SpanMapping, as_bool, as_float, as_int, as_text, explicit_call_id, parse_json, seconds_to_us, us,
 )
-from collector.mappers.genai import llm_mapping, model_of, provider_of, session_mapping, tool_mapping
+from collector.mappers.genai import llm_mapping, model_of, provider_of, session_mapping, tool_mapping, tts_mapping
 from collector.mappers.messages import last_user_text
 from collector.otlp.codec import SpanIn
 
@@ -266,24 +266,10 @@ class LiveKitMapper:
     @staticmethod
     def _tts_request(span: SpanIn, call_id: str | None) -> SpanMapping:
         metrics = _blob(span, "lk.tts_metrics")
-        provider = provider_of(span)
-        start_us = us(span.start_ns)
-        facts: dict[str, Any] = {"tts_request_us": start_us}
-        ttfb_us = seconds_to_us(metrics.get("ttfb"))
-        if ttfb_us is not None:   # a request cancelled before any audio reports ttfb = -1
-            facts["tts_first_audio_us"] = start_us + ttfb_us
-        text = as_text(_pii(span, "input_text"))
-        if text:
-            facts["agent_text"] = text
-        characters = as_int(metrics.get("characters_count"))
-        if characters is None and text:
-            characters = len(text)
-        if characters is not None:
-            facts["tts_characters"] = characters
-        if provider:
-            facts["tts_provider"] = provider
-        return SpanMapping(stage="tts", call_id=call_id, provider=provider, model=model_of(span),
-                           ttfb_ms=None if ttfb_us is None else ttfb_us / 1000.0, facts=facts)
+        # a request cancelled before any audio reports ttfb = -1 (seconds_to_us gives None)
+        return tts_mapping(span, call_id=call_id, provider=provider_of(span),
+                           text=as_text(_pii(span, "input_text")), ttfb_us=seconds_to_us(metrics.get("ttfb")),
+                           characters=as_int(metrics.get("characters_count")))
 
     @staticmethod
     def _tool(span: SpanIn, call_id: str | None) -> SpanMapping:

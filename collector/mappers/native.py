@@ -11,7 +11,9 @@ from typing import Any, ClassVar
 from collector.mappers.base import (
     DerivedEvent, SpanMapping, as_bool, as_float, as_int, as_text, explicit_call_id, ms_to_us, parse_json, us,
 )
-from collector.mappers.genai import llm_mapping, model_of, provider_of, session_mapping, tool_mapping
+from collector.mappers.genai import (
+    llm_mapping, model_of, provider_of, session_mapping, tool_mapping, tts_mapping,
+)
 from collector.otlp.codec import SpanIn
 
 __all__ = ["NativeMapper", "call_facts", "STATUSES", "DIRECTIONS"]
@@ -151,27 +153,12 @@ class NativeMapper:
 
     @staticmethod
     def _tts(span: SpanIn, call_id: str | None, turn_number: int | None) -> SpanMapping:
-        provider = provider_of(span, "tts.provider")
-        text = as_text(span.attr("tts.text", "text"))
-        ttfb_us = ms_to_us(span.attr("tts.ttfb_ms"))
-        start_us = us(span.start_ns)
-        facts: dict[str, Any] = {"tts_request_us": start_us}
-        if ttfb_us is not None:
-            facts["tts_first_audio_us"] = start_us + ttfb_us
-        if provider:
-            facts["tts_provider"] = provider
-        if text:
-            facts["agent_text"] = text
-        characters = as_int(span.attr("tts.characters", "metrics.character_count"))
-        if characters is None and text:
-            characters = len(text)
-        if characters is not None:
-            facts["tts_characters"] = characters
-        if as_bool(span.attr("tts.interrupted")):
-            facts["interrupted"] = True
-        return SpanMapping(stage="tts", call_id=call_id, turn_number=turn_number, provider=provider,
-                           model=model_of(span, "tts.model"),
-                           ttfb_ms=None if ttfb_us is None else ttfb_us / 1000.0, facts=facts)
+        return tts_mapping(span, call_id=call_id, turn_number=turn_number,
+                           provider=provider_of(span, "tts.provider"), model=model_of(span, "tts.model"),
+                           text=as_text(span.attr("tts.text", "text")),
+                           ttfb_us=ms_to_us(span.attr("tts.ttfb_ms")),
+                           characters=as_int(span.attr("tts.characters", "metrics.character_count")),
+                           interrupted=bool(as_bool(span.attr("tts.interrupted"))))
 
     @staticmethod
     def _turn(span: SpanIn, call_id: str | None, turn_number: int | None) -> SpanMapping:

@@ -203,7 +203,6 @@ class OpenInferenceMapper:
 
     @staticmethod
     def _tool(span: SpanIn, call_id: str | None) -> SpanMapping:
-        attributes = span.attributes
         result = span.attr("tool.result", "output.value")
         error = as_text(span.attr("frame.error.message", "exception.message", "error.type"))
         if error is None and span.status_code == 2:

@@ -16,7 +16,7 @@ from collector.mappers.base import (
     DerivedEvent, SpanMapping, ToolCallDraft, as_bool, as_float, as_int, as_text, explicit_call_id,
     ms_to_us, seconds_to_us, us,
 )
-from collector.mappers.genai import llm_mapping, model_of, provider_of, session_mapping, tool_mapping
+from collector.mappers.genai import llm_mapping, model_of, provider_of, session_mapping, tool_mapping, tts_mapping
 from collector.mappers.messages import last_user_text, recover_tools, result_error
 from collector.otlp.codec import SpanIn
 
@@ -153,29 +153,15 @@ class PipecatMapper:
     @staticmethod
     def _tts(span: SpanIn, call_id: str | None) -> SpanMapping:
         attributes = span.attributes
-        provider = provider_of(span)
         text = as_text(attributes.get("text"))
         ttfb_us = _ttfb_us(span)
-        start_us = us(span.start_ns)
-        facts: dict[str, Any] = {"tts_request_us": start_us}
-        events: list[DerivedEvent] = []
+        events: tuple[DerivedEvent, ...] = ()
         if ttfb_us is not None:
-            facts["tts_first_audio_us"] = start_us + ttfb_us
-            events.append(DerivedEvent(span.start_ns + ttfb_us * 1000, "agent.started_speaking", None,
-                                       {"text": text} if text else None))
-        if provider:
-            facts["tts_provider"] = provider
-        if text:
-            facts["agent_text"] = text
-        characters = as_int(attributes.get("metrics.character_count"))
-        if characters is None and text:
-            characters = len(text)
-        if characters is not None:
-            facts["tts_characters"] = characters
-        if as_bool(attributes.get("tts.interrupted")):
-            facts["interrupted"] = True
-        return SpanMapping(stage="tts", call_id=call_id, provider=provider, model=model_of(span),
-                           ttfb_ms=None if ttfb_us is None else ttfb_us / 1000.0, facts=facts, events=tuple(events))
+            events = (DerivedEvent(span.start_ns + ttfb_us * 1000, "agent.started_speaking", None,
+                                   {"text": text} if text else None),)
+        return tts_mapping(span, call_id=call_id, provider=provider_of(span), text=text, ttfb_us=ttfb_us,
+                           characters=as_int(attributes.get("metrics.character_count")),
+                           interrupted=bool(as_bool(attributes.get("tts.interrupted"))), events=events)
 
     @staticmethod
     def _realtime_tool(span: SpanIn, call_id: str | None) -> SpanMapping:

@@ -8,7 +8,6 @@ decoder into a plain dict that the mapper and the raw row share. Per-item valida
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import zlib
 from contextlib import contextmanager
