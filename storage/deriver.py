@@ -1,4 +1,5 @@
-"""Derive stage: recompute turns, calls and links for the calls in ``dirty_calls`` (storage/derive.sql).
+"""Derive stage: recompute turns, calls and links for the calls in ``dirty_calls`` (storage/derive.sql, run as
+the ``callscope_derive`` routine that ``migrate`` installs).
 
 Runs beside the writer on its own connection, so PostgreSQL derives one batch while the next is written.
 Each round claims up to ``max_marks`` marks (``FOR UPDATE SKIP LOCKED``), recomputes their calls and deletes
@@ -15,7 +16,7 @@ import logging
 import asyncpg
 
 from collector.telemetry import METRICS
-from storage.writer import DERIVE_STATEMENTS, SERVER_SETTINGS, storage_errors
+from storage.writer import SERVER_SETTINGS, storage_errors
 
 __all__ = ["Deriver"]
 
@@ -74,8 +75,8 @@ class Deriver:
                         claimed = len(rows)
                         call_ids = sorted({row["call_id"] for row in rows})
                         if call_ids:
-                            for _name, statement in DERIVE_STATEMENTS:
-                                await connection.execute(statement, call_ids, timeout=self._timeout)
+                            await connection.execute("SELECT callscope_derive($1::text[])", call_ids,
+                                                     timeout=self._timeout)
                 except BaseException:
                     if self._connection is not None and not self._connection.is_closed():
                         if self._connection.is_in_transaction():

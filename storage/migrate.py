@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from storage.catalogue import CATALOGUE
 from storage.schema import HYPERTABLES
 
-__all__ = ["migrate", "MigrationReport", "timescaledb_active", "sqlalchemy_url", "ensure_database"]
+__all__ = ["migrate", "install_routines", "MigrationReport", "timescaledb_active", "sqlalchemy_url", "ensure_database"]
 
 log = logging.getLogger("callscope.storage")
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -125,6 +125,14 @@ async def _seed_catalogue(connection: asyncpg.Connection) -> None:
     )
 
 
+async def install_routines(connection: asyncpg.Connection) -> None:
+    """(Re)create the write and derive routines from this version's SQL (they are code, not schema)."""
+    from storage.writer import DERIVE_ROUTINE, WRITE_ROUTINE
+
+    await connection.execute(WRITE_ROUTINE)
+    await connection.execute(DERIVE_ROUTINE)
+
+
 async def migrate(database_url: str, *, retention_days: int = 30, compress_after_days: int = 2) -> MigrationReport:
     """Bring the database to the newest schema; log once which storage mode is active."""
     created = await ensure_database(database_url)
@@ -138,6 +146,7 @@ async def migrate(database_url: str, *, retention_days: int = 30, compress_after
                 await _apply_timescale_policies(connection, retention_days=retention_days,
                                                 compress_after_days=compress_after_days)
             await _seed_catalogue(connection)
+            await install_routines(connection)
         finally:
             await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     finally:

@@ -24,7 +24,8 @@ import asyncpg
 from collector.errors import StorageUnavailable
 from collector.records import EventRow, Record, SpanRow, ToolCallRow, columns_of
 
-__all__ = ["PostgresWriter", "WriterPool", "WriteResult", "storage_errors", "DERIVE_STATEMENTS", "SERVER_SETTINGS"]
+__all__ = ["PostgresWriter", "WriterPool", "WriteResult", "storage_errors", "DERIVE_STATEMENTS", "DERIVE_ROUTINE",
+           "SERVER_SETTINGS", "WRITE_ROUTINE"]
 
 log = logging.getLogger("callscope.storage")
 
@@ -44,6 +45,15 @@ def _load_derive() -> tuple[tuple[str, str], ...]:
 
 
 DERIVE_STATEMENTS = _load_derive()
+
+# All derive statements in one routine: one round trip per derive round. $1 is the routine's argument.
+DERIVE_ROUTINE = (
+    # use_column: the statements name columns such as "found", which PL/pgSQL also defines as a variable.
+    "CREATE OR REPLACE FUNCTION callscope_derive(text[]) RETURNS void LANGUAGE plpgsql AS $routine$\n"
+    "#variable_conflict use_column\nBEGIN\n"
+    + "\n".join(f"-- {name}\n{statement.rstrip().rstrip(';')};" for name, statement in DERIVE_STATEMENTS)
+    + "\nEND\n$routine$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,20 +81,26 @@ _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_tools (LIKE tool_calls INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
 )
 
+# Traces that name their call for the first time (an explicit id on a span or log record).
 _LEARN_TRACES = """
 WITH named AS (
     SELECT trace_id, call_id, start_time AS at FROM stage_spans WHERE call_id_explicit
     UNION ALL
     SELECT trace_id, call_id, time FROM stage_events WHERE call_id_explicit AND trace_id IS NOT NULL
 ), first_named AS (
-    SELECT DISTINCT ON (trace_id) trace_id, call_id FROM named ORDER BY trace_id, at, call_id
+    SELECT DISTINCT ON (trace_id) trace_id, call_id FROM named n
+    WHERE NOT EXISTS (SELECT 1 FROM call_traces k WHERE k.trace_id = n.trace_id)
+    ORDER BY trace_id, at, call_id
+), learned AS (
+    INSERT INTO call_traces (trace_id, call_id) SELECT trace_id, call_id FROM first_named
+    ON CONFLICT (trace_id) DO NOTHING
+    RETURNING trace_id, call_id
 )
-INSERT INTO call_traces (trace_id, call_id) SELECT trace_id, call_id FROM first_named
-ON CONFLICT (trace_id) DO NOTHING
-RETURNING trace_id, call_id
+SELECT array_agg(trace_id), array_agg(call_id) INTO learned_traces, learned_calls FROM learned
 """
 
 # Rows stored earlier under their trace id move to the call their trace turned out to belong to.
+# ($1, $2 = the learned trace ids and their call ids.)
 _REHOME = (
     """UPDATE spans s SET call_id = l.call_id
        FROM unnest($1::text[], $2::text[]) AS l(trace_id, call_id)
@@ -118,7 +134,7 @@ WITH ins AS (
     FROM stage_spans s LEFT JOIN call_traces ct ON NOT s.call_id_explicit AND ct.trace_id = s.trace_id
     ON CONFLICT DO NOTHING
     RETURNING call_id
-) SELECT call_id, count(*) AS n FROM ins GROUP BY call_id
+) SELECT count(*), array_agg(DISTINCT call_id) INTO span_count, span_calls FROM ins
 """
 
 _INSERT_EVENTS = f"""
@@ -128,7 +144,7 @@ WITH ins AS (
     FROM stage_events s LEFT JOIN call_traces ct ON NOT s.call_id_explicit AND ct.trace_id = s.trace_id
     ON CONFLICT DO NOTHING
     RETURNING call_id
-) SELECT call_id, count(*) AS n FROM ins GROUP BY call_id
+) SELECT count(*), array_agg(DISTINCT call_id) INTO event_count, event_calls FROM ins
 """
 
 _UPSERT_TOOLS = f"""
@@ -155,11 +171,51 @@ WITH resolved AS (
            coalesce(EXCLUDED.arguments, t.arguments), coalesce(EXCLUDED.result, t.result),
            t.is_error OR EXCLUDED.is_error, coalesce(EXCLUDED.error, t.error))
     RETURNING call_id
-) SELECT call_id, count(*) AS n FROM ins GROUP BY call_id
+) SELECT count(*), array_agg(DISTINCT call_id) INTO tool_count, tool_calls_touched FROM ins
 """
 
 
-_MARK_DIRTY = "INSERT INTO dirty_calls (call_id) SELECT unnest($1::text[])"
+def _indent(sql: str) -> str:
+    return "\n".join("    " + line for line in sql.strip().splitlines())
+
+
+_REHOME_BODY = ";\n".join(
+    _indent(_indent(statement.replace("$1", "learned_traces").replace("$2", "learned_calls"))) for statement in _REHOME)
+
+# One server-side routine per batch: the staged rows become stored rows in a single round trip (each round
+# trip also waits for the event loop, which is busy decoding the next requests).
+WRITE_ROUTINE = f"""
+CREATE OR REPLACE FUNCTION callscope_write_staged(
+    OUT span_count bigint, OUT event_count bigint, OUT tool_count bigint, OUT calls_touched int)
+LANGUAGE plpgsql AS $routine$
+#variable_conflict use_column
+DECLARE
+    learned_traces text[];
+    learned_calls text[];
+    span_calls text[];
+    event_calls text[];
+    tool_calls_touched text[];
+    touched text[];
+BEGIN
+{_indent(_LEARN_TRACES)};
+    IF learned_traces IS NOT NULL THEN
+{_REHOME_BODY};
+    END IF;
+{_indent(_INSERT_SPANS)};
+{_indent(_INSERT_EVENTS)};
+{_indent(_UPSERT_TOOLS)};
+    -- Both sides of a re-homed trace are re-derived: the call gains rows, and the trace-id call it replaces
+    -- must vanish (a derive round running concurrently may have re-created it from its old snapshot).
+    SELECT array_agg(DISTINCT id) INTO touched
+    FROM unnest(coalesce(span_calls, '{{}}') || coalesce(event_calls, '{{}}') || coalesce(tool_calls_touched, '{{}}')
+                || coalesce(learned_calls, '{{}}') || coalesce(learned_traces, '{{}}')) AS id;
+    IF touched IS NOT NULL THEN
+        INSERT INTO dirty_calls (call_id) SELECT unnest(touched) ORDER BY 1;
+    END IF;
+    calls_touched := coalesce(cardinality(touched), 0);
+END
+$routine$
+"""
 # Statements take arrays of ids; a generic plan would guess their size and pick sequential scans.
 SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "application_name": "callscope"}
 
@@ -222,30 +278,9 @@ class PostgresWriter:
                 await connection.copy_records_to_table("stage_events", records=map(_EVENT_TUPLE, events), columns=EVENT_COLUMNS)
             if tools:
                 await connection.copy_records_to_table("stage_tools", records=map(_TOOL_TUPLE, tools), columns=TOOL_COLUMNS)
-            touched: dict[str, int] = {}
-            learned = await connection.fetch(_LEARN_TRACES)
-            if learned:
-                trace_ids = [row["trace_id"] for row in learned]
-                call_ids = [row["call_id"] for row in learned]
-                for statement in _REHOME:
-                    await connection.execute(statement, trace_ids, call_ids)
-                # Both sides are re-derived: the call gains rows, the trace-id call it replaces must vanish
-                # (a derive round running concurrently may have re-created it from its old snapshot).
-                touched.update((call_id, 0) for call_id in call_ids)
-                touched.update((trace_id, 0) for trace_id in trace_ids)
-            counts = {}
-            for name, statement, present in (("spans", _INSERT_SPANS, spans), ("events", _INSERT_EVENTS, events),
-                                              ("tool_calls", _UPSERT_TOOLS, tools)):
-                counts[name] = 0
-                if not present:
-                    continue
-                for row in await connection.fetch(statement):
-                    touched[row["call_id"]] = 0
-                    counts[name] += row["n"]
-            if touched:
-                await connection.execute(_MARK_DIRTY, sorted(touched))
-        return WriteResult(spans=counts["spans"], events=counts["events"], tool_calls=counts["tool_calls"],
-                           calls_touched=len(touched))
+            row = await connection.fetchrow("SELECT * FROM callscope_write_staged()")
+        return WriteResult(spans=row["span_count"], events=row["event_count"], tool_calls=row["tool_count"],
+                           calls_touched=row["calls_touched"])
 
 
 class WriterPool:

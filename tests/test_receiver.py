@@ -205,3 +205,31 @@ async def test_log_record_without_any_call_correlation_is_rejected_alone(collect
     assert "log record 'webhook.sent': it has neither a call.id attribute nor a trace id" in (
         response.partial_success.error_message)
     assert await db.fetchval("SELECT count(*) FROM events WHERE call_id = 'log-call'") == 1
+
+
+async def test_grpc_gzip_compressed_export(collector, db):
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{collector.grpc.port}", compression=grpc.Compression.Gzip)
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+    response = await stub.Export(request_of(span("stt", b"\x41" * 16, b"\x01" * 8, call_id="gzip-call")))
+    await channel.close()
+    assert not response.HasField("partial_success")
+    assert await db.fetchval("SELECT count(*) FROM spans WHERE call_id = 'gzip-call'") == 1
+
+
+async def test_request_larger_than_the_limit_is_refused_without_harm(database_url, db):
+    settings = collector_settings(database_url, max_message_mib=1)
+    big = request_of(*(span("stt", b"\x51" * 16, (k + 1).to_bytes(8, "big"), call_id="big", pad="x" * 4096)
+                       for k in range(400)))                                   # ~1.7 MB
+    async with Collector(settings, run_migrations=False) as running:
+        client = GrpcClient(running.grpc.port)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.send(big)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED   # grpc's own size check
+        status, _, _ = await http_post(running.http.port, "/v1/traces", big.SerializeToString())
+        assert status == 413
+        await client.send(request_of(span("stt", b"\x52" * 16, b"\x01" * 8, call_id="small")))
+        await client.close()
+    assert await db.fetchval("SELECT count(*) FROM spans WHERE call_id = 'big'") == 0
+    assert await db.fetchval("SELECT count(*) FROM spans WHERE call_id = 'small'") == 1
