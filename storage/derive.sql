@@ -52,15 +52,21 @@ WHERE s.call_id = ANY($1::text[]) AND s.trace_id = n.trace_id AND s.span_id = n.
   AND s.start_time = n.start_time AND s.turn_number IS DISTINCT FROM n.turn_number;
 
 -- name: inherit_turn_numbers
--- A span without its own turn index belongs to the turn of its nearest ancestor turn span.
+-- A span without its own turn index belongs to the turn of its nearest ancestor turn span. Spans already
+-- placed under an explicitly numbered turn keep their number (it cannot change); calls with start-time
+-- numbered turns are walked in full, since a late earlier turn renumbers the rest.
 WITH RECURSIVE s AS (
-    SELECT trace_id, span_id, parent_span_id, start_time, turn_number,
+    SELECT call_id, trace_id, span_id, parent_span_id, start_time, turn_number,
            (stage = 'turn' OR coalesce((facts->>'turn_explicit')::boolean, false)
-            OR coalesce((facts->>'turn_seq')::boolean, false)) AS anchored
+            OR coalesce((facts->>'turn_seq')::boolean, false)) AS anchored,
+           coalesce((facts->>'turn_seq')::boolean, false) AS numbered_by_time
     FROM spans WHERE call_id = ANY($1::text[])
+), renumbered AS (
+    SELECT DISTINCT call_id FROM s WHERE numbered_by_time
 ), walk AS (
     SELECT trace_id, span_id, start_time, parent_span_id AS cursor, NULL::int AS found, 0 AS depth
-    FROM s WHERE NOT anchored
+    FROM s
+    WHERE NOT anchored AND (turn_number IS NULL OR call_id IN (SELECT call_id FROM renumbered))
     UNION ALL
     SELECT w.trace_id, w.span_id, w.start_time, p.parent_span_id,
            CASE WHEN p.anchored THEN p.turn_number END, w.depth + 1

@@ -36,7 +36,7 @@ WHERE status = 'active' AND NOT stale AND last_seen_at < now() - make_interval(s
 
 
 class Deriver:
-    def __init__(self, database_url: str, *, max_marks: int = 2000, idle_s: float = 0.2,
+    def __init__(self, database_url: str, *, max_marks: int = 2000, idle_s: float = 1.0,
                  timeout: float = 60.0, stale_after_s: float = 300.0) -> None:
         self._stale_after_s = stale_after_s
         self._stale_checked = 0.0

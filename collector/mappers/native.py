@@ -31,14 +31,19 @@ _TEXT_FACTS = (
 )
 
 
-_CALL_KEY_PREFIXES = ("call.", "sip.", "gen_ai.agent.name")
+_CALL_FACT_KEYS = frozenset({key for key, _ in _TEXT_FACTS} | {
+    "gen_ai.agent.name", "call.direction", "call.status", "sip.response.code", "sip.response.status_code",
+    "call.cost", "call.tags", "call.extracted"})
 
 
 def _call_keys(span: SpanIn) -> dict[str, Any]:
-    """Only the call-level keys, resource first so span attributes override it (one pass over each dict)."""
-    found = {k: v for k, v in span.resource.items() if k.startswith(_CALL_KEY_PREFIXES) and v not in (None, "")}
-    found.update((k, v) for k, v in span.attributes.items()
-                 if k.startswith(_CALL_KEY_PREFIXES) and v not in (None, ""))
+    """Only the call-level keys, resource first so span attributes override it (set intersection in C)."""
+    found: dict[str, Any] = {}
+    for source in (span.resource, span.attributes):
+        for key in source.keys() & _CALL_FACT_KEYS:
+            value = source[key]
+            if value is not None and value != "":
+                found[key] = value
     return found
 
 
@@ -46,8 +51,8 @@ def call_facts(span: SpanIn) -> dict[str, Any]:
     """Call-level facts of the native convention found on a span or its resource."""
     facts: dict[str, Any] = {}
     keys = _call_keys(span)
-    if not keys or keys.keys() == {"call.id"}:
-        return facts  # most spans carry no call metadata beyond the id (hot path)
+    if not keys:
+        return facts  # most spans carry no call metadata (hot path)
     for key, fact in _TEXT_FACTS:
         value = as_text(keys.get(key))
         if value is not None:
