@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import orjson
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
@@ -178,7 +178,35 @@ def _map_items(items: Iterable[Any], add_rows: Callable[[Any, list[Record]], Non
 
 
 def map_spans(items: Iterable[SpanIn | RejectedSpan]) -> MappedBatch:
-    return _map_items(items, _span_rows, lambda span: f"span {span.name!r} ({span.span_id})")
+    batch = _map_items(items, _span_rows, lambda span: f"span {span.name!r} ({span.span_id})")
+    _place_in_batch_turns(batch.records)
+    return batch
+
+
+def _place_in_batch_turns(records: list[Record]) -> None:
+    """Give a span the turn number of its nearest ancestor turn when that ancestor is in the same request.
+
+    storage/derive.sql does the same for every span later; doing it here for the common case (an SDK
+    exports a turn with its children) means those rows are stored final instead of updated afterwards.
+    Only explicitly numbered turns are used: start-time numbering needs the whole call.
+    """
+    by_span: dict[tuple[str, str], SpanRow] = {}
+    for record in records:
+        if type(record) is SpanRow:
+            by_span[(record.trace_id, record.span_id)] = record
+    for index, record in enumerate(records):
+        if type(record) is not SpanRow or record.turn_number is not None or record.stage == "turn":
+            continue
+        parent_id, hops = record.parent_span_id, 0
+        while parent_id is not None and hops < 64:
+            parent = by_span.get((record.trace_id, parent_id))
+            if parent is None:
+                break
+            if parent.stage == "turn" or parent.turn_number is not None:
+                if parent.turn_number is not None and '"turn_seq"' not in (parent.facts or ""):
+                    records[index] = replace(record, turn_number=parent.turn_number)
+                break
+            parent_id, hops = parent.parent_span_id, hops + 1
 
 
 def _log_row(record: LogIn) -> EventRow:
