@@ -89,26 +89,42 @@ async def _upgrade(database_url: str) -> str:
     return str(revision)
 
 
+async def _policy_is(connection: asyncpg.Connection, table: str, proc: str, key: str, days: int) -> bool:
+    """Whether ``table`` has exactly the wanted policy: one ``proc`` job with ``key`` = ``days`` (none if 0)."""
+    intervals = [row[0] for row in await connection.fetch(
+        "SELECT (config ->> $3)::interval = make_interval(days => $4) FROM timescaledb_information.jobs "
+        "WHERE hypertable_schema = current_schema() AND hypertable_name = $1 AND proc_name = $2",
+        table, proc, key, days)]
+    return intervals == ([True] if days > 0 else [])
+
+
 async def _apply_timescale_policies(connection: asyncpg.Connection, *, retention_days: int,
                                     compress_after_days: int) -> None:
-    """Compression and retention per hypertable; re-applied on every start so changed days take effect."""
+    """Compression and retention per hypertable; checked on every start so changed days take effect.
+
+    A policy that already has the wanted interval is kept (same job, its run history and schedule intact), so
+    migrating twice changes nothing.
+    """
     for table, column in HYPERTABLES.items():
         segment = "call_id"
         compressed = await connection.fetchval(
-            "SELECT compression_enabled FROM timescaledb_information.hypertables WHERE hypertable_name = $1", table)
+            "SELECT compression_enabled FROM timescaledb_information.hypertables "
+            "WHERE hypertable_schema = current_schema() AND hypertable_name = $1", table)
         if not compressed:
             await connection.execute(
                 f"ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = '{segment}', "
                 f"timescaledb.compress_orderby = '{column} DESC')")
-        await connection.execute("SELECT remove_compression_policy($1::regclass, if_exists => true)", table)
-        if compress_after_days > 0:
-            await connection.execute(
-                "SELECT add_compression_policy($1::regclass, make_interval(days => $2))", table,
-                compress_after_days)
-        await connection.execute("SELECT remove_retention_policy($1::regclass, if_exists => true)", table)
-        if retention_days > 0:
-            await connection.execute(
-                "SELECT add_retention_policy($1::regclass, make_interval(days => $2))", table, retention_days)
+        if not await _policy_is(connection, table, "policy_compression", "compress_after", compress_after_days):
+            await connection.execute("SELECT remove_compression_policy($1::regclass, if_exists => true)", table)
+            if compress_after_days > 0:
+                await connection.execute(
+                    "SELECT add_compression_policy($1::regclass, make_interval(days => $2))", table,
+                    compress_after_days)
+        if not await _policy_is(connection, table, "policy_retention", "drop_after", retention_days):
+            await connection.execute("SELECT remove_retention_policy($1::regclass, if_exists => true)", table)
+            if retention_days > 0:
+                await connection.execute(
+                    "SELECT add_retention_policy($1::regclass, make_interval(days => $2))", table, retention_days)
 
 
 async def _seed_catalogue(connection: asyncpg.Connection) -> None:

@@ -11,6 +11,8 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+import grafana_emulator
+
 from collector.server import Collector
 from collector.settings import Settings, build_settings
 from storage.migrate import migrate
@@ -36,7 +38,14 @@ async def _admin(sql: str) -> None:
 async def template_database() -> AsyncIterator[str]:
     """A migrated database that every test database is cloned from (CREATE DATABASE … TEMPLATE)."""
     await _admin(f'DROP DATABASE IF EXISTS "{_TEMPLATE}"')
-    await migrate(url_for(_TEMPLATE))
+    report = await migrate(url_for(_TEMPLATE))
+    # dashboards and alerts are rendered as Grafana would for a data source provisioned for this server
+    grafana_emulator.SERVER_HAS_TIMESCALEDB = report.mode == "timescaledb"
+    # Nothing may stay connected to a template while it is cloned. On TimescaleDB a background scheduler
+    # connects to every database with the extension (and comes back after pg_terminate_backend), so CREATE
+    # DATABASE … TEMPLATE would fail at random with "source database is being accessed by other users":
+    # refuse connections first (the launcher skips such databases), then end the ones already there.
+    await _admin(f'ALTER DATABASE "{_TEMPLATE}" WITH ALLOW_CONNECTIONS false')
     await _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{_TEMPLATE}'")
     yield _TEMPLATE
     await _admin(f'DROP DATABASE IF EXISTS "{_TEMPLATE}" WITH (FORCE)')

@@ -38,6 +38,11 @@ __all__ = [
 #: The value Grafana stores for the "All" option.
 ALL = "$__all"
 
+# What ``render`` assumes for the data source's ``timescaledb`` option when a caller does not say: the test
+# session sets it to whether the server under test has TimescaleDB (tests/conftest.py), like a data source
+# provisioned for that server (``$__timeGroup`` becomes ``time_bucket`` there).
+SERVER_HAS_TIMESCALEDB = False
+
 
 class MacroError(ValueError):
     """An unknown macro or bad macro arguments (Grafana answers the query with an error)."""
@@ -261,9 +266,12 @@ def render(
     frm: datetime,
     to: datetime,
     interval: timedelta = timedelta(minutes=1),
-    timescaledb: bool = False,
+    timescaledb: bool | None = None,
 ) -> str:
-    """What Grafana sends to PostgreSQL for a panel target's ``rawSql``."""
+    """What Grafana sends to PostgreSQL for a panel target's ``rawSql`` (``timescaledb``: the data source
+    option; default: whether the server under test has TimescaleDB)."""
+    if timescaledb is None:
+        timescaledb = SERVER_HAS_TIMESCALEDB
     return expand_macros(interpolate_variables(sql, variables), frm=frm, to=to, interval=interval,
                          timescaledb=timescaledb)
 

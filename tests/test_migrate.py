@@ -83,6 +83,19 @@ async def _timescaledb_available() -> bool:
         await connection.close()
 
 
+async def _policy_jobs(url: str) -> dict[tuple[str, str], tuple[int, str]]:
+    """(hypertable, proc) → (job id, its interval) of the compression and retention policies."""
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch(
+            "SELECT hypertable_name, proc_name, job_id, "
+            "coalesce(config ->> 'compress_after', config ->> 'drop_after') AS after "
+            "FROM timescaledb_information.jobs WHERE proc_name IN ('policy_compression', 'policy_retention')")
+    finally:
+        await connection.close()
+    return {(r["hypertable_name"], r["proc_name"]): (r["job_id"], r["after"]) for r in rows}
+
+
 async def test_hypertables_compression_and_retention_with_timescaledb():
     if not await _timescaledb_available():
         pytest.skip("TimescaleDB is not installed in this PostgreSQL (not packaged for this machine); "
@@ -91,13 +104,20 @@ async def test_hypertables_compression_and_retention_with_timescaledb():
     await drop_database("callscope_migrate_tsdb")
     try:
         report = await migrate(url, retention_days=7, compress_after_days=1)
+        first_jobs = await _policy_jobs(url)
         await migrate(url, retention_days=7, compress_after_days=1)
+        second_jobs = await _policy_jobs(url)
         connection = await asyncpg.connect(url)
         hypertables = {r[0] for r in await connection.fetch(
             "SELECT hypertable_name FROM timescaledb_information.hypertables WHERE compression_enabled")}
         jobs = await connection.fetch(
             "SELECT hypertable_name, proc_name FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL")
+        rollup = await connection.fetchval(
+            "SELECT materialized_only FROM timescaledb_information.continuous_aggregates "
+            "WHERE view_name = 'latency_stage_1m'")
         await connection.close()
+        await migrate(url, retention_days=9, compress_after_days=0)   # changed settings take effect
+        changed_jobs = await _policy_jobs(url)
     finally:
         await drop_database("callscope_migrate_tsdb")
     assert report.mode == "timescaledb"
@@ -105,6 +125,44 @@ async def test_hypertables_compression_and_retention_with_timescaledb():
     procs = {(r["hypertable_name"], r["proc_name"]) for r in jobs}
     for table in ("spans", "events"):
         assert (table, "policy_compression") in procs and (table, "policy_retention") in procs
+    assert rollup is False, "latency_stage_1m is a real-time continuous aggregate"
+    assert first_jobs == second_jobs, "migrating again keeps the same policy jobs"
+    assert {key[1] for key in changed_jobs} == {"policy_retention"}
+    for table in ("spans", "events"):
+        assert changed_jobs[(table, "policy_retention")][1] == "9 days"
+
+
+async def test_downgrade_to_base_and_upgrade_again():
+    """Every migration's downgrade runs on this server (continuous aggregate or plain view alike)."""
+    from alembic import command
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from storage.migrate import _alembic_config, sqlalchemy_url
+
+    url = url_for("callscope_migrate_down")
+    await drop_database("callscope_migrate_down")
+    try:
+        first = await migrate(url)
+        engine = create_async_engine(sqlalchemy_url(url))
+        config = _alembic_config(url)
+        try:
+            async with engine.begin() as connection:
+                def down(sync_connection) -> None:  # type: ignore[no-untyped-def]
+                    config.attributes["connection"] = sync_connection
+                    command.downgrade(config, "base")
+                await connection.run_sync(down)
+        finally:
+            await engine.dispose()
+        connection = await asyncpg.connect(url)
+        left = {r[0] for r in await connection.fetch(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'v', 'm', 'p')")}
+        await connection.close()
+        again = await migrate(url)
+    finally:
+        await drop_database("callscope_migrate_down")
+    assert left <= {"alembic_version"}, left
+    assert again.revision == first.revision and again.mode == first.mode
 
 
 async def test_schema_code_and_migrations_agree(database_url):

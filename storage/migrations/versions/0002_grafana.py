@@ -156,9 +156,12 @@ $$"""))
 
 def downgrade() -> None:
     conn = op.get_bind()
-    is_cagg = conn.execute(sa.text(
-        "SELECT 1 FROM pg_matviews WHERE schemaname = 'public' AND matviewname = 'latency_stage_1m'"
-    )).first()
+    # A continuous aggregate is a plain view in pg_class (not in pg_matviews), yet TimescaleDB refuses
+    # DROP VIEW on it: ask TimescaleDB's catalogue.
+    is_cagg = _spans_is_hypertable(conn) and conn.execute(sa.text(
+        "SELECT 1 FROM timescaledb_information.continuous_aggregates "
+        "WHERE view_schema = current_schema() AND view_name = 'latency_stage_1m'"
+    )).first() is not None
     if is_cagg:
         conn.execute(sa.text("DROP MATERIALIZED VIEW latency_stage_1m"))
     else:
