@@ -189,9 +189,10 @@ async def _timescaledb(connection: Any, settings: Settings, server: str) -> Chec
                      f"TimescaleDB was enabled): no compression or retention",
                      "migrate into a new database with TimescaleDB active")
     jobs = await connection.fetch(
-        "SELECT hypertable_name, proc_name, scheduled FROM timescaledb_information.jobs "
-        "WHERE proc_name IN ('policy_compression', 'policy_retention') "
-        "AND hypertable_name IN ('spans', 'events')")
+        "SELECT j.hypertable_name, j.proc_name, j.scheduled, s.last_run_status "
+        "FROM timescaledb_information.jobs j LEFT JOIN timescaledb_information.job_stats s USING (job_id) "
+        "WHERE j.proc_name IN ('policy_compression', 'policy_retention') "
+        "AND j.hypertable_name IN ('spans', 'events')")
     active = {(row["hypertable_name"], row["proc_name"]) for row in jobs if row["scheduled"]}
     wanted = []
     if settings.compress_after_days > 0:
@@ -205,6 +206,14 @@ async def _timescaledb(connection: Any, settings: Settings, server: str) -> Chec
                      f"TimescaleDB {version}: no active {', '.join(missing_policies)} policy",
                      "run `callscope migrate` (it re-applies the policies from retention_days / "
                      "compress_after_days; serve does too at start)")
+    failing = [f"{row['proc_name'].split('_')[1]} on {row['hypertable_name']}" for row in jobs
+               if row["last_run_status"] == "Failed"]
+    if failing:
+        # Registered is not running: e.g. TimescaleDB builds whose background jobs fail on a newer minor release.
+        return Check("timescaledb", "warn",
+                     f"TimescaleDB {version}: the {', '.join(sorted(failing))} policy jobs fail when they run",
+                     "see SELECT * FROM timescaledb_information.job_errors and the server log; use a "
+                     "TimescaleDB release that supports this PostgreSQL minor version")
     described = ", ".join(text for _, text in wanted) or "no compression or retention configured"
     return Check("timescaledb", "ok", f"TimescaleDB {version}; spans and events are hypertables; {described}")
 

@@ -106,7 +106,7 @@ class FakeConnection:
     """Answers the catalogue queries of the TimescaleDB check (no TimescaleDB on the test server)."""
 
     def __init__(self, *, version: str | None = "2.17.2", hypertables: tuple[str, ...] = ("spans", "events"),
-                 jobs: tuple[tuple[str, str, bool], ...] = (), available: str | None = None,
+                 jobs: tuple[tuple[Any, ...], ...] = (), available: str | None = None,
                  preload: str = "") -> None:
         self.version, self.hypertables, self.jobs = version, hypertables, jobs
         self.available, self.preload = available, preload
@@ -124,7 +124,8 @@ class FakeConnection:
         if "timescaledb_information.hypertables" in sql:
             return [(name,) for name in self.hypertables]
         if "timescaledb_information.jobs" in sql:
-            return [{"hypertable_name": t, "proc_name": p, "scheduled": s} for t, p, s in self.jobs]
+            return [{"hypertable_name": job[0], "proc_name": job[1], "scheduled": job[2],
+                     "last_run_status": job[3] if len(job) > 3 else None} for job in self.jobs]
         raise AssertionError(sql)
 
 
@@ -138,6 +139,9 @@ ALL_POLICIES = tuple((table, proc, True) for table in ("spans", "events")
     (FakeConnection(jobs=ALL_POLICIES[:3] + (("events", "policy_retention", False),)), "warn",
      ["retention on events"]),
     (FakeConnection(hypertables=("spans",), jobs=ALL_POLICIES), "warn", ["events are plain tables"]),
+    (FakeConnection(jobs=tuple((*job, "Failed" if job[1] == "policy_compression" else "Success")
+                               for job in ALL_POLICIES)), "warn",
+     ["compression on events, compression on spans policy jobs fail"]),
     (FakeConnection(version=None, available="2.17.2"), "warn", ["installed on the server but not active"]),
     (FakeConnection(version=None), "warn", ["TimescaleDB missing"]),
 ])
