@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
-from collector.errors import Overloaded, StorageUnavailable
+from collector.errors import Overloaded, StorageRejected, StorageUnavailable
 from collector.records import Record
 from collector.telemetry import METRICS
 
@@ -33,7 +33,7 @@ class RecordWriter(Protocol):
 @dataclass(slots=True)
 class _Submission:
     records: Sequence[Record]
-    done: asyncio.Future[None]
+    done: asyncio.Future[list[str]]
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
@@ -62,10 +62,13 @@ class Batcher:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="callscope-batcher")
 
-    async def submit(self, records: Sequence[Record]) -> None:
-        """Wait until ``records`` are committed; raise ``Overloaded`` at once if they do not fit."""
+    async def submit(self, records: Sequence[Record]) -> list[str]:
+        """Wait until ``records`` are committed; raise ``Overloaded`` at once if they do not fit.
+
+        Returns why rows the database refused to store were left out (normally nothing).
+        """
         if not records:
-            return
+            return []
         if self._closing:
             raise StorageUnavailable("collector is shutting down", retry_after_s=self._retry_after)
         count = len(records)
@@ -79,7 +82,7 @@ class Batcher:
         self._pending.append(submission)
         self._queued_records += count
         self._wakeup.set()
-        await asyncio.shield(submission.done)
+        return await asyncio.shield(submission.done)
 
     async def _run(self) -> None:
         while True:
@@ -127,19 +130,21 @@ class Batcher:
         started = time.perf_counter()
         try:
             await self._writer.write(records)
+        except StorageRejected:
+            # Some row cannot be stored at all (a retry would fail the same way): find it, so that only it is
+            # rejected and everything else in the batch still lands.
+            METRICS.failed_batches += 1
+            log.warning("batch.isolating", extra={"records": size, "submissions": len(batch)})
+            for submission in batch:
+                await self._write_isolating(submission)
         except StorageUnavailable as exc:
             METRICS.failed_batches += 1
             log.warning("batch.failed", extra={"records": size, "error": str(exc)})
-            for submission in batch:
-                if not submission.done.done():
-                    submission.done.set_exception(exc)
+            self._fail(batch, exc)
         except Exception as exc:  # a bug must fail the waiting Exports, not kill the loop
             METRICS.failed_batches += 1
             log.exception("batch.crashed", extra={"records": size})
-            error = StorageUnavailable(f"internal error while writing: {exc}")
-            for submission in batch:
-                if not submission.done.done():
-                    submission.done.set_exception(error)
+            self._fail(batch, StorageUnavailable(f"internal error while writing: {exc}"))
         else:
             METRICS.committed_batches += 1
             METRICS.committed_records += size
@@ -147,9 +152,40 @@ class Batcher:
             log.debug("batch.committed", extra={"records": size, "seconds": round(time.perf_counter() - started, 4)})
             for submission in batch:
                 if not submission.done.done():
-                    submission.done.set_result(None)
+                    submission.done.set_result([])
         finally:
             self._queued_records -= size
+
+    async def _write_isolating(self, submission: _Submission) -> None:
+        """Write one submission, bisecting it until every unstorable row is found; report those rows."""
+        rejected: list[str] = []
+        try:
+            await self._bisect(list(submission.records), rejected)
+        except StorageUnavailable as exc:
+            self._fail([submission], exc)
+            return
+        METRICS.committed_records += len(submission.records) - len(rejected)
+        if not submission.done.done():
+            submission.done.set_result(rejected)
+
+    async def _bisect(self, records: list[Record], rejected: list[str]) -> None:
+        try:
+            await self._writer.write(records)
+        except StorageRejected as exc:
+            if len(records) == 1:
+                record = records[0]
+                what = getattr(record, "name", None) or getattr(record, "event", None) or type(record).__name__
+                rejected.append(f"{type(record).__name__} {what!r}: {exc}")
+                return
+            middle = len(records) // 2
+            await self._bisect(records[:middle], rejected)
+            await self._bisect(records[middle:], rejected)
+
+    @staticmethod
+    def _fail(batch: list[_Submission], error: Exception) -> None:
+        for submission in batch:
+            if not submission.done.done():
+                submission.done.set_exception(error)
 
     async def flush(self) -> None:
         """Return once everything accepted so far is committed (or has failed)."""

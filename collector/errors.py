@@ -4,7 +4,9 @@
      ├── RejectedSpan        one span or log record is invalid: counted in partial_success, the rest is stored
      ├── InvalidRequest      the whole request cannot be decoded (INVALID_ARGUMENT / 400, not retried)
      ├── Overloaded          the batcher is full (RESOURCE_EXHAUSTED + RetryInfo / 429 + Retry-After, retried)
-     └── StorageUnavailable  the database refused or is down (UNAVAILABLE / 503 + Retry-After, retried)
+     ├── StorageUnavailable  the database is down or timed out (UNAVAILABLE / 503 + Retry-After, retried)
+     └── StorageRejected     the database refused the data itself (INVALID_ARGUMENT / 400, never retried:
+                             a retry would fail the same way and block the batches behind it)
 
 Foreign exceptions (asyncpg, protobuf) are translated at one boundary each: ``storage_errors()`` in
 storage/writer.py and ``decode_errors()`` in collector/otlp/codec.py.
@@ -20,6 +22,7 @@ __all__ = [
     "InvalidRequest",
     "Overloaded",
     "StorageUnavailable",
+    "StorageRejected",
     "http_status_for",
 ]
 
@@ -64,6 +67,12 @@ class StorageUnavailable(CallscopeError):
     def __init__(self, message: str, *, retry_after_s: float = 2.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class StorageRejected(CallscopeError):
+    """The database rejected the rows themselves (a data or constraint error), not a transient failure."""
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 # OTLP/HTTP spec: 429/502/503/504 are retryable, 400 is not (collector's GetHTTPStatusCodeFromStatus).

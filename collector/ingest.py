@@ -67,5 +67,9 @@ class Ingest:
             log.warning("export.partially_rejected",
                         extra={"transport": transport, "rejected": result.rejected, "items": batch.items,
                                "reason": batch.rejected[0]})
-        await self._batcher.submit(batch.records)
+        refused = await self._batcher.submit(batch.records)
+        if refused:  # rows the database could not store (e.g. a value out of a column's range)
+            METRICS.rejected_items += len(refused)
+            batch.rejected.extend(refused)
+            result = _result(batch, noun)
         return result

@@ -16,6 +16,7 @@ import logging
 import asyncpg
 
 from collector.telemetry import METRICS
+from collector.errors import StorageRejected
 from storage.writer import SERVER_SETTINGS, storage_errors
 
 __all__ = ["Deriver"]
@@ -27,6 +28,8 @@ WITH claimed AS (SELECT id FROM dirty_calls ORDER BY id LIMIT $1 FOR UPDATE SKIP
 DELETE FROM dirty_calls d USING claimed WHERE d.id = claimed.id
 RETURNING d.call_id
 """
+_CLAIM_CALL = "DELETE FROM dirty_calls WHERE call_id = $1 RETURNING call_id"
+_PENDING_CALLS = "SELECT DISTINCT call_id FROM (SELECT call_id FROM dirty_calls ORDER BY id LIMIT $1) first_marks"
 _ONE_DERIVER = "SELECT pg_advisory_xact_lock(7063720869421651557)"
 # design §4: a call with no end and no data for the idle time stays active but is visibly stale.
 _MARK_STALE = """
@@ -66,25 +69,53 @@ class Deriver:
     async def derive_round(self) -> int:
         """Recompute the calls of up to ``max_marks`` marks; return how many marks were consumed."""
         async with self._round:
-            async with storage_errors():
-                connection = await self._connect()
-                try:
-                    async with connection.transaction():
-                        await connection.execute(_ONE_DERIVER)
+            try:
+                return await self._derive(None)
+            except StorageRejected as exc:
+                # One call's data cannot be derived (e.g. a value out of a column's range): derive the calls
+                # one by one so that only that call is skipped and the others are not blocked forever.
+                log.warning("derive.isolating", extra={"error": str(exc)})
+                return await self._derive_one_by_one()
+
+    async def _derive(self, only: str | None) -> int:
+        async with storage_errors():
+            connection = await self._connect()
+            try:
+                async with connection.transaction():
+                    await connection.execute(_ONE_DERIVER)
+                    if only is None:
                         rows = await connection.fetch(_CLAIM, self._max_marks)
-                        claimed = len(rows)
-                        call_ids = sorted({row["call_id"] for row in rows})
-                        if call_ids:
-                            await connection.execute("SELECT callscope_derive($1::text[])", call_ids,
-                                                     timeout=self._timeout)
-                except BaseException:
-                    if self._connection is not None and not self._connection.is_closed():
-                        if self._connection.is_in_transaction():
-                            self._connection.terminate()
-                            self._connection = None
-                    raise
+                    else:
+                        rows = await connection.fetch(_CLAIM_CALL, only)
+                    call_ids = sorted({row["call_id"] for row in rows})
+                    if call_ids:
+                        await connection.execute("SELECT callscope_derive($1::text[])", call_ids,
+                                                 timeout=self._timeout)
+            except BaseException:
+                if self._connection is not None and not self._connection.is_closed():
+                    if self._connection.is_in_transaction():
+                        self._connection.terminate()
+                        self._connection = None
+                raise
         METRICS.derived_calls += len(call_ids)
-        return claimed
+        return len(rows)
+
+    async def _derive_one_by_one(self) -> int:
+        async with storage_errors():
+            connection = await self._connect()
+            call_ids = [row["call_id"] for row in await connection.fetch(_PENDING_CALLS, self._max_marks)]
+        consumed = 0
+        for call_id in call_ids:
+            try:
+                consumed += await self._derive(call_id)
+            except StorageRejected as exc:
+                log.error("derive.call_skipped", extra={"call_id": call_id, "error": str(exc)})
+                async with storage_errors():
+                    connection = await self._connect()
+                    status = await connection.execute("DELETE FROM dirty_calls WHERE call_id = $1", call_id)
+                consumed += int(status.split()[-1])
+        return consumed
+
 
     async def _mark_stale_now_and_then(self) -> None:
         now = asyncio.get_running_loop().time()

@@ -21,7 +21,7 @@ from typing import AsyncIterator, Callable, Sequence
 
 import asyncpg
 
-from collector.errors import StorageUnavailable
+from collector.errors import StorageRejected, StorageUnavailable
 from collector.records import EventRow, Record, SpanRow, ToolCallRow, columns_of
 
 __all__ = ["PostgresWriter", "WriterPool", "WriteResult", "storage_errors", "DERIVE_STATEMENTS", "DERIVE_ROUTINE",
@@ -69,8 +69,12 @@ async def storage_errors() -> AsyncIterator[None]:
     """The one boundary where asyncpg / OS errors become ``StorageUnavailable`` (retryable by clients)."""
     try:
         yield
-    except StorageUnavailable:
+    except (StorageUnavailable, StorageRejected):
         raise
+    except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
+            asyncpg.ProgramLimitExceededError) as exc:
+        # SQLSTATE classes 22, 23 and 54: the data itself cannot be stored; retrying cannot help.
+        raise StorageRejected(f"database rejected the data: {type(exc).__name__}: {exc}") from exc
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError) as exc:
         raise StorageUnavailable(f"database write failed: {type(exc).__name__}: {exc}") from exc
 
@@ -261,7 +265,7 @@ class PostgresWriter:
             async with storage_errors():
                 connection = await self._connect()
                 result = await asyncio.wait_for(self._transaction(connection, spans, events, tools), self._timeout)
-        except StorageUnavailable:
+        except (StorageUnavailable, StorageRejected):
             # The connection may be mid-transaction or broken; start clean next time.
             self.terminate()
             raise

@@ -233,3 +233,69 @@ async def test_request_larger_than_the_limit_is_refused_without_harm(database_ur
         await client.close()
     assert await db.fetchval("SELECT count(*) FROM spans WHERE call_id = 'big'") == 0
     assert await db.fetchval("SELECT count(*) FROM spans WHERE call_id = 'small'") == 1
+
+
+def _attribute(span_item: trace_pb2.Span, key: str, **value: object) -> None:
+    kv = span_item.attributes.add()
+    kv.key = key
+    for field, content in value.items():
+        setattr(kv.value, field, content)
+
+
+async def test_values_postgresql_cannot_store_never_block_a_batch(collector, db):
+    """NUL characters, out-of-range enums and integers: stored cleaned, or rejected alone; never retried forever."""
+    nul = span("llm\x00", b"\x61" * 16, b"\x01" * 8, call_id="nul-call")
+    _attribute(nul, "llm.output", string_value="hi\x00there")
+    _attribute(nul, "weird\x00key", int_value=1)
+    huge = span("llm", b"\x62" * 16, b"\x01" * 8, call_id="huge-call")
+    _attribute(huge, "gen_ai.usage.input_tokens", int_value=2**40)
+    _attribute(huge, "turn.number", int_value=2**35)
+    bad_kind = span("llm", b"\x63" * 16, b"\x01" * 8, call_id="kind-call")
+    bad_kind.kind = 99999
+    fine = span("stt", b"\x64" * 16, b"\x01" * 8, call_id="fine-call")
+    client = GrpcClient(collector.grpc.port)
+    response = await client.send(request_of(nul, huge, bad_kind, fine), timeout=10)
+    await client.close()
+    assert response.partial_success.rejected_spans == 1
+    assert "kind 99999 is not a SpanKind" in response.partial_success.error_message
+    await collector.settle()
+    stored = {r["call_id"]: r for r in await db.fetch("SELECT call_id, name, input_tokens, turn_number, attributes "
+                                                       "FROM spans")}
+    assert set(stored) == {"nul-call", "huge-call", "fine-call"}
+    assert stored["nul-call"]["name"] == "llm\ufffd" and "hi\ufffdthere" in stored["nul-call"]["attributes"]
+    assert stored["huge-call"]["input_tokens"] is None and stored["huge-call"]["turn_number"] is None
+    assert '"gen_ai.usage.input_tokens": 1099511627776' in stored["huge-call"]["attributes"]  # raw value kept
+    assert await db.fetchval("SELECT count(*) FROM calls") == 3
+
+
+async def test_a_row_the_database_refuses_is_isolated_and_reported(collector, db):
+    """Whatever slips past validation and makes PostgreSQL refuse a row costs that row only."""
+    # A CHECK constraint stands in for any data error the database may raise on a row we did not foresee.
+    await db.execute("ALTER TABLE spans ADD CONSTRAINT no_poison CHECK (name <> 'poison')")
+    client = GrpcClient(collector.grpc.port)
+    first, second = await asyncio.gather(
+        client.send(request_of(span("poison", b"\x71" * 16, b"\x01" * 8, call_id="poisoned"),
+                               span("stt", b"\x71" * 16, b"\x02" * 8, call_id="poisoned"))),
+        client.send(request_of(span("stt", b"\x72" * 16, b"\x01" * 8, call_id="bystander"))))
+    await client.close()
+    assert first.partial_success.rejected_spans == 1
+    assert "no_poison" in first.partial_success.error_message
+    assert not second.HasField("partial_success")
+    await collector.settle()
+    names = sorted(tuple(r) for r in await db.fetch("SELECT call_id, name FROM spans"))
+    assert names == [("bystander", "stt"), ("poisoned", "stt")]
+
+
+async def test_a_call_that_cannot_be_derived_does_not_block_the_others(collector, db):
+    await db.execute("ALTER TABLE calls ADD CONSTRAINT no_poison CHECK (campaign IS DISTINCT FROM 'poison')")
+    poisoned = span("call", b"\x81" * 16, b"\x01" * 8, call_id="poisoned-call")
+    _attribute(poisoned, "call.campaign", string_value="poison")
+    healthy = span("call", b"\x82" * 16, b"\x01" * 8, call_id="healthy-call")
+    _attribute(healthy, "call.campaign", string_value="spring")
+    client = GrpcClient(collector.grpc.port)
+    await client.send(request_of(poisoned, healthy))
+    await client.close()
+    await collector.settle()
+    assert [r[0] for r in await db.fetch("SELECT call_id FROM calls")] == ["healthy-call"]
+    assert await db.fetchval("SELECT count(*) FROM dirty_calls") == 0
+    assert await db.fetchval("SELECT count(*) FROM spans") == 2        # the raw spans are kept

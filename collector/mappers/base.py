@@ -97,15 +97,19 @@ def as_text(value: Any) -> str | None:
     return str(value)
 
 
+_INT32 = range(-2**31, 2**31)
+
+
 def as_int(value: Any) -> int | None:
+    """An int that fits the int4 columns it feeds (turn numbers, tokens, codes); anything else is None."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return None
+    if not isinstance(value, int):
+        try:
+            value = int(float(value))
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return value if value in _INT32 else None
 
 
 def as_float(value: Any) -> float | None:

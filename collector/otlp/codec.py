@@ -23,7 +23,7 @@ from collector.errors import InvalidRequest, RejectedSpan
 
 __all__ = [
     "SpanIn", "LogIn", "decode_errors", "decompress", "parse_traces", "parse_logs",
-    "iter_spans", "iter_logs", "attributes_to_dict", "any_value", "count_items",
+    "iter_spans", "iter_logs", "attributes_to_dict", "any_value", "count_items", "clean_text",
 ]
 
 _ZERO_TRACE = bytes(16)
@@ -162,11 +162,16 @@ def parse_logs(body: bytes, content_type: str = "protobuf") -> ExportLogsService
 
 # --- AnyValue → Python ------------------------------------------------------------------------------------
 
+def clean_text(text: str) -> str:
+    """PostgreSQL text and jsonb cannot hold U+0000: it becomes U+FFFD (the rest of the value is kept)."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def any_value(value: Any) -> Any:
     """OTLP ``AnyValue`` → str | bool | int | float | list | dict | bytes-as-hex | None."""
     which = value.WhichOneof("value")
     if which == "string_value":
-        return value.string_value
+        return clean_text(value.string_value)
     if which == "int_value":
         return value.int_value
     if which == "double_value":
@@ -176,7 +181,7 @@ def any_value(value: Any) -> Any:
     if which == "array_value":
         return [any_value(item) for item in value.array_value.values]
     if which == "kvlist_value":
-        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
+        return {clean_text(kv.key): any_value(kv.value) for kv in value.kvlist_value.values}
     if which == "bytes_value":
         return value.bytes_value.hex()
     return None
@@ -186,18 +191,22 @@ def attributes_to_dict(key_values: Any) -> dict[str, Any]:
     # Hot path (every attribute of every span): scalar cases inline, any_value only for nested values.
     out: dict[str, Any] = {}
     for kv in key_values:
+        key = kv.key
+        if "\x00" in key:
+            key = clean_text(key)
         value = kv.value
         which = value.WhichOneof("value")
         if which == "string_value":
-            out[kv.key] = value.string_value
+            text = value.string_value
+            out[key] = text if "\x00" not in text else clean_text(text)
         elif which == "int_value":
-            out[kv.key] = value.int_value
+            out[key] = value.int_value
         elif which == "double_value":
-            out[kv.key] = value.double_value
+            out[key] = value.double_value
         elif which == "bool_value":
-            out[kv.key] = value.bool_value
+            out[key] = value.bool_value
         else:
-            out[kv.key] = any_value(value)
+            out[key] = any_value(value)
     return out
 
 
@@ -221,7 +230,7 @@ def _trace_id(raw: bytes) -> str:
 
 def _span_events(span: Any) -> list[dict[str, Any]]:
     return [
-        {"time_unix_nano": event.time_unix_nano, "name": event.name,
+        {"time_unix_nano": event.time_unix_nano, "name": clean_text(event.name),
          "attributes": attributes_to_dict(event.attributes)}
         for event in span.events
     ]
@@ -232,8 +241,8 @@ def iter_spans(request: ExportTraceServiceRequest) -> Iterator[SpanIn | Rejected
     for resource_spans in request.resource_spans:
         resource = attributes_to_dict(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
-            scope_name = scope_spans.scope.name
-            scope_version = scope_spans.scope.version
+            scope_name = clean_text(scope_spans.scope.name)
+            scope_version = clean_text(scope_spans.scope.version)
             for span in scope_spans.spans:
                 try:
                     trace_id = _trace_id(span.trace_id)
@@ -244,6 +253,10 @@ def iter_spans(request: ExportTraceServiceRequest) -> Iterator[SpanIn | Rejected
                         raise RejectedSpan("start_time_unix_nano is missing")
                     if end_ns and end_ns < start_ns:
                         raise RejectedSpan("end_time_unix_nano is before start_time_unix_nano")
+                    if not 0 <= span.kind <= 5:
+                        raise RejectedSpan(f"kind {span.kind} is not a SpanKind (0-5)")
+                    if not 0 <= span.status.code <= 2:
+                        raise RejectedSpan(f"status.code {span.status.code} is not a StatusCode (0-2)")
                 except RejectedSpan as rejected:
                     yield RejectedSpan(f"span {span.name!r}: {rejected}")
                     continue
@@ -251,12 +264,12 @@ def iter_spans(request: ExportTraceServiceRequest) -> Iterator[SpanIn | Rejected
                     trace_id=trace_id,
                     span_id=span_id,  # type: ignore[arg-type]
                     parent_span_id=parent,
-                    name=span.name,
+                    name=clean_text(span.name),
                     kind=span.kind,
                     start_ns=start_ns,
                     end_ns=end_ns or start_ns,
                     status_code=span.status.code,
-                    status_message=span.status.message or None,
+                    status_message=clean_text(span.status.message) or None,
                     attributes=attributes_to_dict(span.attributes),
                     events=_span_events(span) if span.events else [],
                     resource=resource,
@@ -270,7 +283,7 @@ def iter_logs(request: ExportLogsServiceRequest) -> Iterator[LogIn | RejectedSpa
     for resource_logs in request.resource_logs:
         resource = attributes_to_dict(resource_logs.resource.attributes)
         for scope_logs in resource_logs.scope_logs:
-            scope_name = scope_logs.scope.name
+            scope_name = clean_text(scope_logs.scope.name)
             for record in scope_logs.log_records:
                 try:
                     trace_id = _trace_id(record.trace_id) if record.trace_id else None
@@ -284,12 +297,12 @@ def iter_logs(request: ExportLogsServiceRequest) -> Iterator[LogIn | RejectedSpa
                 yield LogIn(
                     time_ns=time_ns,
                     severity_number=record.severity_number,
-                    severity_text=record.severity_text,
+                    severity_text=clean_text(record.severity_text),
                     body=any_value(record.body) if record.HasField("body") else None,
                     attributes=attributes_to_dict(record.attributes),
                     trace_id=trace_id,
                     span_id=span_id,
-                    event_name=record.event_name,
+                    event_name=clean_text(record.event_name),
                     resource=resource,
                     scope_name=scope_name,
                 )
