@@ -496,44 +496,27 @@ WHERE $__timeFilter(e.time)
 GROUP BY 1, 2
 ORDER BY 1"""
 
-WEBHOOK_LIST = """SELECT
+def _event_list(condition: str, *, with_event: bool = True) -> str:
+    """The newest 500 events matching ``condition`` in the time range, with their call and data."""
+    event_column = "\n  e.event," if with_event else ""
+    return f"""SELECT
   e.time AS "time",
-  e.call_id,
-  e.event,
+  e.call_id,{event_column}
   e.level,
   e.message,
-  coalesce(e.data, '{}'::jsonb)::text AS data
+  coalesce(e.data, '{{}}'::jsonb)::text AS data
 FROM events e
 WHERE $__timeFilter(e.time)
-  AND e.category = 'webhook'
-  AND e.event <> 'webhook.queued'
+  AND {condition}
 ORDER BY e.time DESC
 LIMIT 500"""
 
-PATH_ERRORS = """SELECT
-  e.time AS "time",
-  e.call_id,
-  e.level,
-  e.message,
-  coalesce(e.data, '{}'::jsonb)::text AS data
-FROM events e
-WHERE $__timeFilter(e.time)
-  AND e.event = 'path.error'
-ORDER BY e.time DESC
-LIMIT 500"""
 
-TRANSFERS = """SELECT
-  e.time AS "time",
-  e.call_id,
-  e.event,
-  e.level,
-  e.message,
-  coalesce(e.data, '{}'::jsonb)::text AS data
-FROM events e
-WHERE $__timeFilter(e.time)
-  AND (e.category = 'transfer' OR e.event LIKE 'tool.transfer.%')
-ORDER BY e.time DESC
-LIMIT 500"""
+WEBHOOK_LIST = _event_list("e.category = 'webhook'\n  AND e.event <> 'webhook.queued'")
+
+PATH_ERRORS = _event_list("e.event = 'path.error'", with_event=False)
+
+TRANSFERS = _event_list("(e.category = 'transfer' OR e.event LIKE 'tool.transfer.%')")
 
 # ---------------------------------------------------------------------------------------------------------
 # Alert rules (format time_series: a "time" column, text columns become labels)

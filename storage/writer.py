@@ -131,25 +131,21 @@ def _resolved(alias: str) -> str:
             f"ELSE coalesce(ct.call_id, {alias}.call_id) END")
 
 
-_INSERT_SPANS = f"""
+def _insert_resolved(table: str, columns: tuple[str, ...], into: str) -> str:
+    """Staged rows → ``table`` with their call id resolved through ``call_traces``; duplicates are skipped."""
+    return f"""
 WITH ins AS (
-    INSERT INTO spans ({", ".join(SPAN_COLUMNS)})
-    SELECT {", ".join(_resolved("s") if c == "call_id" else "s." + c for c in SPAN_COLUMNS)}
-    FROM stage_spans s LEFT JOIN call_traces ct ON NOT s.call_id_explicit AND ct.trace_id = s.trace_id
+    INSERT INTO {table} ({", ".join(columns)})
+    SELECT {", ".join(_resolved("s") if c == "call_id" else "s." + c for c in columns)}
+    FROM stage_{table} s LEFT JOIN call_traces ct ON NOT s.call_id_explicit AND ct.trace_id = s.trace_id
     ON CONFLICT DO NOTHING
     RETURNING call_id
-) SELECT count(*), array_agg(DISTINCT call_id) INTO span_count, span_calls FROM ins
+) SELECT count(*), array_agg(DISTINCT call_id) INTO {into} FROM ins
 """
 
-_INSERT_EVENTS = f"""
-WITH ins AS (
-    INSERT INTO events ({", ".join(EVENT_COLUMNS)})
-    SELECT {", ".join(_resolved("s") if c == "call_id" else "s." + c for c in EVENT_COLUMNS)}
-    FROM stage_events s LEFT JOIN call_traces ct ON NOT s.call_id_explicit AND ct.trace_id = s.trace_id
-    ON CONFLICT DO NOTHING
-    RETURNING call_id
-) SELECT count(*), array_agg(DISTINCT call_id) INTO event_count, event_calls FROM ins
-"""
+
+_INSERT_SPANS = _insert_resolved("spans", SPAN_COLUMNS, "span_count, span_calls")
+_INSERT_EVENTS = _insert_resolved("events", EVENT_COLUMNS, "event_count, event_calls")
 
 _UPSERT_TOOLS = f"""
 WITH resolved AS (
