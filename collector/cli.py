@@ -7,9 +7,7 @@ import asyncio
 import os
 import sys
 from typing import Any, Callable, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 
 from collector.doctor import default_health_endpoint, describe_failure
 from collector.logs import configure_logging
@@ -34,14 +32,6 @@ def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None
 
 def _settings(args: argparse.Namespace) -> Settings:
     return build_settings({s.name: getattr(args, s.name, None) for s in SETTINGS})
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -243,24 +233,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _friendly(exc: BaseException, args: argparse.Namespace) -> str | None:
-    """One clear line for the failures users meet, instead of a traceback."""
+    """One clear line for the failures users meet, instead of a traceback (collector/doctor.py knows them)."""
     url = getattr(args, "database_url", None) or os.environ.get("CALLSCOPE_DATABASE_URL") or SETTINGS[0].default
-    known = describe_failure(exc, url)
-    if known is not None:
-        return known
-    if isinstance(exc, (ConnectionRefusedError, asyncpg.CannotConnectNowError)) or (
-            isinstance(exc, OSError) and "connect" in str(exc).lower() and "5432" in str(exc)):
-        return (f"cannot reach the database at {_redact(url)} ({exc}); is PostgreSQL running? "
-                f"Set --database-url or CALLSCOPE_DATABASE_URL.")
-    if isinstance(exc, asyncpg.InvalidPasswordError):
-        return f"the database at {_redact(url)} refused the credentials ({exc}); check the user and password."
-    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
-        return f"the database at {_redact(url)} refused the connection ({exc}); check pg_hba.conf and the user."
-    if isinstance(exc, OSError) and exc.errno == 98:
-        return f"a port is already in use ({exc}); pass --grpc-port / --http-port or stop the other process."
-    if isinstance(exc, ValueError) and str(exc).startswith(("invalid configuration", "CALLSCOPE_")):
-        return str(exc)
-    return None
+    return describe_failure(exc, url)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
