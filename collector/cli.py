@@ -8,7 +8,6 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-
 from collector.doctor import default_health_endpoint, describe_failure
 from collector.logs import configure_logging
 from collector.settings import SETTINGS, Settings, build_settings, parse_bool
