@@ -62,6 +62,14 @@ class Batcher:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="callscope-batcher")
 
+    def check_capacity(self) -> None:
+        """Refuse at once when the queue is already full, before a request is decoded and mapped for nothing."""
+        if self._queued_records >= self._capacity:
+            METRICS.refused_requests += 1
+            raise Overloaded(
+                f"ingest queue full ({self._queued_records} of {self._capacity} records waiting for the "
+                f"database); retry after {self._retry_after:g} s", retry_after_s=self._retry_after)
+
     async def submit(self, records: Sequence[Record]) -> list[str]:
         """Wait until ``records`` are committed; raise ``Overloaded`` at once if they do not fit.
 

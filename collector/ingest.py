@@ -47,12 +47,14 @@ class Ingest:
     async def export_traces(self, request: ExportTraceServiceRequest, *, transport: str) -> ExportResult:
         if count_items(request) == 0:
             return ExportResult()
+        self._batcher.check_capacity()
         batch = map_spans(iter_spans(request))
         return await self._commit(batch, "spans", transport)
 
     async def export_logs(self, request: ExportLogsServiceRequest, *, transport: str) -> ExportResult:
         if count_items(request) == 0:
             return ExportResult()
+        self._batcher.check_capacity()
         batch = map_logs(iter_logs(request))
         return await self._commit(batch, "log records", transport)
 

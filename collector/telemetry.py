@@ -16,6 +16,7 @@ class Metrics:
     received_log_records: int = 0
     rejected_items: int = 0        # spans / log records rejected in partial_success
     refused_records: int = 0       # records refused with RESOURCE_EXHAUSTED / 429 (clients retry them)
+    refused_requests: int = 0      # requests refused before decoding because the queue was already full
     committed_records: int = 0     # rows committed (spans, events, tool calls)
     committed_batches: int = 0
     failed_batches: int = 0
