@@ -22,7 +22,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from operator import attrgetter
 from pathlib import Path
 
 import asyncpg
@@ -149,8 +148,7 @@ async def _copy_ceiling(database_url: str, trace_bodies: list[bytes]) -> tuple[f
         rows.extend(r for r in map_spans(iter_spans(parse_traces(body))).records if type(r) is SpanRow)
     mapping_rate = len(rows) / (time.perf_counter() - started)
     columns = columns_of(SpanRow)
-    to_tuple = attrgetter(*columns)
-    tuples = [to_tuple(r) for r in rows]
+    tuples = rows  # records are tuples in COPY order
     connection = await asyncpg.connect(database_url)
     try:
         await connection.execute("CREATE TABLE copy_ceiling (LIKE spans INCLUDING DEFAULTS)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import orjson
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
@@ -204,7 +204,7 @@ def _place_in_batch_turns(records: list[Record]) -> None:
                 break
             if parent.stage == "turn" or parent.turn_number is not None:
                 if parent.turn_number is not None and '"turn_seq"' not in (parent.facts or ""):
-                    records[index] = replace(record, turn_number=parent.turn_number)
+                    records[index] = record._replace(turn_number=parent.turn_number)
                 break
             parent_id, hops = parent.parent_span_id, hops + 1
 

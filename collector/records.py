@@ -2,19 +2,20 @@
 
 Fields are the columns of design.md §3 in COPY order. Ids are lowercase hex ``str``, times are timezone-aware
 ``datetime`` in UTC, durations are ``float`` milliseconds. Records are immutable and flow one way.
+
+They are typed ``NamedTuple``s rather than frozen dataclasses: built once per span on the hot path (a tuple is
+made in C, a frozen dataclass sets each field through ``object.__setattr__``), and a tuple is what COPY takes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Union
+from typing import NamedTuple, Union
 
 __all__ = ["SpanRow", "EventRow", "ToolCallRow", "Record", "columns_of"]
 
 
-@dataclass(frozen=True, slots=True)
-class SpanRow:
+class SpanRow(NamedTuple):
     start_time: datetime
     end_time: datetime
     duration_ms: float
@@ -43,8 +44,7 @@ class SpanRow:
     facts: str | None        # JSON text: this span's contribution to its call and turn (see storage/derive.sql)
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
+class EventRow(NamedTuple):
     time: datetime
     event_id: str            # deterministic: a retried record gets the same id and is stored once
     call_id: str
@@ -59,8 +59,7 @@ class EventRow:
     source: str              # log | span_event | derived
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCallRow:
+class ToolCallRow(NamedTuple):
     call_id: str
     call_id_explicit: bool
     trace_id: str
@@ -81,6 +80,6 @@ Record = Union[SpanRow, EventRow, ToolCallRow]
 
 def columns_of(record_type: type) -> tuple[str, ...]:
     """Column names of a record type, in COPY order."""
-    return tuple(f.name for f in fields(record_type))
+    return tuple(record_type._fields)
 
 

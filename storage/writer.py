@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from operator import attrgetter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +31,6 @@ log = logging.getLogger("callscope.storage")
 SPAN_COLUMNS = columns_of(SpanRow)
 EVENT_COLUMNS = columns_of(EventRow)
 TOOL_COLUMNS = columns_of(ToolCallRow)
-# Records are slotted dataclasses; COPY wants tuples: attrgetter builds them without astuple's deep copy.
-_SPAN_TUPLE = attrgetter(*SPAN_COLUMNS)
-_EVENT_TUPLE = attrgetter(*EVENT_COLUMNS)
-_TOOL_TUPLE = attrgetter(*TOOL_COLUMNS)
 
 
 def _load_derive() -> tuple[tuple[str, str], ...]:
@@ -273,11 +268,11 @@ class PostgresWriter:
                            tools: list[ToolCallRow]) -> WriteResult:
         async with connection.transaction():
             if spans:
-                await connection.copy_records_to_table("stage_spans", records=map(_SPAN_TUPLE, spans), columns=SPAN_COLUMNS)
+                await connection.copy_records_to_table("stage_spans", records=spans, columns=SPAN_COLUMNS)
             if events:
-                await connection.copy_records_to_table("stage_events", records=map(_EVENT_TUPLE, events), columns=EVENT_COLUMNS)
+                await connection.copy_records_to_table("stage_events", records=events, columns=EVENT_COLUMNS)
             if tools:
-                await connection.copy_records_to_table("stage_tools", records=map(_TOOL_TUPLE, tools), columns=TOOL_COLUMNS)
+                await connection.copy_records_to_table("stage_tools", records=tools, columns=TOOL_COLUMNS)
             row = await connection.fetchrow("SELECT * FROM callscope_write_staged()")
         return WriteResult(spans=row["span_count"], events=row["event_count"], tool_calls=row["tool_count"],
                            calls_touched=row["calls_touched"])
