@@ -54,6 +54,9 @@ SETTINGS: tuple[Setting, ...] = (
             "/ HTTP 429 and a retry hint, so memory stays bounded.", int),
     Setting("writer_connections", 2,
             "Database connections writing batches in parallel (plus one that derives calls and turns).", int),
+    Setting("derive_interval_ms", 1000,
+            "How often turns and call rows are recomputed for the calls that received data (ms); longer "
+            "intervals coalesce more batches per recomputation under load.", int),
     Setting("retry_after_s", 1.0, "Retry hint sent with a refusal (RetryInfo / Retry-After), seconds.", float),
     Setting("write_timeout_s", 30.0, "A batch that cannot be committed within this time fails with UNAVAILABLE.", float),
     Setting("retention_days", 30, "TimescaleDB only: spans and events older than this are dropped (0 = keep).", int),
@@ -77,6 +80,7 @@ class Settings:
     max_wait_ms: int
     queue_records: int
     writer_connections: int
+    derive_interval_ms: int
     retry_after_s: float
     write_timeout_s: float
     retention_days: int
@@ -96,6 +100,8 @@ class Settings:
             problems.append("max_batch_records must be ≥ 1")
         if self.queue_records < self.max_batch_records:
             problems.append("queue_records must be ≥ max_batch_records")
+        if self.derive_interval_ms < 0:
+            problems.append("derive_interval_ms must be ≥ 0")
         if self.writer_connections < 1:
             problems.append("writer_connections must be ≥ 1")
         if self.max_wait_ms < 0:
