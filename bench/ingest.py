@@ -30,6 +30,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from collector.otlp.codec import iter_spans, parse_traces
 from collector.pipeline import map_spans
+from collector.progress import draw_progress
 from collector.records import SpanRow, columns_of
 from collector.simulate import encode_requests, generate_calls
 from storage.migrate import migrate
@@ -85,11 +86,8 @@ async def _recreate(admin_url: str, name: str) -> None:
 
 
 def _progress(done: int, total: int, started: float) -> None:
-    width = 30
-    filled = int(width * done / max(total, 1))
     rate = done / max(time.perf_counter() - started, 1e-9)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} spans  {rate:,.0f} spans/s")
-    sys.stderr.flush()
+    draw_progress(done, total, "spans", f"  {rate:,.0f} spans/s")
 
 
 async def _drive(endpoint: str, trace_bodies: list[bytes], log_bodies: list[bytes], concurrency: int,

@@ -62,13 +62,16 @@ class Batcher:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="callscope-batcher")
 
+    def _full(self) -> Overloaded:
+        return Overloaded(
+            f"ingest queue full ({self._queued_records} of {self._capacity} records waiting for the database); "
+            f"retry after {self._retry_after:g} s", retry_after_s=self._retry_after)
+
     def check_capacity(self) -> None:
         """Refuse at once when the queue is already full, before a request is decoded and mapped for nothing."""
         if self._queued_records >= self._capacity:
             METRICS.refused_requests += 1
-            raise Overloaded(
-                f"ingest queue full ({self._queued_records} of {self._capacity} records waiting for the "
-                f"database); retry after {self._retry_after:g} s", retry_after_s=self._retry_after)
+            raise self._full()
 
     async def submit(self, records: Sequence[Record]) -> list[str]:
         """Wait until ``records`` are committed; raise ``Overloaded`` at once if they do not fit.
@@ -83,9 +86,7 @@ class Batcher:
         # An oversized request is still admitted when nothing else is queued, or it could never get in.
         if self._queued_records + count > self._capacity and self._queued_records > 0:
             METRICS.refused_records += count
-            raise Overloaded(
-                f"ingest queue full ({self._queued_records} of {self._capacity} records waiting for the "
-                f"database); retry after {self._retry_after:g} s", retry_after_s=self._retry_after)
+            raise self._full()
         submission = _Submission(records, asyncio.get_running_loop().create_future())
         self._pending.append(submission)
         self._queued_records += count

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 from collector.doctor import default_health_endpoint, describe_failure
 from collector.logs import configure_logging
+from collector.progress import draw_progress
 from collector.settings import SETTINGS, Settings, build_settings, parse_bool
 
 __all__ = ["main"]
@@ -86,16 +87,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
               f"or pass --endpoint host:4317 (gRPC) / http://host:4318 (HTTP).", file=sys.stderr)
         return 2
 
-    total = args.calls
-    shown = {"done": 0}
-
     def progress(done: int) -> None:
-        shown["done"] = done
         if sys.stderr.isatty() or args.progress:
-            width = 30
-            filled = int(width * done / max(total, 1))
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} calls")
-            sys.stderr.flush()
+            draw_progress(done, args.calls, "calls")
 
     report = asyncio.run(run_simulation(args.endpoint, calls=args.calls, concurrency=args.concurrency,
                                         seed=args.seed, progress=progress))
@@ -106,9 +100,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _describe(report: Any) -> str:
-    values = getattr(report, "__dict__", None) or {
-        name: getattr(report, name) for name in getattr(report, "__dataclass_fields__", {})}
-    return "simulation finished: " + ", ".join(f"{k}={v}" for k, v in values.items())
+    from dataclasses import asdict
+
+    return "simulation finished: " + ", ".join(f"{k}={v}" for k, v in asdict(report).items())
 
 
 def _dashboard_fields() -> list[tuple[str, type, object, bool]]:
