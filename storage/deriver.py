@@ -12,16 +12,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from pathlib import Path
 
 import asyncpg
 
-from collector.telemetry import METRICS
 from collector.errors import StorageRejected
+from collector.telemetry import METRICS
 from storage.writer import SERVER_SETTINGS, storage_errors
 
-__all__ = ["Deriver"]
+__all__ = ["Deriver", "DERIVE_STATEMENTS", "DERIVE_ROUTINE"]
 
 log = logging.getLogger("callscope.deriver")
+
+
+def _load_derive() -> tuple[tuple[str, str], ...]:
+    text = Path(__file__).with_name("derive.sql").read_text()
+    parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.MULTILINE)
+    return tuple((parts[i], parts[i + 1].strip()) for i in range(1, len(parts), 2))
+
+
+DERIVE_STATEMENTS = _load_derive()
+
+# All derive statements in one routine: one round trip per derive round. $1 is the routine's argument.
+DERIVE_ROUTINE = (
+    # use_column: the statements name columns such as "found", which PL/pgSQL also defines as a variable.
+    "CREATE OR REPLACE FUNCTION callscope_derive(text[]) RETURNS void LANGUAGE plpgsql AS $routine$\n"
+    "#variable_conflict use_column\nBEGIN\n"
+    + "\n".join(f"-- {name}\n{statement.rstrip().rstrip(';')};" for name, statement in DERIVE_STATEMENTS)
+    + "\nEND\n$routine$"
+)
 
 _CLAIM = """
 WITH claimed AS (SELECT id FROM dirty_calls ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)

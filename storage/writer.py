@@ -1,9 +1,9 @@
-"""Write stage: one transaction per batch — COPY into staging, set-based inserts, re-derive touched calls.
+"""Write stage: one transaction per batch — COPY into staging, then one server-side routine that stores it.
 
 Spans and events are inserted with ``ON CONFLICT DO NOTHING`` on their identity, so a client retry never
 duplicates anything; tool calls are upserted. Spans that carry no call id of their own join the call that
-another span of their trace names (``call_traces``), whichever arrives first. Then storage/derive.sql
-marks every call the batch changed in ``dirty_calls``, in the same transaction; storage/deriver.py recomputes
+another span of their trace names (``call_traces``), whichever arrives first. The routine
+(``callscope_write_staged``) also marks every call the batch changed in ``dirty_calls``, in the same transaction; storage/deriver.py recomputes
 their turns and call rows from there, many batches at once (a call spread over 50 batches is derived a few
 times, not 50).
 """
@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import AsyncIterator, Callable, Sequence
 
 import asyncpg
@@ -23,32 +21,13 @@ import asyncpg
 from collector.errors import StorageRejected, StorageUnavailable
 from collector.records import EventRow, Record, SpanRow, ToolCallRow, columns_of
 
-__all__ = ["PostgresWriter", "WriterPool", "WriteResult", "storage_errors", "DERIVE_STATEMENTS", "DERIVE_ROUTINE",
-           "SERVER_SETTINGS", "WRITE_ROUTINE"]
+__all__ = ["PostgresWriter", "WriterPool", "WriteResult", "storage_errors", "SERVER_SETTINGS", "WRITE_ROUTINE"]
 
 log = logging.getLogger("callscope.storage")
 
 SPAN_COLUMNS = columns_of(SpanRow)
 EVENT_COLUMNS = columns_of(EventRow)
 TOOL_COLUMNS = columns_of(ToolCallRow)
-
-
-def _load_derive() -> tuple[tuple[str, str], ...]:
-    text = Path(__file__).with_name("derive.sql").read_text()
-    parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.MULTILINE)
-    return tuple((parts[i], parts[i + 1].strip()) for i in range(1, len(parts), 2))
-
-
-DERIVE_STATEMENTS = _load_derive()
-
-# All derive statements in one routine: one round trip per derive round. $1 is the routine's argument.
-DERIVE_ROUTINE = (
-    # use_column: the statements name columns such as "found", which PL/pgSQL also defines as a variable.
-    "CREATE OR REPLACE FUNCTION callscope_derive(text[]) RETURNS void LANGUAGE plpgsql AS $routine$\n"
-    "#variable_conflict use_column\nBEGIN\n"
-    + "\n".join(f"-- {name}\n{statement.rstrip().rstrip(';')};" for name, statement in DERIVE_STATEMENTS)
-    + "\nEND\n$routine$"
-)
 
 
 @dataclass(frozen=True, slots=True)
