@@ -31,7 +31,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from collector.otlp.codec import iter_spans, parse_traces
 from collector.pipeline import map_spans
 from collector.progress import draw_progress
-from collector.records import SpanRow, columns_of
+from storage.records import SpanRow, columns_of
 from collector.simulate import encode_requests, generate_calls
 from storage.migrate import migrate
 

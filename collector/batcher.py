@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from collector.errors import Overloaded, StorageRejected, StorageUnavailable
-from collector.records import Record
+from storage.records import Record
 from collector.telemetry import METRICS
 
 __all__ = ["Batcher", "RecordWriter"]

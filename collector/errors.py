@@ -1,5 +1,8 @@
 """Error hierarchy of the collector, and the one place errors become gRPC codes and HTTP statuses.
 
+The base class and the two storage errors live in storage/errors.py (the layer below); the receivers' codes
+for all of them are decided here.
+
     CallscopeError
      ├── RejectedSpan        one span or log record is invalid: counted in partial_success, the rest is stored
      ├── InvalidRequest      the whole request cannot be decoded (INVALID_ARGUMENT / 400, not retried)
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import grpc
 
+from storage.errors import CallscopeError, StorageRejected, StorageUnavailable
+
 __all__ = [
     "CallscopeError",
     "RejectedSpan",
@@ -24,55 +29,26 @@ __all__ = [
     "StorageUnavailable",
     "StorageRejected",
     "http_status_for",
+    "grpc_code_of",
 ]
-
-
-class CallscopeError(Exception):
-    """Base class. ``grpc_code`` decides the answer; ``retryable`` whether clients should try again."""
-
-    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    retryable: bool = False
-    retry_after_s: float | None = None
 
 
 class RejectedSpan(CallscopeError):
     """A single span or log record is malformed; it is skipped and reported, never the batch."""
 
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
-
 
 class InvalidRequest(CallscopeError):
     """The request body cannot be decoded at all (bad protobuf, bad JSON, bad gzip)."""
-
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class Overloaded(CallscopeError):
     """The ingest queue is full; the client must retry after ``retry_after_s``."""
 
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     retryable = True
 
     def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
-
-
-class StorageUnavailable(CallscopeError):
-    """The database could not commit the batch; nothing of it was acknowledged."""
-
-    grpc_code = grpc.StatusCode.UNAVAILABLE
-    retryable = True
-
-    def __init__(self, message: str, *, retry_after_s: float = 2.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class StorageRejected(CallscopeError):
-    """The database rejected the rows themselves (a data or constraint error), not a transient failure."""
-
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 # OTLP/HTTP spec: 429/502/503/504 are retryable, 400 is not (collector's GetHTTPStatusCodeFromStatus).
@@ -84,6 +60,23 @@ _HTTP_STATUS = {
 }
 
 
+_GRPC_CODE: dict[type[CallscopeError], grpc.StatusCode] = {
+    RejectedSpan: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
+    StorageRejected: grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+def grpc_code_of(error: CallscopeError) -> grpc.StatusCode:
+    """gRPC status code of an error (its nearest class in the table; INTERNAL for anything else)."""
+    for cls in type(error).__mro__:
+        if cls in _GRPC_CODE:
+            return _GRPC_CODE[cls]
+    return grpc.StatusCode.INTERNAL
+
+
 def http_status_for(error: CallscopeError) -> int:
     """HTTP status of an error, derived from its gRPC code."""
-    return _HTTP_STATUS.get(error.grpc_code, 500)
+    return _HTTP_STATUS.get(grpc_code_of(error), 500)

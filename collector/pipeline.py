@@ -18,7 +18,7 @@ from collector.mappers import SpanMapping, select_mapper
 from collector.mappers.base import CALL_ID_KEYS, as_text, explicit_call_id
 from collector.mappers.native import call_facts
 from collector.otlp.codec import LogIn, SpanIn
-from collector.records import EventRow, Record, SpanRow, ToolCallRow
+from storage.records import EventRow, Record, SpanRow, ToolCallRow
 from storage.catalogue import LEVELS, level_rank, lookup
 
 __all__ = ["MappedBatch", "map_spans", "map_logs", "severity_level"]

@@ -36,7 +36,8 @@ class Collector:
         self.settings = settings
         self._run_migrations = run_migrations
         self.deriver = Deriver(settings.database_url, timeout=max(settings.write_timeout_s, 30.0),
-                               stale_after_s=settings.idle_timeout_s, idle_s=settings.derive_interval_ms / 1000)
+                               stale_after_s=settings.idle_timeout_s, idle_s=settings.derive_interval_ms / 1000,
+                               on_derived=METRICS.count_derived)
         self.writer = WriterPool(settings.database_url, size=settings.writer_connections,
                                  timeout=settings.write_timeout_s, on_commit=self.deriver.notify)
         self.batcher = Batcher(self.writer, max_batch_records=settings.max_batch_records,

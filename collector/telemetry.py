@@ -23,6 +23,9 @@ class Metrics:
     batch_trigger_size: int = 0    # batches sent because they were full (the rest: by age or shutdown)
     derived_calls: int = 0         # call recomputations (turns + call row) by the deriver
 
+    def count_derived(self, calls: int) -> None:
+        self.derived_calls += calls
+
     def prometheus(self) -> str:
         lines = []
         for item in fields(self):

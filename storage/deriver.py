@@ -14,11 +14,11 @@ import asyncio
 import logging
 import re
 from pathlib import Path
+from typing import Callable
 
 import asyncpg
 
-from collector.errors import StorageRejected
-from collector.telemetry import METRICS
+from storage.errors import StorageRejected
 from storage.writer import SERVER_SETTINGS, storage_errors
 
 __all__ = ["Deriver", "DERIVE_STATEMENTS", "DERIVE_ROUTINE"]
@@ -60,7 +60,9 @@ WHERE status = 'active' AND NOT stale AND last_seen_at < now() - make_interval(s
 
 class Deriver:
     def __init__(self, database_url: str, *, max_marks: int = 2000, idle_s: float = 1.0,
-                 timeout: float = 60.0, stale_after_s: float = 300.0) -> None:
+                 timeout: float = 60.0, stale_after_s: float = 300.0,
+                 on_derived: Callable[[int], None] | None = None) -> None:
+        self._on_derived = on_derived
         self._stale_after_s = stale_after_s
         self._stale_checked = 0.0
         self._database_url = database_url
@@ -117,7 +119,8 @@ class Deriver:
                         self._connection.terminate()
                         self._connection = None
                 raise
-        METRICS.derived_calls += len(call_ids)
+        if self._on_derived is not None:
+            self._on_derived(len(call_ids))
         return len(rows)
 
     async def _derive_one_by_one(self) -> int:

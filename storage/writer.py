@@ -18,8 +18,8 @@ from typing import AsyncIterator, Callable, Sequence
 
 import asyncpg
 
-from collector.errors import StorageRejected, StorageUnavailable
-from collector.records import EventRow, Record, SpanRow, ToolCallRow, columns_of
+from storage.errors import StorageRejected, StorageUnavailable
+from storage.records import EventRow, Record, SpanRow, ToolCallRow, columns_of
 
 __all__ = ["PostgresWriter", "WriterPool", "WriteResult", "storage_errors", "SERVER_SETTINGS", "WRITE_ROUTINE"]
 

@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from collector.errors import CallscopeError
+from collector.errors import CallscopeError, grpc_code_of
 from collector.ingest import Ingest
 from collector.otlp.status import grpc_trailers
 
@@ -24,8 +24,9 @@ _SERVICES = ("opentelemetry.proto.collector.trace.v1.TraceService",
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: CallscopeError) -> None:
-    log.info("export.refused", extra={"transport": "grpc", "code": error.grpc_code.name, "error": str(error)})
-    await context.abort(error.grpc_code, str(error), trailing_metadata=grpc_trailers(error))
+    code = grpc_code_of(error)
+    log.info("export.refused", extra={"transport": "grpc", "code": code.name, "error": str(error)})
+    await context.abort(code, str(error), trailing_metadata=grpc_trailers(error))
 
 
 class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):

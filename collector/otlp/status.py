@@ -9,14 +9,14 @@ from google.protobuf import duration_pb2
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from collector.errors import CallscopeError, http_status_for
+from collector.errors import CallscopeError, grpc_code_of, http_status_for
 
 __all__ = ["rpc_status", "grpc_trailers", "http_error", "retry_after_header"]
 
 
 def rpc_status(error: CallscopeError) -> status_pb2.Status:
     """``google.rpc.Status`` with RetryInfo attached to retryable errors (OTel exporters retry only then)."""
-    status = status_pb2.Status(code=error.grpc_code.value[0], message=str(error))
+    status = status_pb2.Status(code=grpc_code_of(error).value[0], message=str(error))
     if error.retryable and error.retry_after_s is not None:
         seconds = float(error.retry_after_s)
         delay = duration_pb2.Duration(seconds=int(seconds), nanos=int((seconds % 1) * 1e9))
