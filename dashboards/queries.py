@@ -250,8 +250,7 @@ DETAIL_TRACE = f"""SELECT
   s.status_code AS "statusCode",
   s.status_message AS "statusMessage",
   s.scope_name AS "instrumentationLibraryName"
-FROM spans s
-WHERE s.call_id = {CALL_ID}
+FROM callscope_call_spans({CALL_ID}) s
 ORDER BY s.start_time, s.span_id"""
 
 _LATENCY_STAGES = (
@@ -312,8 +311,8 @@ DETAIL_INTERRUPTIONS = f"""SELECT "time", turn, source, detail FROM (
   WHERE t.call_id = {CALL_ID} AND t.interrupted
   UNION ALL
   SELECT e."time", e.turn_number, e.source, coalesce(e.message, e.data::text)
-  FROM events e
-  WHERE e.call_id = {CALL_ID} AND e.event = 'agent.interrupted'
+  FROM callscope_call_events({CALL_ID}) e
+  WHERE e.event = 'agent.interrupted'
 ) i
 ORDER BY "time\""""
 
@@ -328,10 +327,9 @@ DETAIL_EVENT_LOG = f"""SELECT
   e.trace_id,
   e.span_id,
   coalesce(e.event_id, md5(e."time"::text || e.event || coalesce(e.span_id, ''))) AS "id"
-FROM events e
+FROM callscope_call_events({CALL_ID}) e
 LEFT JOIN event_types et ON et.event = e.event
-WHERE e.call_id = {CALL_ID}
-  AND {multi_filter("category", "e.category")}
+WHERE {multi_filter("category", "e.category")}
 ORDER BY e."time\""""
 
 # ---------------------------------------------------------------------------------------------------------
@@ -453,7 +451,7 @@ EVENTS_BY_TYPE = f"""SELECT
   count(*) AS events,
   count(DISTINCT e.call_id) AS calls,
   max(e.time) AS last_seen
-FROM events e
+FROM call_events e
 LEFT JOIN event_types et ON et.event = e.event
 WHERE {_EVENTS_FILTER}
 GROUP BY 1, 2, 3, 4
@@ -468,7 +466,7 @@ FAILED_INTEGRATIONS = """SELECT "time", call_id, kind, name, error FROM (
   UNION ALL
   SELECT e.time, e.call_id, e.event, coalesce(e.data->>'tool_name', e.data->>'name', e.event),
          coalesce(e.message, e.data::text)
-  FROM events e
+  FROM call_events e
   WHERE $__timeFilter(e.time)
     AND e.event IN ('integration.failed', 'tool.transfer.failed', 'integration.approval_denied')
 ) f
@@ -505,7 +503,7 @@ def _event_list(condition: str, *, with_event: bool = True) -> str:
   e.level,
   e.message,
   coalesce(e.data, '{{}}'::jsonb)::text AS data
-FROM events e
+FROM call_events e
 WHERE $__timeFilter(e.time)
   AND {condition}
 ORDER BY e.time DESC
