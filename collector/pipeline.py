@@ -87,7 +87,7 @@ def severity_level(severity_number: int, severity_text: str = "") -> str:
 
 def _event_row(*, time_ns: int, event: str, call_id: str, explicit: bool, trace_id: str | None,
                span_id: str | None, level: str | None, message: str | None, data: Any, source: str,
-               identity: str) -> EventRow:
+               identity: str, turn_number: int | None = None) -> EventRow:
     event_type = lookup(event)
     category = event_type.category if event_type else "other"
     if event_type and (level is None or level_rank(event_type.default_level) > level_rank(level)):
@@ -96,7 +96,7 @@ def _event_row(*, time_ns: int, event: str, call_id: str, explicit: bool, trace_
     return EventRow(
         time=_time(time_ns), event_id=event_id, call_id=call_id, call_id_explicit=explicit,
         trace_id=trace_id, span_id=span_id, category=category, event=event, level=level or "INFO",
-        message=message, data=None if data is None else _dumps(data), source=source,
+        message=message, data=None if data is None else _dumps(data), source=source, turn_number=turn_number,
     )
 
 
@@ -142,7 +142,7 @@ def _span_rows(span: SpanIn, out: list[Record]) -> None:
         out.append(_event_row(
             time_ns=derived.time_ns, event=derived.event, call_id=call_id, explicit=explicit,
             trace_id=span.trace_id, span_id=span.span_id, level=derived.level, message=derived.message,
-            data=derived.data, source="derived",
+            data=derived.data, source="derived", turn_number=mapping.turn_number,
             identity=f"d|{span.trace_id}|{span.span_id}|{derived.event}|{derived.time_ns}",
         ))
     for index, span_event in enumerate(span.events):
@@ -156,7 +156,7 @@ def _span_rows(span: SpanIn, out: list[Record]) -> None:
         out.append(_event_row(
             time_ns=span_event["time_unix_nano"] or span.start_ns, event=event_key, call_id=call_id,
             explicit=explicit, trace_id=span.trace_id, span_id=span.span_id, level=level, message=message,
-            data=attributes or None, source="span_event",
+            data=attributes or None, source="span_event", turn_number=mapping.turn_number,
             identity=f"e|{span.trace_id}|{span.span_id}|{index}|{name}|{span_event['time_unix_nano']}",
         ))
 
@@ -187,13 +187,15 @@ def _place_in_batch_turns(records: list[Record]) -> None:
     """Give a span the turn number of its nearest ancestor turn when that ancestor is in the same request.
 
     storage/derive.sql does the same for every span later; doing it here for the common case (an SDK
-    exports a turn with its children) means those rows are stored final instead of updated afterwards.
-    Only explicitly numbered turns are used: start-time numbering needs the whole call.
+    exports a turn with its children) means those rows, and the events of those spans, are stored final
+    instead of updated afterwards. Only explicitly numbered turns are used: start-time numbering needs the
+    whole call.
     """
     by_span: dict[tuple[str, str], SpanRow] = {}
     for record in records:
         if type(record) is SpanRow:
             by_span[(record.trace_id, record.span_id)] = record
+    placed: dict[tuple[str, str], int] = {}
     for index, record in enumerate(records):
         if type(record) is not SpanRow or record.turn_number is not None or record.stage == "turn":
             continue
@@ -205,8 +207,15 @@ def _place_in_batch_turns(records: list[Record]) -> None:
             if parent.stage == "turn" or parent.turn_number is not None:
                 if parent.turn_number is not None and '"turn_seq"' not in (parent.facts or ""):
                     records[index] = record._replace(turn_number=parent.turn_number)
+                    placed[(record.trace_id, record.span_id)] = parent.turn_number
                 break
             parent_id, hops = parent.parent_span_id, hops + 1
+    if placed:
+        for index, record in enumerate(records):
+            if type(record) is EventRow and record.turn_number is None and record.span_id is not None:
+                turn_number = placed.get((record.trace_id, record.span_id))
+                if turn_number is not None:
+                    records[index] = record._replace(turn_number=turn_number)
 
 
 def _log_row(record: LogIn) -> EventRow:

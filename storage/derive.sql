@@ -1,6 +1,15 @@
 -- Storage: recompute the derived rows (turn numbers, turns, calls, tool-call/event turn links) of the calls a
--- batch touched, from what is stored. $1 = text[] of call ids. Every statement is a pure function of the
+-- derive worker claimed, from what is stored. $1 = text[] of call ids. Every statement is a pure function of the
 -- stored spans and events, so the result does not depend on arrival order or on repeated batches.
+--
+-- Work is bounded by the claimed calls' own rows: load_spans / load_events copy them (through indexes) into
+-- per-connection temporary tables, every later statement reads those, and the stored tables are written only
+-- where a derived value really changed (turn numbers, turns, the call row), so a call derived again without new
+-- data writes nothing. A span stored under its trace id before the span naming its call arrived is found through
+-- call_traces; stored rows are never moved.
+--
+-- Values are read from jsonb with the callscope_* casts (storage/deriver.py), which give NULL for a value the
+-- column cannot hold instead of failing the call.
 --
 -- Span facts (spans.facts, written by the mappers; times are epoch microseconds):
 --   call:  direction campaign agent status status_reason from_number to_number summary recording_url currency
@@ -14,6 +23,42 @@
 --          agent_turn) are paired into one turn, see number_implicit_turns
 --   cost:  llm_cached_tokens stt_audio_seconds tts_characters (inputs; collector/cost.py turns them into cost_*)
 
+-- name: load_spans
+-- A call's spans: those stored under its id (minus rows of a trace id whose trace has since named another
+-- call), and those stored under the id of one of its traces before that trace named the call.
+INSERT INTO derive_spans (call_id, trace_id, span_id, start_time, end_time, parent_span_id, stage, status_code,
+                          framework, input_tokens, output_tokens, facts, session_attributes, turn_number,
+                          stored_turn_number)
+SELECT ids.call_id, s.trace_id, s.span_id, s.start_time, s.end_time, s.parent_span_id, s.stage, s.status_code,
+       s.framework, s.input_tokens, s.output_tokens, s.facts,
+       CASE WHEN s.stage = 'session' THEN s.attributes END, s.turn_number, s.turn_number
+FROM unnest($1::text[]) AS ids(call_id)
+CROSS JOIN LATERAL (
+    SELECT * FROM spans s1
+    WHERE s1.call_id = ids.call_id
+      AND (s1.call_id_explicit OR NOT EXISTS (
+           SELECT 1 FROM call_traces k WHERE k.trace_id = s1.trace_id AND k.call_id <> ids.call_id))
+    UNION ALL
+    SELECT s2.* FROM call_traces k JOIN spans s2 ON s2.trace_id = k.trace_id
+    WHERE k.call_id = ids.call_id AND NOT s2.call_id_explicit AND s2.call_id <> ids.call_id
+) s;
+
+-- name: load_events
+INSERT INTO derive_events (call_id, time, event_id, trace_id, span_id, event, level, message, data, source,
+                           turn_number, stored_turn_number)
+SELECT ids.call_id, e.time, e.event_id, e.trace_id, e.span_id, e.event, e.level, e.message, e.data, e.source,
+       e.turn_number, e.turn_number
+FROM unnest($1::text[]) AS ids(call_id)
+CROSS JOIN LATERAL (
+    SELECT * FROM events e1
+    WHERE e1.call_id = ids.call_id
+      AND (e1.call_id_explicit OR e1.trace_id IS NULL OR NOT EXISTS (
+           SELECT 1 FROM call_traces k WHERE k.trace_id = e1.trace_id AND k.call_id <> ids.call_id))
+    UNION ALL
+    SELECT e2.* FROM call_traces k JOIN events e2 ON e2.trace_id = k.trace_id
+    WHERE k.call_id = ids.call_id AND NOT e2.call_id_explicit AND e2.call_id <> ids.call_id
+) e;
+
 -- name: number_implicit_turns
 -- Turn spans whose convention has no turn index (e.g. GenAI invoke_agent) are numbered by start time.
 -- Sibling user / agent turn spans (facts turn_role, LiveKit user_turn + agent_turn) share one number: an
@@ -24,8 +69,8 @@
 WITH seq AS (
     SELECT call_id, trace_id, span_id, start_time, end_time, facts->>'turn_role' AS role,
            facts->>'turn_pair_key' AS pair_key
-    FROM spans
-    WHERE call_id = ANY($1::text[]) AND (facts->>'turn_seq')::boolean
+    FROM derive_spans
+    WHERE callscope_bool(facts->>'turn_seq')
 ), grouped AS (
     -- A join on call_id (hash join, pairs within one call) rather than a LATERAL subquery per span:
     -- the latter rescans every turn span of the batch for each one (quadratic in the batch).
@@ -46,9 +91,9 @@ WITH seq AS (
            dense_rank() OVER (PARTITION BY call_id ORDER BY group_start, group_span)::int AS turn_number
     FROM grouped
 )
-UPDATE spans s SET turn_number = n.turn_number
+UPDATE derive_spans s SET turn_number = n.turn_number
 FROM n
-WHERE s.call_id = ANY($1::text[]) AND s.trace_id = n.trace_id AND s.span_id = n.span_id
+WHERE s.trace_id = n.trace_id AND s.span_id = n.span_id
   AND s.start_time = n.start_time AND s.turn_number IS DISTINCT FROM n.turn_number;
 
 -- name: inherit_turn_numbers
@@ -57,10 +102,10 @@ WHERE s.call_id = ANY($1::text[]) AND s.trace_id = n.trace_id AND s.span_id = n.
 -- numbered turns are walked in full, since a late earlier turn renumbers the rest.
 WITH RECURSIVE s AS (
     SELECT call_id, trace_id, span_id, parent_span_id, start_time, turn_number,
-           (stage = 'turn' OR coalesce((facts->>'turn_explicit')::boolean, false)
-            OR coalesce((facts->>'turn_seq')::boolean, false)) AS anchored,
-           coalesce((facts->>'turn_seq')::boolean, false) AS numbered_by_time
-    FROM spans WHERE call_id = ANY($1::text[])
+           (stage = 'turn' OR coalesce(callscope_bool(facts->>'turn_explicit'), false)
+            OR coalesce(callscope_bool(facts->>'turn_seq'), false)) AS anchored,
+           coalesce(callscope_bool(facts->>'turn_seq'), false) AS numbered_by_time
+    FROM derive_spans
 ), renumbered AS (
     SELECT DISTINCT call_id FROM s WHERE numbered_by_time
 ), walk AS (
@@ -76,15 +121,38 @@ WITH RECURSIVE s AS (
     SELECT trace_id, span_id, start_time, max(found) AS turn_number
     FROM walk GROUP BY trace_id, span_id, start_time
 )
-UPDATE spans sp SET turn_number = r.turn_number
+UPDATE derive_spans sp SET turn_number = r.turn_number
 FROM resolved r
-WHERE sp.call_id = ANY($1::text[]) AND sp.trace_id = r.trace_id AND sp.span_id = r.span_id
+WHERE sp.trace_id = r.trace_id AND sp.span_id = r.span_id
   AND sp.start_time = r.start_time AND sp.turn_number IS DISTINCT FROM r.turn_number;
+
+-- name: store_turn_numbers
+-- Only the spans whose turn really changed are written (by their identity index).
+UPDATE spans s SET turn_number = d.turn_number
+FROM derive_spans d
+WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number
+  AND s.trace_id = d.trace_id AND s.span_id = d.span_id AND s.start_time = d.start_time;
+
+-- name: adopt_tool_calls
+-- Tool calls stored under a trace id before their trace named its call join that call (tool_calls is keyed by
+-- call, and a tool call is small and rare next to spans).
+WITH moved AS (
+    DELETE FROM tool_calls t
+    USING unnest($1::text[]) AS ids(call_id), call_traces k
+    WHERE k.call_id = ids.call_id AND t.trace_id = k.trace_id AND NOT t.call_id_explicit
+      AND t.call_id <> ids.call_id
+    RETURNING t.*, ids.call_id AS new_call_id
+)
+INSERT INTO tool_calls (call_id, turn_number, tool_call_id, tool_name, started_at, ended_at, duration_ms,
+                        arguments, result, is_error, error, span_id, trace_id, call_id_explicit)
+SELECT new_call_id, turn_number, tool_call_id, tool_name, started_at, ended_at, duration_ms, arguments,
+       result, is_error, error, span_id, trace_id, call_id_explicit FROM moved
+ON CONFLICT (call_id, tool_call_id) DO NOTHING;
 
 -- name: link_tool_calls
 UPDATE tool_calls t SET turn_number = s.turn_number
-FROM spans s
-WHERE t.call_id = ANY($1::text[]) AND s.call_id = ANY($1::text[]) AND s.call_id = t.call_id
+FROM derive_spans s
+WHERE t.call_id = ANY($1::text[]) AND s.call_id = t.call_id
   AND s.span_id = t.span_id AND t.turn_number IS DISTINCT FROM s.turn_number;
 
 -- name: time_recovered_tool_calls
@@ -94,7 +162,7 @@ UPDATE tool_calls t SET started_at = x.started_at,
        duration_ms = extract(epoch FROM t.ended_at - x.started_at) * 1000
 FROM (
     SELECT t2.call_id, t2.tool_call_id,
-           (SELECT max(s.end_time) FROM spans s
+           (SELECT max(s.end_time) FROM derive_spans s
             WHERE s.call_id = t2.call_id AND s.stage = 'llm' AND s.turn_number = t2.turn_number
               AND s.end_time <= t2.ended_at) AS started_at
     FROM tool_calls t2
@@ -104,47 +172,58 @@ FROM (
 WHERE t.call_id = x.call_id AND t.tool_call_id = x.tool_call_id AND x.started_at IS NOT NULL;
 
 -- name: link_events
-UPDATE events e SET turn_number = s.turn_number
-FROM spans s
-WHERE e.call_id = ANY($1::text[]) AND e.span_id IS NOT NULL AND s.call_id = ANY($1::text[])
-  AND s.call_id = e.call_id AND s.span_id = e.span_id AND e.turn_number IS DISTINCT FROM s.turn_number;
+-- An event takes its span's turn. Most are stored with it already (the span's turn was known when both were
+-- mapped); only the others are written.
+UPDATE derive_events e SET turn_number = s.turn_number
+FROM derive_spans s
+WHERE e.span_id IS NOT NULL AND s.call_id = e.call_id AND s.span_id = e.span_id
+  AND e.turn_number IS DISTINCT FROM s.turn_number;
 
--- name: delete_turns
-DELETE FROM turns WHERE call_id = ANY($1::text[]);
+-- name: store_event_turns
+UPDATE events e SET turn_number = d.turn_number
+FROM derive_events d
+WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number AND e.event_id = d.event_id AND e.time = d.time;
 
--- name: insert_turns
+-- name: delete_vanished_turns
+DELETE FROM turns t
+WHERE t.call_id = ANY($1::text[])
+  AND NOT EXISTS (SELECT 1 FROM derive_spans s
+                  WHERE s.call_id = t.call_id AND s.turn_number = t.turn_number AND s.facts IS NOT NULL);
+
+-- name: upsert_turns
+-- Written only where a turn changed; agent comes from the call row (copy_agent_to_turns fixes a new call's).
 WITH f AS (
     SELECT call_id, turn_number, stage, start_time, end_time, facts, input_tokens, output_tokens
-    FROM spans
-    WHERE call_id = ANY($1::text[]) AND turn_number IS NOT NULL AND facts IS NOT NULL
+    FROM derive_spans
+    WHERE turn_number IS NOT NULL AND facts IS NOT NULL
 ), t AS (
     SELECT call_id, turn_number,
-        to_timestamp(min((facts->>'turn_start_us')::float8) / 1e6) AS turn_start,
-        to_timestamp(max((facts->>'turn_end_us')::float8) / 1e6) AS turn_end,
+        callscope_us_ts(min(callscope_float(facts->>'turn_start_us'))) AS turn_start,
+        callscope_us_ts(max(callscope_float(facts->>'turn_end_us'))) AS turn_end,
         min(start_time) AS first_start, max(end_time) AS last_end,
-        to_timestamp(min((facts->>'user_stopped_us')::float8) / 1e6) AS user_stopped_at,
-        to_timestamp(min((facts->>'eou_us')::float8) / 1e6) AS eou_at,
-        max((facts->>'eou_ms')::float8) AS eou_ms,
-        to_timestamp(max((facts->>'stt_final_us')::float8) / 1e6) AS stt_final_at,
-        to_timestamp(min((facts->>'llm_request_us')::float8) / 1e6) AS llm_request_at,
-        to_timestamp(min((facts->>'llm_first_token_us')::float8) / 1e6) AS llm_first_token_at,
-        to_timestamp(min((facts->>'tts_request_us')::float8) / 1e6) AS tts_request_at,
-        to_timestamp(min((facts->>'tts_first_audio_us')::float8) / 1e6) AS tts_first_audio_at,
-        to_timestamp(min((facts->>'agent_started_us')::float8) / 1e6) AS agent_started_at,
+        callscope_us_ts(min(callscope_float(facts->>'user_stopped_us'))) AS user_stopped_at,
+        callscope_us_ts(min(callscope_float(facts->>'eou_us'))) AS eou_at,
+        max(callscope_float(facts->>'eou_ms')) AS eou_ms,
+        callscope_us_ts(max(callscope_float(facts->>'stt_final_us'))) AS stt_final_at,
+        callscope_us_ts(min(callscope_float(facts->>'llm_request_us'))) AS llm_request_at,
+        callscope_us_ts(min(callscope_float(facts->>'llm_first_token_us'))) AS llm_first_token_at,
+        callscope_us_ts(min(callscope_float(facts->>'tts_request_us'))) AS tts_request_at,
+        callscope_us_ts(min(callscope_float(facts->>'tts_first_audio_us'))) AS tts_first_audio_at,
+        callscope_us_ts(min(callscope_float(facts->>'agent_started_us'))) AS agent_started_at,
         max(facts->>'user_text') FILTER (WHERE stage = 'turn') AS turn_user_text,
         string_agg(facts->>'user_text', ' ' ORDER BY start_time) FILTER (WHERE stage <> 'turn') AS stage_user_text,
         (array_agg(facts->>'prompt_text' ORDER BY start_time) FILTER (WHERE facts ? 'prompt_text'))[1] AS prompt_text,
         max(facts->>'agent_text') FILTER (WHERE stage = 'turn') AS turn_agent_text,
         string_agg(facts->>'agent_text', ' ' ORDER BY start_time) FILTER (WHERE stage <> 'turn') AS spoken_text,
         string_agg(facts->>'llm_text', ' ' ORDER BY start_time) AS llm_text,
-        coalesce(bool_or((facts->>'interrupted')::boolean), false) AS interrupted,
-        max((facts->>'reported_v2v_ms')::float8) AS reported_v2v_ms,
+        coalesce(bool_or(callscope_bool(facts->>'interrupted')), false) AS interrupted,
+        max(callscope_float(facts->>'reported_v2v_ms')) AS reported_v2v_ms,
         (array_agg(facts->>'llm_provider' ORDER BY start_time) FILTER (WHERE facts ? 'llm_provider'))[1] AS llm_provider,
         (array_agg(facts->>'llm_model' ORDER BY start_time) FILTER (WHERE facts ? 'llm_model'))[1] AS llm_model,
         (array_agg(facts->>'stt_provider' ORDER BY start_time) FILTER (WHERE facts ? 'stt_provider'))[1] AS stt_provider,
         (array_agg(facts->>'tts_provider' ORDER BY start_time) FILTER (WHERE facts ? 'tts_provider'))[1] AS tts_provider,
-        sum(input_tokens) FILTER (WHERE stage = 'llm') AS input_tokens,
-        sum(output_tokens) FILTER (WHERE stage = 'llm') AS output_tokens
+        callscope_int4(sum(input_tokens) FILTER (WHERE stage = 'llm')) AS input_tokens,
+        callscope_int4(sum(output_tokens) FILTER (WHERE stage = 'llm')) AS output_tokens
     FROM f GROUP BY call_id, turn_number
 ), m AS (
     SELECT t.*, coalesce(agent_started_at, tts_first_audio_at) AS agent_audio_at FROM t
@@ -153,8 +232,8 @@ INSERT INTO turns (call_id, turn_number, started_at, ended_at, user_text, agent_
     user_stopped_at, stt_final_at, llm_request_at, llm_first_token_at, tts_request_at, tts_first_audio_at,
     agent_started_at, eou_ms, stt_ms, stt_to_llm_ms, llm_ttft_ms, llm_to_tts_ms, tts_ttfb_ms,
     voice_to_voice_ms, reported_v2v_ms, llm_provider, llm_model, stt_provider, tts_provider,
-    input_tokens, output_tokens)
-SELECT call_id, turn_number,
+    input_tokens, output_tokens, agent)
+SELECT m.call_id, turn_number,
     coalesce(turn_start, first_start), coalesce(turn_end, last_end),
     coalesce(turn_user_text, stage_user_text, prompt_text), coalesce(turn_agent_text, spoken_text, llm_text),
     interrupted,
@@ -167,15 +246,43 @@ SELECT call_id, turn_number,
     extract(epoch FROM tts_request_at - llm_first_token_at) * 1000,
     extract(epoch FROM tts_first_audio_at - tts_request_at) * 1000,
     extract(epoch FROM agent_audio_at - user_stopped_at) * 1000,
-    reported_v2v_ms, llm_provider, llm_model, stt_provider, tts_provider, input_tokens, output_tokens
-FROM m;
+    reported_v2v_ms, llm_provider, llm_model, stt_provider, tts_provider, input_tokens, output_tokens,
+    (SELECT c.agent FROM calls c WHERE c.call_id = m.call_id)
+FROM m
+ON CONFLICT (call_id, turn_number) DO UPDATE SET
+    started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at, user_text = EXCLUDED.user_text,
+    agent_text = EXCLUDED.agent_text, interrupted = EXCLUDED.interrupted,
+    user_stopped_at = EXCLUDED.user_stopped_at, stt_final_at = EXCLUDED.stt_final_at,
+    llm_request_at = EXCLUDED.llm_request_at, llm_first_token_at = EXCLUDED.llm_first_token_at,
+    tts_request_at = EXCLUDED.tts_request_at, tts_first_audio_at = EXCLUDED.tts_first_audio_at,
+    agent_started_at = EXCLUDED.agent_started_at, eou_ms = EXCLUDED.eou_ms, stt_ms = EXCLUDED.stt_ms,
+    stt_to_llm_ms = EXCLUDED.stt_to_llm_ms, llm_ttft_ms = EXCLUDED.llm_ttft_ms,
+    llm_to_tts_ms = EXCLUDED.llm_to_tts_ms, tts_ttfb_ms = EXCLUDED.tts_ttfb_ms,
+    voice_to_voice_ms = EXCLUDED.voice_to_voice_ms, reported_v2v_ms = EXCLUDED.reported_v2v_ms,
+    llm_provider = EXCLUDED.llm_provider, llm_model = EXCLUDED.llm_model,
+    stt_provider = EXCLUDED.stt_provider, tts_provider = EXCLUDED.tts_provider,
+    input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens
+WHERE (turns.started_at, turns.ended_at, turns.user_text, turns.agent_text, turns.interrupted,
+       turns.user_stopped_at, turns.stt_final_at, turns.llm_request_at, turns.llm_first_token_at,
+       turns.tts_request_at, turns.tts_first_audio_at, turns.agent_started_at, turns.eou_ms, turns.stt_ms,
+       turns.stt_to_llm_ms, turns.llm_ttft_ms, turns.llm_to_tts_ms, turns.tts_ttfb_ms, turns.voice_to_voice_ms,
+       turns.reported_v2v_ms, turns.llm_provider, turns.llm_model, turns.stt_provider, turns.tts_provider,
+       turns.input_tokens, turns.output_tokens)
+      IS DISTINCT FROM
+      (EXCLUDED.started_at, EXCLUDED.ended_at, EXCLUDED.user_text, EXCLUDED.agent_text, EXCLUDED.interrupted,
+       EXCLUDED.user_stopped_at, EXCLUDED.stt_final_at, EXCLUDED.llm_request_at, EXCLUDED.llm_first_token_at,
+       EXCLUDED.tts_request_at, EXCLUDED.tts_first_audio_at, EXCLUDED.agent_started_at, EXCLUDED.eou_ms,
+       EXCLUDED.stt_ms, EXCLUDED.stt_to_llm_ms, EXCLUDED.llm_ttft_ms, EXCLUDED.llm_to_tts_ms,
+       EXCLUDED.tts_ttfb_ms, EXCLUDED.voice_to_voice_ms, EXCLUDED.reported_v2v_ms, EXCLUDED.llm_provider,
+       EXCLUDED.llm_model, EXCLUDED.stt_provider, EXCLUDED.tts_provider, EXCLUDED.input_tokens,
+       EXCLUDED.output_tokens);
 
 -- name: delete_vanished_calls
 -- A call whose rows all moved to another call id (its trace named its call later) disappears.
 DELETE FROM calls c
 WHERE c.call_id = ANY($1::text[])
-  AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.call_id = c.call_id)
-  AND NOT EXISTS (SELECT 1 FROM events e WHERE e.call_id = c.call_id);
+  AND NOT EXISTS (SELECT 1 FROM derive_spans s WHERE s.call_id = c.call_id)
+  AND NOT EXISTS (SELECT 1 FROM derive_events e WHERE e.call_id = c.call_id);
 
 -- name: upsert_calls
 WITH ids AS (
@@ -196,17 +303,17 @@ WITH ids AS (
         (array_agg(facts->>'currency' ORDER BY end_time DESC) FILTER (WHERE facts ? 'currency'))[1] AS currency,
         (array_agg(facts->'tags' ORDER BY end_time DESC) FILTER (WHERE facts ? 'tags'))[1] AS tags,
         (array_agg(facts->'extracted' ORDER BY end_time DESC) FILTER (WHERE facts ? 'extracted'))[1] AS extracted,
-        (array_agg((facts->>'cost_total')::float8 ORDER BY end_time DESC) FILTER (WHERE facts ? 'cost_total'))[1] AS cost_reported,
-        (array_agg((facts->>'sip_code')::int ORDER BY end_time DESC) FILTER (WHERE facts ? 'sip_code'))[1] AS sip_code,
-        to_timestamp(max((facts->>'session_end_us')::float8) / 1e6) AS session_end,
+        (array_agg(callscope_float(facts->>'cost_total') ORDER BY end_time DESC) FILTER (WHERE facts ? 'cost_total'))[1] AS cost_reported,
+        (array_agg(callscope_int(facts->>'sip_code') ORDER BY end_time DESC) FILTER (WHERE facts ? 'sip_code'))[1] AS sip_code,
+        callscope_us_ts(max(callscope_float(facts->>'session_end_us'))) AS session_end,
         (array_agg(facts->>'session_error' ORDER BY end_time DESC) FILTER (WHERE facts ? 'session_error'))[1] AS session_error,
-        sum((facts->>'cost_stt')::float8) AS cost_stt,
-        sum((facts->>'cost_llm')::float8) AS cost_llm,
-        sum((facts->>'cost_tts')::float8) AS cost_tts,
-        sum((facts->>'cost_telephony')::float8) AS cost_telephony,
+        sum(callscope_float(facts->>'cost_stt')) AS cost_stt,
+        sum(callscope_float(facts->>'cost_llm')) AS cost_llm,
+        sum(callscope_float(facts->>'cost_tts')) AS cost_tts,
+        sum(callscope_float(facts->>'cost_telephony')) AS cost_telephony,
         mode() WITHIN GROUP (ORDER BY framework) FILTER (WHERE framework <> 'unknown') AS framework,
-        (array_agg(attributes ORDER BY start_time) FILTER (WHERE stage = 'session'))[1] AS session_attributes
-    FROM spans WHERE call_id = ANY($1::text[]) GROUP BY call_id
+        (array_agg(session_attributes ORDER BY start_time) FILTER (WHERE stage = 'session'))[1] AS session_attributes
+    FROM derive_spans GROUP BY call_id
 ), ev AS (
     SELECT call_id,
         min(time) AS first_at, max(time) AS last_at,
@@ -219,25 +326,25 @@ WITH ids AS (
         (array_agg(coalesce(data->>'call.status_reason', message) ORDER BY time DESC)
             FILTER (WHERE data ? 'call.status_reason'
                     OR (event IN ('call.failed', 'call.declined', 'call.missed') AND source <> 'derived')))[1] AS status_reason,
-        (array_agg((data->>'sip.response.code')::int ORDER BY time DESC)
-            FILTER (WHERE data->>'sip.response.code' ~ '^[0-9]+$'))[1] AS sip_code,
+        (array_agg(callscope_int(data->>'sip.response.code') ORDER BY time DESC)
+            FILTER (WHERE callscope_int(data->>'sip.response.code') IS NOT NULL))[1] AS sip_code,
         max(time) FILTER (WHERE event IN ('call.completed', 'call.failed', 'call.declined', 'call.missed')
                           AND source <> 'derived') AS terminal_at
-    FROM events WHERE call_id = ANY($1::text[]) GROUP BY call_id
+    FROM derive_events GROUP BY call_id
 ), said AS (
     -- statuses stated explicitly: call.status attributes and lifecycle events (design §4: these win)
     SELECT call_id, end_time AS at, facts->>'status' AS status
-    FROM spans WHERE call_id = ANY($1::text[]) AND facts ? 'status'
+    FROM derive_spans WHERE facts ? 'status'
     UNION ALL
     SELECT call_id, time, lower(data->>'call.status')
-    FROM events WHERE call_id = ANY($1::text[]) AND data ? 'call.status'
+    FROM derive_events WHERE data ? 'call.status'
     UNION ALL
     SELECT call_id, time, CASE event
         WHEN 'call.queued' THEN 'queued' WHEN 'call.ringing' THEN 'ringing' WHEN 'call.answered' THEN 'active'
         WHEN 'call.completed' THEN 'completed' WHEN 'call.failed' THEN 'failed'
         WHEN 'call.declined' THEN 'declined' WHEN 'call.missed' THEN 'missed' END
-    FROM events
-    WHERE call_id = ANY($1::text[]) AND source <> 'derived'
+    FROM derive_events
+    WHERE source <> 'derived'
       AND event IN ('call.queued', 'call.ringing', 'call.answered', 'call.completed', 'call.failed',
                     'call.declined', 'call.missed')
 ), st AS (
@@ -337,38 +444,63 @@ ON CONFLICT (call_id) DO UPDATE SET
     cost_llm = EXCLUDED.cost_llm, cost_tts = EXCLUDED.cost_tts, cost_telephony = EXCLUDED.cost_telephony,
     currency = EXCLUDED.currency, summary = EXCLUDED.summary, tags = EXCLUDED.tags,
     extracted = EXCLUDED.extracted, recording_url = EXCLUDED.recording_url,
-    attributes = EXCLUDED.attributes, updated_at = now(), stale = false;
+    attributes = EXCLUDED.attributes, updated_at = now(), stale = false
+WHERE (c.trace_ids, c.started_at, c.ended_at, c.last_seen_at, c.duration_s, c.status, c.status_reason,
+       c.direction, c.campaign, c.agent, c.framework, c.from_number, c.to_number, c.turn_count,
+       c.interruption_count, c.tool_call_count, c.error_count, c.cost_total, c.cost_stt, c.cost_llm, c.cost_tts,
+       c.cost_telephony, c.currency, c.summary, c.tags, c.extracted, c.recording_url, c.attributes)
+      IS DISTINCT FROM
+      (EXCLUDED.trace_ids, EXCLUDED.started_at, EXCLUDED.ended_at, EXCLUDED.last_seen_at, EXCLUDED.duration_s,
+       EXCLUDED.status, EXCLUDED.status_reason, EXCLUDED.direction, EXCLUDED.campaign, EXCLUDED.agent,
+       EXCLUDED.framework, EXCLUDED.from_number, EXCLUDED.to_number, EXCLUDED.turn_count,
+       EXCLUDED.interruption_count, EXCLUDED.tool_call_count, EXCLUDED.error_count, EXCLUDED.cost_total,
+       EXCLUDED.cost_stt, EXCLUDED.cost_llm, EXCLUDED.cost_tts, EXCLUDED.cost_telephony, EXCLUDED.currency,
+       EXCLUDED.summary, EXCLUDED.tags, EXCLUDED.extracted, EXCLUDED.recording_url, EXCLUDED.attributes);
 
 -- name: copy_agent_to_turns
 UPDATE turns t SET agent = c.agent
 FROM calls c
 WHERE t.call_id = ANY($1::text[]) AND c.call_id = t.call_id AND t.agent IS DISTINCT FROM c.agent;
 
--- name: drop_greeting_events
-DELETE FROM events
-WHERE call_id = ANY($1::text[]) AND event = 'agent.greeting_sent' AND source = 'derived'
-  AND event_id = md5('greeting|' || call_id);
-
--- name: greeting_events
+-- name: greeting_candidates
 -- An agent turn before any user speech is the greeting (design §5 (c)); one derived event per call.
-INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, span_id, category, event, level,
-                    message, data, source, turn_number)
-SELECT DISTINCT ON (t.call_id) coalesce(t.agent_started_at, t.started_at), md5('greeting|' || t.call_id),
-       t.call_id, true, NULL, NULL, 'agent', 'agent.greeting_sent', 'INFO', left(t.agent_text, 500),
-       jsonb_build_object('text', t.agent_text), 'derived', t.turn_number
+INSERT INTO derive_greetings
+SELECT DISTINCT ON (t.call_id) t.call_id, coalesce(t.agent_started_at, t.started_at), t.turn_number, t.agent_text
 FROM turns t
 WHERE t.call_id = ANY($1::text[]) AND t.user_text IS NULL AND t.agent_text IS NOT NULL
   AND t.started_at IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM turns u WHERE u.call_id = t.call_id AND u.turn_number < t.turn_number
                   AND u.user_text IS NOT NULL)
-ORDER BY t.call_id, t.turn_number
+ORDER BY t.call_id, t.turn_number;
+
+-- name: drop_changed_greeting_events
+DELETE FROM events e
+USING derive_events d
+WHERE d.event = 'agent.greeting_sent' AND d.source = 'derived' AND d.event_id = md5('greeting|' || d.call_id)
+  AND e.event_id = d.event_id AND e.time = d.time
+  AND NOT EXISTS (SELECT 1 FROM derive_greetings g
+                  WHERE g.call_id = d.call_id AND g.time = d.time AND g.turn_number IS NOT DISTINCT FROM d.turn_number
+                    AND left(g.agent_text, 500) IS NOT DISTINCT FROM d.message);
+
+-- name: greeting_events
+INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, span_id, category, event, level,
+                    message, data, source, turn_number)
+SELECT g.time, md5('greeting|' || g.call_id), g.call_id, true, NULL, NULL, 'agent', 'agent.greeting_sent', 'INFO',
+       left(g.agent_text, 500), jsonb_build_object('text', g.agent_text), 'derived', g.turn_number
+FROM derive_greetings g
+WHERE NOT EXISTS (SELECT 1 FROM derive_events d
+                  WHERE d.call_id = g.call_id AND d.event_id = md5('greeting|' || g.call_id) AND d.time = g.time
+                    AND d.turn_number IS NOT DISTINCT FROM g.turn_number
+                    AND d.message IS NOT DISTINCT FROM left(g.agent_text, 500))
 ON CONFLICT DO NOTHING;
 
 -- name: drop_shadowed_derived_events
 -- A derived event repeats what the producer said itself (e.g. call.completed or agent.interrupted sent as a
 -- log record too): the producer's own event wins, so the call log shows it once.
-DELETE FROM events d
-USING events e
-WHERE d.call_id = ANY($1::text[]) AND e.call_id = ANY($1::text[]) AND d.source = 'derived'
-  AND e.source <> 'derived' AND e.call_id = d.call_id AND e.event = d.event
-  AND e.turn_number IS NOT DISTINCT FROM d.turn_number;
+DELETE FROM events x
+USING derive_events d
+WHERE d.source = 'derived'
+  AND EXISTS (SELECT 1 FROM derive_events e
+              WHERE e.source <> 'derived' AND e.call_id = d.call_id AND e.event = d.event
+                AND e.turn_number IS NOT DISTINCT FROM d.turn_number)
+  AND x.event_id = d.event_id AND x.time = d.time;

@@ -1,11 +1,16 @@
 """Derive stage: recompute turns, calls and links for the calls in ``dirty_calls`` (storage/derive.sql, run as
 the ``callscope_derive`` routine that ``migrate`` installs).
 
-Runs beside the writer on its own connection, so PostgreSQL derives one batch while the next is written.
-Each round claims up to ``max_marks`` marks (``FOR UPDATE SKIP LOCKED``), recomputes their calls and deletes
-the marks in one transaction: a failure leaves the marks for the next round, and a call marked again while
-it is being derived keeps its new mark, so it is derived again. Rounds of several collectors on one
-database are serialized by an advisory lock. ``drain`` runs rounds until nothing is dirty.
+Any number of derive workers, in one process or many, share the backlog. A worker claims calls, not a global
+lock: it takes up to ``max_calls`` marks with ``FOR UPDATE SKIP LOCKED``, keeps the calls whose per-call
+advisory lock it gets (so one call is derived by one worker at a time), deletes their marks and derives them in
+the same transaction. A batch that marks a call again while it is being derived leaves a new mark, so the call
+is derived again after its last write; a call touched by many batches between two rounds is derived once.
+
+A failure never holds up other calls: the claimed calls are derived together inside a savepoint, and when that
+fails they are derived one by one; a call that still fails is quarantined (``call_quarantine``: error,
+attempts, next retry with exponential backoff) and its marks are consumed, so it costs nothing until it is
+written to again or its retry time comes. A call that derives cleanly leaves quarantine.
 """
 
 from __future__ import annotations
@@ -13,15 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import asyncpg
 
-from storage.errors import StorageRejected
+from storage.errors import StorageUnavailable
 from storage.writer import SERVER_SETTINGS, storage_errors
 
-__all__ = ["Deriver", "DERIVE_STATEMENTS", "DERIVE_ROUTINE"]
+__all__ = ["Deriver", "DeriveBacklog", "DERIVE_STATEMENTS", "DERIVE_ROUTINE", "SAFE_CASTS"]
 
 log = logging.getLogger("callscope.deriver")
 
@@ -34,169 +41,348 @@ def _load_derive() -> tuple[tuple[str, str], ...]:
 
 DERIVE_STATEMENTS = _load_derive()
 
-# All derive statements in one routine: one round trip per derive round. $1 is the routine's argument.
+# jsonb text → column types without ever failing: a value the column cannot hold is NULL (its raw attribute
+# is kept on the span or event). Plain SQL functions, so the planner inlines them.
+SAFE_CASTS = r"""
+CREATE OR REPLACE FUNCTION callscope_float(value text) RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN length(value) <= 64
+                 AND value ~ '^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,3})?\s*$'
+           THEN CASE WHEN abs(value::numeric) < 1e300 THEN value::numeric::float8 END END
+$$;
+CREATE OR REPLACE FUNCTION callscope_int(value text) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN value ~ '^\s*[-+]?[0-9]{1,18}\s*$'
+           THEN CASE WHEN value::bigint BETWEEN -2147483648 AND 2147483647 THEN value::int END END
+$$;
+CREATE OR REPLACE FUNCTION callscope_int4(value numeric) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN value BETWEEN -2147483648 AND 2147483647 THEN value::int END
+$$;
+CREATE OR REPLACE FUNCTION callscope_bool(value text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE lower(value) WHEN 'true' THEN true WHEN 'false' THEN false END
+$$;
+-- epoch microseconds → timestamptz, NULL outside years 1 … 9999
+CREATE OR REPLACE FUNCTION callscope_us_ts(value float8) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN value > -62135596800e6 AND value < 253402300799e6 THEN to_timestamp(value / 1e6) END
+$$;
+"""
+
+# Per-connection work tables: the claimed calls' rows, read by every derive statement (no statistics needed:
+# they hold the rows of a few calls only).
+_WORK_TABLES = """
+    CREATE TEMP TABLE IF NOT EXISTS derive_spans (
+        call_id text, trace_id text, span_id text, start_time timestamptz, end_time timestamptz,
+        parent_span_id text, stage text, status_code smallint, framework text, input_tokens int,
+        output_tokens int, facts jsonb, session_attributes jsonb, turn_number int, stored_turn_number int
+    ) ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS derive_events (
+        call_id text, time timestamptz, event_id text, trace_id text, span_id text, event text, level text,
+        message text, data jsonb, source text, turn_number int, stored_turn_number int
+    ) ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS derive_greetings (
+        call_id text, time timestamptz, turn_number int, agent_text text
+    ) ON COMMIT DELETE ROWS;
+    -- one transaction may derive several call sets (the one-by-one fallback): start empty each time
+    DELETE FROM derive_spans;
+    DELETE FROM derive_events;
+    DELETE FROM derive_greetings;
+"""
+
+# All derive statements in one routine: one round trip per claimed set. $1 is the routine's argument.
+# Seq scans and JIT are off inside it: fresh tables and chunks have no statistics (autovacuum may be off), and
+# every statement must reach the claimed calls' rows through an index whatever the estimates say.
 DERIVE_ROUTINE = (
     # use_column: the statements name columns such as "found", which PL/pgSQL also defines as a variable.
-    "CREATE OR REPLACE FUNCTION callscope_derive(text[]) RETURNS void LANGUAGE plpgsql AS $routine$\n"
+    "CREATE OR REPLACE FUNCTION callscope_derive(text[]) RETURNS void LANGUAGE plpgsql\n"
+    "SET enable_seqscan = off SET jit = off SET client_min_messages = warning\nAS $routine$\n"
     "#variable_conflict use_column\nBEGIN\n"
+    + _WORK_TABLES
     + "\n".join(f"-- {name}\n{statement.rstrip().rstrip(';')};" for name, statement in DERIVE_STATEMENTS)
     + "\nEND\n$routine$"
 )
 
+# Two-key advisory locks: this namespace and the call id's hash. A hash collision only means two calls are not
+# derived at the same moment.
+_LOCK_NAMESPACE = 0x63616C6C  # "call"
+
 _CLAIM = """
-WITH claimed AS (SELECT id FROM dirty_calls ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-DELETE FROM dirty_calls d USING claimed WHERE d.id = claimed.id
-RETURNING d.call_id
+WITH candidates AS (
+    SELECT DISTINCT call_id FROM (
+        SELECT call_id FROM dirty_calls ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) marks
+), mine AS (
+    SELECT call_id FROM candidates WHERE pg_try_advisory_xact_lock($2, hashtext(call_id))
+), consumed AS (
+    DELETE FROM dirty_calls d
+    WHERE d.id IN (SELECT m.id FROM dirty_calls m WHERE m.call_id IN (SELECT call_id FROM mine)
+                   FOR UPDATE SKIP LOCKED)
+    RETURNING d.call_id, d.marked_at
+)
+SELECT call_id, min(marked_at) AS marked_at FROM consumed GROUP BY call_id ORDER BY call_id
 """
-_CLAIM_CALL = "DELETE FROM dirty_calls WHERE call_id = $1 RETURNING call_id"
-_PENDING_CALLS = "SELECT DISTINCT call_id FROM (SELECT call_id FROM dirty_calls ORDER BY id LIMIT $1) first_marks"
-_ONE_DERIVER = "SELECT pg_advisory_xact_lock(7063720869421651557)"
+
+_QUARANTINE = """
+INSERT INTO call_quarantine AS q (call_id, error, retry_at)
+VALUES ($1, $2, now() + make_interval(secs => $3))
+ON CONFLICT (call_id) DO UPDATE SET
+    error = EXCLUDED.error, attempts = q.attempts + 1, last_failed_at = now(),
+    retry_at = now() + make_interval(secs => least($4, $3 * power(2, q.attempts)))
+RETURNING attempts
+"""
+_RELEASE = "DELETE FROM call_quarantine WHERE call_id = ANY($1::text[])"
+# Quarantined calls whose retry time has come get a mark (and their retry time moves on until they are tried).
+_RETRY_DUE = """
+WITH due AS (
+    UPDATE call_quarantine SET retry_at = now() + make_interval(secs => $2)
+    WHERE call_id IN (SELECT call_id FROM call_quarantine WHERE retry_at <= now() ORDER BY retry_at LIMIT $1)
+    RETURNING call_id
+)
+INSERT INTO dirty_calls (call_id) SELECT call_id FROM due
+"""
+_BACKLOG = """
+SELECT (SELECT count(DISTINCT call_id) FROM dirty_calls) AS calls,
+       (SELECT extract(epoch FROM now() - min(marked_at)) FROM dirty_calls) AS oldest_s,
+       (SELECT count(*) FROM call_quarantine) AS quarantined
+"""
 # design §4: a call with no end and no data for the idle time stays active but is visibly stale.
 _MARK_STALE = """
 UPDATE calls SET stale = true
 WHERE status = 'active' AND NOT stale AND last_seen_at < now() - make_interval(secs => $1)
 """
+# The mark queue churns (insert, delete) and autovacuum may be off: its dead rows are reclaimed here.
+_VACUUM_QUEUE = "VACUUM (SKIP_LOCKED) dirty_calls, call_quarantine"
+
+
+@dataclass(frozen=True, slots=True)
+class DeriveBacklog:
+    """What waits to be derived: calls with marks, the age of the oldest mark, calls in quarantine."""
+
+    calls: int
+    oldest_s: float
+    quarantined: int
+
+
+def _short(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= 500 else text[:500] + "…"
 
 
 class Deriver:
-    def __init__(self, database_url: str, *, max_marks: int = 2000, idle_s: float = 1.0,
-                 timeout: float = 60.0, stale_after_s: float = 300.0,
-                 on_derived: Callable[[int], None] | None = None) -> None:
-        self._on_derived = on_derived
-        self._stale_after_s = stale_after_s
-        self._stale_checked = 0.0
+    """``workers`` derive loops, each on its own connection; ``drain`` derives until nothing is dirty."""
+
+    def __init__(self, database_url: str, *, max_calls: int = 200, idle_s: float = 1.0, timeout: float = 60.0,
+                 stale_after_s: float = 300.0, workers: int = 2, retry_base_s: float = 5.0,
+                 retry_max_s: float = 600.0, on_derived: Callable[[int], None] | None = None) -> None:
         self._database_url = database_url
-        self._max_marks = max_marks
+        self._max_calls = max_calls
         self._idle_s = idle_s
         self._timeout = timeout
-        self._connection: asyncpg.Connection | None = None
+        self._stale_after_s = stale_after_s
+        self._retry_base_s = retry_base_s
+        self._retry_max_s = retry_max_s
+        self._on_derived = on_derived
+        self._workers = [_Worker(self, index) for index in range(max(1, workers))]
         self._wakeup = asyncio.Event()
-        self._round = asyncio.Lock()
         self._closing = False
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._housekeeping_at = 0.0
+        self.quarantined_total = 0   # calls put into quarantine by this process
+        self.derived_total = 0
 
     def notify(self) -> None:
         """A batch marked calls dirty: derive soon (called by the writer after COMMIT)."""
         self._wakeup.set()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="callscope-deriver")
-
-    async def _connect(self) -> asyncpg.Connection:
-        if self._connection is None or self._connection.is_closed():
-            self._connection = await asyncpg.connect(self._database_url, timeout=self._timeout,
-                                                     server_settings=SERVER_SETTINGS)
-        return self._connection
+        self._tasks = [asyncio.create_task(worker.run(), name=f"callscope-deriver-{worker.index}")
+                       for worker in self._workers]
 
     async def derive_round(self) -> int:
-        """Recompute the calls of up to ``max_marks`` marks; return how many marks were consumed."""
-        async with self._round:
-            try:
-                return await self._derive(None)
-            except StorageRejected as exc:
-                # One call's data cannot be derived (e.g. a value out of a column's range): derive the calls
-                # one by one so that only that call is skipped and the others are not blocked forever.
-                log.warning("derive.isolating", extra={"error": str(exc)})
-                return await self._derive_one_by_one()
+        """One claim-and-derive by the first worker; return how many calls it derived."""
+        return await self._workers[0].round()
 
-    async def _derive(self, only: str | None) -> int:
-        async with storage_errors():
-            connection = await self._connect()
-            try:
-                async with connection.transaction():
-                    await connection.execute(_ONE_DERIVER)
-                    if only is None:
-                        rows = await connection.fetch(_CLAIM, self._max_marks)
-                    else:
-                        rows = await connection.fetch(_CLAIM_CALL, only)
-                    call_ids = sorted({row["call_id"] for row in rows})
-                    if call_ids:
-                        await connection.execute("SELECT callscope_derive($1::text[])", call_ids,
-                                                 timeout=self._timeout)
-            except BaseException:
-                if self._connection is not None and not self._connection.is_closed():
-                    if self._connection.is_in_transaction():
-                        self._connection.terminate()
-                        self._connection = None
-                raise
-        if self._on_derived is not None:
-            self._on_derived(len(call_ids))
-        return len(rows)
+    async def drain(self) -> None:
+        """Derive until no call is dirty (quarantined calls whose retry is due included)."""
+        await self._workers[0].housekeeping(force=True)
+        while True:
+            derived = await self._workers[0].round()
+            if not derived:
+                backlog = await self.backlog()
+                if backlog.calls == 0:
+                    return
+                await asyncio.sleep(0.05)   # marks held by another worker or collector: wait for them
 
-    async def _derive_one_by_one(self) -> int:
-        async with storage_errors():
-            connection = await self._connect()
-            call_ids = [row["call_id"] for row in await connection.fetch(_PENDING_CALLS, self._max_marks)]
-        consumed = 0
-        for call_id in call_ids:
-            try:
-                consumed += await self._derive(call_id)
-            except StorageRejected as exc:
-                log.error("derive.call_skipped", extra={"call_id": call_id, "error": str(exc)})
-                async with storage_errors():
-                    connection = await self._connect()
-                    status = await connection.execute("DELETE FROM dirty_calls WHERE call_id = $1", call_id)
-                consumed += int(status.split()[-1])
-        return consumed
-
-
-    async def _mark_stale_now_and_then(self) -> None:
-        now = asyncio.get_running_loop().time()
-        if now - self._stale_checked >= min(30.0, self._stale_after_s / 4):
-            self._stale_checked = now
-            await self.mark_stale()
+    async def backlog(self) -> DeriveBacklog:
+        return await self._workers[0].backlog()
 
     async def mark_stale(self) -> None:
         """Flag active calls silent for longer than ``stale_after_s``."""
-        async with self._round:
-            async with storage_errors():
-                connection = await self._connect()
-                await connection.execute(_MARK_STALE, float(self._stale_after_s))
+        await self._workers[0].mark_stale()
 
-    async def drain(self) -> None:
-        """Derive until no call is dirty (the marks of committed batches are all processed)."""
-        while await self.derive_round():
+    def _derived(self, calls: int) -> None:
+        self.derived_total += calls
+        if self._on_derived is not None:
+            self._on_derived(calls)
+
+    async def close(self) -> None:
+        """Stop the loops, then derive what this process still sees dirty (bounded by ``timeout``)."""
+        self._closing = True
+        self._wakeup.set()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
+        try:
+            await asyncio.wait_for(self._drain_own(), self._timeout)
+        except Exception as exc:  # marks stay in dirty_calls: any collector derives them later
+            log.warning("derive.drain_failed", extra={"error": _short(exc)})
+        for worker in self._workers:
+            await worker.close()
+
+    async def _drain_own(self) -> None:
+        while await self._workers[0].round():
             pass
 
-    async def _run(self) -> None:
-        backoff = 0.5
-        while not self._closing:
+    def terminate(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for worker in self._workers:
+            worker.terminate()
+
+
+class _Worker:
+    def __init__(self, deriver: Deriver, index: int) -> None:
+        self.index = index
+        self._deriver = deriver
+        self._connection: asyncpg.Connection | None = None
+
+    async def _connect(self) -> asyncpg.Connection:
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await asyncpg.connect(self._deriver._database_url, timeout=self._deriver._timeout,
+                                                     server_settings=SERVER_SETTINGS)
+        return self._connection
+
+    def _reset(self) -> None:
+        if self._connection is not None and not self._connection.is_closed():
+            self._connection.terminate()
+        self._connection = None
+
+    async def round(self) -> int:
+        """Claim up to ``max_calls`` calls and derive them; return how many were claimed."""
+        deriver = self._deriver
+        try:
+            async with storage_errors():
+                connection = await self._connect()
+                async with connection.transaction():
+                    # a derivation that runs away (or waits on a lock) fails alone; its calls are quarantined
+                    await connection.execute(
+                        f"SET LOCAL statement_timeout = {int(deriver._timeout * 1000)}")
+                    claimed = await connection.fetch(_CLAIM, deriver._max_calls, _LOCK_NAMESPACE)
+                    call_ids = [row["call_id"] for row in claimed]
+                    if call_ids:
+                        failed = await self._derive_isolating(connection, call_ids)
+                        await self._settle_quarantine(connection, call_ids, failed)
+        except BaseException:
+            if self._connection is not None and self._connection.is_in_transaction():
+                self._reset()
+            raise
+        if call_ids:
+            deriver._derived(len(call_ids))
+        return len(call_ids)
+
+    async def _derive_isolating(self, connection: asyncpg.Connection, call_ids: list[str]) -> dict[str, str]:
+        """Derive the calls together; if that fails, one by one. Return the calls that failed, with why."""
+        try:
+            async with connection.transaction():
+                await connection.execute("SELECT callscope_derive($1::text[])", call_ids)
+            return {}
+        except asyncpg.PostgresError as exc:
+            if len(call_ids) == 1:
+                return {call_ids[0]: _short(exc)}
+            log.warning("derive.isolating", extra={"calls": len(call_ids), "error": _short(exc)})
+        failed: dict[str, str] = {}
+        for call_id in call_ids:
             try:
-                await asyncio.wait_for(self._wakeup.wait(), self._idle_s * 5)
+                async with connection.transaction():
+                    await connection.execute("SELECT callscope_derive($1::text[])", [call_id])
+            except asyncpg.PostgresError as exc:
+                failed[call_id] = _short(exc)
+        return failed
+
+    async def _settle_quarantine(self, connection: asyncpg.Connection, call_ids: list[str],
+                                 failed: dict[str, str]) -> None:
+        deriver = self._deriver
+        for call_id, error in failed.items():
+            attempts = await connection.fetchval(_QUARANTINE, call_id, error, deriver._retry_base_s,
+                                                 deriver._retry_max_s)
+            deriver.quarantined_total += 1
+            log.error("derive.call_quarantined", extra={"call_id": call_id[:200], "attempts": attempts,
+                                                        "error": error})
+        await connection.execute(_RELEASE, [call_id for call_id in call_ids if call_id not in failed])
+
+    async def backlog(self) -> DeriveBacklog:
+        async with storage_errors():
+            connection = await self._connect()
+            row = await connection.fetchrow(_BACKLOG)
+        return DeriveBacklog(calls=row["calls"], oldest_s=float(row["oldest_s"] or 0.0),
+                             quarantined=row["quarantined"])
+
+    async def mark_stale(self) -> None:
+        async with storage_errors():
+            connection = await self._connect()
+            async with connection.transaction():
+                await connection.execute("SET LOCAL enable_seqscan = off")   # the status index, not every call
+                await connection.execute(_MARK_STALE, float(self._deriver._stale_after_s))
+
+    async def housekeeping(self, *, force: bool = False) -> None:
+        """Every few seconds (one worker does it): retries that are due, stale calls, the mark queue's dead rows."""
+        deriver = self._deriver
+        now = time.monotonic()
+        if not force and now - deriver._housekeeping_at < min(30.0, deriver._stale_after_s / 4):
+            return
+        deriver._housekeeping_at = now
+        async with storage_errors():
+            connection = await self._connect()
+            await connection.execute(_RETRY_DUE, 1000, deriver._retry_max_s)
+        await self.mark_stale()
+        async with storage_errors():
+            await connection.execute(_VACUUM_QUEUE)
+
+    async def run(self) -> None:
+        deriver = self._deriver
+        backoff = 0.5
+        while not deriver._closing:
+            try:
+                await asyncio.wait_for(deriver._wakeup.wait(), deriver._idle_s * 5)
             except asyncio.TimeoutError:
                 pass
-            self._wakeup.clear()
             # Let a few batches accumulate: deriving a call once per many batches is the point.
-            await asyncio.sleep(self._idle_s)
+            await asyncio.sleep(deriver._idle_s)
+            deriver._wakeup.clear()
             try:
-                while not self._closing and await self.derive_round() == self._max_marks:
+                while not deriver._closing and await self.round() >= deriver._max_calls // 2:
                     pass
-                await self._mark_stale_now_and_then()
+                await self.housekeeping()
                 backoff = 0.5
-            except Exception as exc:  # the database may be down: keep the marks, try again later
-                log.warning("derive.failed", extra={"error": str(exc)})
+            except (StorageUnavailable, OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+                # the database may be down: the marks stay, try again later
+                log.warning("derive.failed", extra={"worker": self.index, "error": _short(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except Exception:  # a bug must not end derivation for good
+                log.exception("derive.crashed", extra={"worker": self.index})
+                self._reset()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
     async def close(self) -> None:
-        """Stop the loop, then derive whatever is still dirty."""
-        self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
-        try:
-            await self.drain()
-        except Exception as exc:  # marks stay in dirty_calls: the next start derives them
-            log.warning("derive.drain_failed", extra={"error": str(exc)})
         if self._connection is not None and not self._connection.is_closed():
             await self._connection.close(timeout=5)
         self._connection = None
 
     def terminate(self) -> None:
-        self._closing = True
-        if self._task is not None:
-            self._task.cancel()
         if self._connection is not None:
             self._connection.terminate()
         self._connection = None

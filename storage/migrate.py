@@ -143,9 +143,10 @@ async def _seed_catalogue(connection: asyncpg.Connection) -> None:
 
 async def install_routines(connection: asyncpg.Connection) -> None:
     """(Re)create the write and derive routines from this version's SQL (they are code, not schema)."""
-    from storage.deriver import DERIVE_ROUTINE
+    from storage.deriver import DERIVE_ROUTINE, SAFE_CASTS
     from storage.writer import WRITE_ROUTINE
 
+    await connection.execute(SAFE_CASTS)
     await connection.execute(WRITE_ROUTINE)
     await connection.execute(DERIVE_ROUTINE)
 

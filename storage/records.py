@@ -57,6 +57,7 @@ class EventRow(NamedTuple):
     message: str | None
     data: str | None         # JSON text
     source: str              # log | span_event | derived
+    turn_number: int | None  # its span's turn where known when stored; else derivation links it once
 
 
 class ToolCallRow(NamedTuple):

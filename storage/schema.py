@@ -13,7 +13,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = ["metadata", "calls", "turns", "spans", "tool_calls", "events", "event_types", "call_traces",
-           "HYPERTABLES", "dirty_calls", "telephony_rates"]
+           "HYPERTABLES", "dirty_calls", "call_quarantine", "telephony_rates"]
 
 metadata = MetaData()
 TZ = DateTime(timezone=True)
@@ -195,7 +195,21 @@ dirty_calls = Table(
     "dirty_calls", metadata,
     Column("id", BigInteger, Identity(always=False), primary_key=True),
     Column("call_id", Text, nullable=False),
+    Column("marked_at", TZ, nullable=False, server_default=text("now()")),
 )
+Index("dirty_calls_call_idx", dirty_calls.c.call_id)
+
+# ours: calls whose derivation failed, with the error; retried with backoff, never blocking other calls.
+call_quarantine = Table(
+    "call_quarantine", metadata,
+    Column("call_id", Text, primary_key=True),
+    Column("error", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("first_failed_at", TZ, nullable=False, server_default=text("now()")),
+    Column("last_failed_at", TZ, nullable=False, server_default=text("now()")),
+    Column("retry_at", TZ, nullable=False),
+)
+Index("call_quarantine_retry_idx", call_quarantine.c.retry_at)
 
 # ours: price per minute by call direction, filled from the price table at collector start (design §7).
 telephony_rates = Table(

@@ -1,11 +1,12 @@
 """Write stage: one transaction per batch — COPY into staging, then one server-side routine that stores it.
 
-Spans and events are inserted with ``ON CONFLICT DO NOTHING`` on their identity, so a client retry never
-duplicates anything; tool calls are upserted. Spans that carry no call id of their own join the call that
-another span of their trace names (``call_traces``), whichever arrives first. The routine
-(``callscope_write_staged``) also marks every call the batch changed in ``dirty_calls``, in the same transaction; storage/deriver.py recomputes
-their turns and call rows from there, many batches at once (a call spread over 50 batches is derived a few
-times, not 50).
+Append-only: spans and events are inserted once with ``ON CONFLICT DO NOTHING`` on their identity, so a
+client retry never duplicates anything, and nothing stored is ever rewritten; tool calls are upserted. A span
+that carries no call id of its own is stored under the call its trace is known to belong to (``call_traces``),
+else under its trace id, and stays there: when the trace names its call later, derivation and the dashboards
+reach those rows through ``call_traces``. The routine (``callscope_write_staged``) also marks every call the
+batch changed in ``dirty_calls``, in the same transaction; storage/deriver.py recomputes their turns and call
+rows from there, many batches at once (a call spread over 50 batches is derived a few times, not 50).
 """
 
 from __future__ import annotations
@@ -59,16 +60,15 @@ _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_tools (LIKE tool_calls INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
 )
 
-# Traces that name their call for the first time (an explicit id on a span or log record).
+# Traces that name their call (an explicit id on a span or log record): the first name a trace gets is kept.
+# ON CONFLICT probes the primary key, so a trace named already costs no write.
 _LEARN_TRACES = """
 WITH named AS (
     SELECT trace_id, call_id, start_time AS at FROM stage_spans WHERE call_id_explicit
     UNION ALL
     SELECT trace_id, call_id, time FROM stage_events WHERE call_id_explicit AND trace_id IS NOT NULL
 ), first_named AS (
-    SELECT DISTINCT ON (trace_id) trace_id, call_id FROM named n
-    WHERE NOT EXISTS (SELECT 1 FROM call_traces k WHERE k.trace_id = n.trace_id)
-    ORDER BY trace_id, at, call_id
+    SELECT DISTINCT ON (trace_id) trace_id, call_id FROM named ORDER BY trace_id, at, call_id
 ), learned AS (
     INSERT INTO call_traces (trace_id, call_id) SELECT trace_id, call_id FROM first_named
     ON CONFLICT (trace_id) DO NOTHING
@@ -77,41 +77,23 @@ WITH named AS (
 SELECT array_agg(trace_id), array_agg(call_id) INTO learned_traces, learned_calls FROM learned
 """
 
-# Rows stored earlier under their trace id move to the call their trace turned out to belong to.
-# ($1, $2 = the learned trace ids and their call ids.)
-_REHOME = (
-    """UPDATE spans s SET call_id = l.call_id
-       FROM unnest($1::text[], $2::text[]) AS l(trace_id, call_id)
-       WHERE s.trace_id = l.trace_id AND NOT s.call_id_explicit AND s.call_id <> l.call_id""",
-    """UPDATE events e SET call_id = l.call_id
-       FROM unnest($1::text[], $2::text[]) AS l(trace_id, call_id)
-       WHERE e.trace_id = l.trace_id AND NOT e.call_id_explicit AND e.call_id <> l.call_id""",
-    """WITH moved AS (
-           DELETE FROM tool_calls t USING unnest($1::text[], $2::text[]) AS l(trace_id, call_id)
-           WHERE t.trace_id = l.trace_id AND NOT t.call_id_explicit AND t.call_id <> l.call_id
-           RETURNING t.*, l.call_id AS new_call_id)
-       INSERT INTO tool_calls (call_id, turn_number, tool_call_id, tool_name, started_at, ended_at, duration_ms,
-                               arguments, result, is_error, error, span_id, trace_id, call_id_explicit)
-       SELECT new_call_id, turn_number, tool_call_id, tool_name, started_at, ended_at, duration_ms, arguments,
-              result, is_error, error, span_id, trace_id, call_id_explicit FROM moved
-       ON CONFLICT (call_id, tool_call_id) DO NOTHING""",
-    "DELETE FROM turns WHERE call_id = ANY($1::text[]) AND NOT (call_id = ANY($2::text[]))",
-    "DELETE FROM calls WHERE call_id = ANY($1::text[]) AND NOT (call_id = ANY($2::text[]))",
-)
-
 
 def _resolved(alias: str) -> str:
-    return (f"CASE WHEN {alias}.call_id_explicit THEN {alias}.call_id "
-            f"ELSE coalesce(ct.call_id, {alias}.call_id) END")
+    """The call a staged row is stored under: its own explicit id, else its trace's call where that is known
+    already, else its trace id. A correlated lookup, so the primary key of ``call_traces`` is used whatever
+    the planner knows about the table; rows stored under a trace id are never moved afterwards (derivation
+    and the dashboards find them through ``call_traces``)."""
+    return (f"CASE WHEN {alias}.call_id_explicit THEN {alias}.call_id ELSE coalesce("
+            f"(SELECT ct.call_id FROM call_traces ct WHERE ct.trace_id = {alias}.trace_id), {alias}.call_id) END")
 
 
 def _insert_resolved(table: str, columns: tuple[str, ...], into: str) -> str:
-    """Staged rows → ``table`` with their call id resolved through ``call_traces``; duplicates are skipped."""
+    """Staged rows → ``table`` with their call id resolved; rows stored already (a retry) are skipped."""
     return f"""
 WITH ins AS (
     INSERT INTO {table} ({", ".join(columns)})
     SELECT {", ".join(_resolved("s") if c == "call_id" else "s." + c for c in columns)}
-    FROM stage_{table} s LEFT JOIN call_traces ct ON NOT s.call_id_explicit AND ct.trace_id = s.trace_id
+    FROM stage_{table} s
     ON CONFLICT DO NOTHING
     RETURNING call_id
 ) SELECT count(*), array_agg(DISTINCT call_id) INTO {into} FROM ins
@@ -125,7 +107,7 @@ _UPSERT_TOOLS = f"""
 WITH resolved AS (
     SELECT DISTINCT ON (call_id, tool_call_id) * FROM (
         SELECT {", ".join(_resolved("s") + " AS call_id" if c == "call_id" else "s." + c for c in TOOL_COLUMNS)}
-        FROM stage_tools s LEFT JOIN call_traces ct ON NOT s.call_id_explicit AND ct.trace_id = s.trace_id
+        FROM stage_tools s
     ) r ORDER BY call_id, tool_call_id, is_error DESC, ended_at DESC NULLS LAST, span_id
 ), ins AS (
     INSERT INTO tool_calls AS t ({", ".join(TOOL_COLUMNS)})
@@ -153,15 +135,16 @@ def _indent(sql: str) -> str:
     return "\n".join("    " + line for line in sql.strip().splitlines())
 
 
-_REHOME_BODY = ";\n".join(
-    _indent(_indent(statement.replace("$1", "learned_traces").replace("$2", "learned_calls"))) for statement in _REHOME)
-
 # One server-side routine per batch: the staged rows become stored rows in a single round trip (each round
-# trip also waits for the event loop, which is busy decoding the next requests).
+# trip also waits for the event loop, which is busy decoding the next requests). Every statement is an
+# insert: nothing stored is rewritten. Seq scans and JIT are off inside it because fresh tables and chunks
+# have no statistics (autovacuum may be off): every lookup must go through an index whatever the estimates.
 WRITE_ROUTINE = f"""
 CREATE OR REPLACE FUNCTION callscope_write_staged(
     OUT span_count bigint, OUT event_count bigint, OUT tool_count bigint, OUT calls_touched int)
-LANGUAGE plpgsql AS $routine$
+LANGUAGE plpgsql
+SET enable_seqscan = off SET jit = off
+AS $routine$
 #variable_conflict use_column
 DECLARE
     learned_traces text[];
@@ -172,14 +155,11 @@ DECLARE
     touched text[];
 BEGIN
 {_indent(_LEARN_TRACES)};
-    IF learned_traces IS NOT NULL THEN
-{_REHOME_BODY};
-    END IF;
 {_indent(_INSERT_SPANS)};
 {_indent(_INSERT_EVENTS)};
 {_indent(_UPSERT_TOOLS)};
-    -- Both sides of a re-homed trace are re-derived: the call gains rows, and the trace-id call it replaces
-    -- must vanish (a derive round running concurrently may have re-created it from its old snapshot).
+    -- A trace that named its call for the first time marks both sides: the call gains the rows stored under
+    -- the trace id, and the call keyed by that trace id disappears.
     SELECT array_agg(DISTINCT id) INTO touched
     FROM unnest(coalesce(span_calls, '{{}}') || coalesce(event_calls, '{{}}') || coalesce(tool_calls_touched, '{{}}')
                 || coalesce(learned_calls, '{{}}') || coalesce(learned_traces, '{{}}')) AS id;

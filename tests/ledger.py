@@ -8,8 +8,8 @@ _QUERIES = {
     "calls": "SELECT * FROM calls ORDER BY call_id",
     "turns": "SELECT * FROM turns ORDER BY call_id, turn_number",
     "tool_calls": "SELECT * FROM tool_calls ORDER BY call_id, tool_call_id",
-    "spans": "SELECT trace_id, span_id, call_id, turn_number, stage FROM spans ORDER BY trace_id, span_id",
-    "events": "SELECT time, event_id, call_id, event, level, category, source, turn_number FROM events "
+    "spans": "SELECT trace_id, span_id, call_id, turn_number, stage FROM call_spans ORDER BY trace_id, span_id",
+    "events": "SELECT time, event_id, call_id, event, level, category, source, turn_number FROM call_events "
               "ORDER BY event_id",
     "call_traces": "SELECT * FROM call_traces ORDER BY trace_id",
 }

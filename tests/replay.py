@@ -116,7 +116,7 @@ async def ledger(db: Any, call_id: str) -> tuple[Any, list[Any], list[Any], list
     turns = await db.fetch("SELECT * FROM turns WHERE call_id = $1 ORDER BY turn_number", call_id)
     tools = await db.fetch("SELECT * FROM tool_calls WHERE call_id = $1 ORDER BY started_at NULLS LAST, tool_call_id",
                            call_id)
-    events = await db.fetch("SELECT * FROM events WHERE call_id = $1 ORDER BY time, event", call_id)
+    events = await db.fetch("SELECT * FROM callscope_call_events($1) ORDER BY time, event", call_id)
     return call, list(turns), list(tools), list(events)
 
 

@@ -64,15 +64,20 @@ async def test_shuffled_split_and_repeated_batches_give_identical_ledger(templat
 
 
 async def test_children_stored_before_their_call_is_named_join_it(collector, db):
-    """stt/llm/tts spans carry no call id; they arrive first and must end up under the call."""
+    """stt/llm/tts spans carry no call id; they arrive first and must end up under the call.
+
+    They stay stored under their trace id (nothing is rewritten); the call reaches them through its traces."""
     traces, _ = recorded_traffic()
     client = GrpcClient(collector.grpc.port)
     for request in traces:  # one span per request, children first
         await client.send(request)
     await client.close()
     await collector.settle()
-    orphans = await db.fetchval("SELECT count(*) FROM spans WHERE call_id = trace_id")
+    orphans = await db.fetchval("SELECT count(*) FROM call_spans WHERE call_id = trace_id")
     assert orphans == 0
+    stored_spans = await db.fetchval("SELECT count(*) FROM spans")
+    reached = await db.fetchval("SELECT count(*) FROM calls c, LATERAL callscope_call_spans(c.call_id)")
+    assert reached == stored_spans
     assert await db.fetchval("SELECT count(*) FROM calls") == 3
     # the GenAI call's turns are separate root spans: one call spanning two traces
     traces_per_call = dict(await db.fetch("SELECT call_id, cardinality(trace_ids) FROM calls"))
