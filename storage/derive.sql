@@ -307,10 +307,10 @@ WITH ids AS (
         (array_agg(callscope_int(facts->>'sip_code') ORDER BY end_time DESC) FILTER (WHERE facts ? 'sip_code'))[1] AS sip_code,
         callscope_us_ts(max(callscope_float(facts->>'session_end_us'))) AS session_end,
         (array_agg(facts->>'session_error' ORDER BY end_time DESC) FILTER (WHERE facts ? 'session_error'))[1] AS session_error,
-        sum(callscope_float(facts->>'cost_stt')) AS cost_stt,
-        sum(callscope_float(facts->>'cost_llm')) AS cost_llm,
-        sum(callscope_float(facts->>'cost_tts')) AS cost_tts,
-        sum(callscope_float(facts->>'cost_telephony')) AS cost_telephony,
+        sum(callscope_float(facts->>'cost_stt') ORDER BY trace_id, span_id) AS cost_stt,
+        sum(callscope_float(facts->>'cost_llm') ORDER BY trace_id, span_id) AS cost_llm,
+        sum(callscope_float(facts->>'cost_tts') ORDER BY trace_id, span_id) AS cost_tts,
+        sum(callscope_float(facts->>'cost_telephony') ORDER BY trace_id, span_id) AS cost_telephony,
         mode() WITHIN GROUP (ORDER BY framework) FILTER (WHERE framework <> 'unknown') AS framework,
         (array_agg(session_attributes ORDER BY start_time) FILTER (WHERE stage = 'session'))[1] AS session_attributes
     FROM derive_spans GROUP BY call_id

@@ -104,6 +104,10 @@ DERIVE_ROUTINE = (
     + "\nEND\n$routine$"
 )
 
+# Every statement of a derive connection reaches its rows through an index, on tables that may never have been
+# analyzed (tests/test_storage_plans.py checks the plans).
+_DERIVE_SETTINGS = {**SERVER_SETTINGS, "enable_seqscan": "off", "jit": "off"}
+
 # Two-key advisory locks: this namespace and the call id's hash. A hash collision only means two calls are not
 # derived at the same moment.
 _LOCK_NAMESPACE = 0x63616C6C  # "call"
@@ -184,6 +188,9 @@ class Deriver:
         self._retry_max_s = retry_max_s
         self._on_derived = on_derived
         self._workers = [_Worker(self, index) for index in range(max(1, workers))]
+        # drain, backlog and the other calls from outside the loops have a connection of their own: an asyncpg
+        # connection runs one operation at a time, and the loops keep theirs busy
+        self._control = _Worker(self, -1)
         self._wakeup = asyncio.Event()
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -200,14 +207,14 @@ class Deriver:
                        for worker in self._workers]
 
     async def derive_round(self) -> int:
-        """One claim-and-derive by the first worker; return how many calls it derived."""
-        return await self._workers[0].round()
+        """One claim-and-derive; return how many calls it derived."""
+        return await self._control.round()
 
     async def drain(self) -> None:
         """Derive until no call is dirty (quarantined calls whose retry is due included)."""
-        await self._workers[0].housekeeping(force=True)
+        await self._control.housekeeping(force=True)
         while True:
-            derived = await self._workers[0].round()
+            derived = await self._control.round()
             if not derived:
                 backlog = await self.backlog()
                 if backlog.calls == 0:
@@ -215,11 +222,11 @@ class Deriver:
                 await asyncio.sleep(0.05)   # marks held by another worker or collector: wait for them
 
     async def backlog(self) -> DeriveBacklog:
-        return await self._workers[0].backlog()
+        return await self._control.backlog()
 
     async def mark_stale(self) -> None:
         """Flag active calls silent for longer than ``stale_after_s``."""
-        await self._workers[0].mark_stale()
+        await self._control.mark_stale()
 
     def _derived(self, calls: int) -> None:
         self.derived_total += calls
@@ -237,18 +244,18 @@ class Deriver:
             await asyncio.wait_for(self._drain_own(), self._timeout)
         except Exception as exc:  # marks stay in dirty_calls: any collector derives them later
             log.warning("derive.drain_failed", extra={"error": _short(exc)})
-        for worker in self._workers:
+        for worker in (*self._workers, self._control):
             await worker.close()
 
     async def _drain_own(self) -> None:
-        while await self._workers[0].round():
+        while await self._control.round():
             pass
 
     def terminate(self) -> None:
         self._closing = True
         for task in self._tasks:
             task.cancel()
-        for worker in self._workers:
+        for worker in (*self._workers, self._control):
             worker.terminate()
 
 
@@ -261,7 +268,7 @@ class _Worker:
     async def _connect(self) -> asyncpg.Connection:
         if self._connection is None or self._connection.is_closed():
             self._connection = await asyncpg.connect(self._deriver._database_url, timeout=self._deriver._timeout,
-                                                     server_settings=SERVER_SETTINGS)
+                                                     server_settings=_DERIVE_SETTINGS)
         return self._connection
 
     def _reset(self) -> None:
@@ -332,9 +339,7 @@ class _Worker:
     async def mark_stale(self) -> None:
         async with storage_errors():
             connection = await self._connect()
-            async with connection.transaction():
-                await connection.execute("SET LOCAL enable_seqscan = off")   # the status index, not every call
-                await connection.execute(_MARK_STALE, float(self._deriver._stale_after_s))
+            await connection.execute(_MARK_STALE, float(self._deriver._stale_after_s))
 
     async def housekeeping(self, *, force: bool = False) -> None:
         """Every few seconds (one worker does it): retries that are due, stale calls, the mark queue's dead rows."""

@@ -1,0 +1,115 @@
+"""Every statement of the write and derive path reaches rows through an index on tables that were never analyzed.
+
+Autovacuum may be off and a fresh TimescaleDB chunk has no statistics anywhere, so a plan that is right only
+after ANALYZE is wrong in production. The tables here are large enough that a sequential scan would cost the
+whole table per batch, and are never analyzed; the statements are planned the way the routines run them
+(seq scans and JIT off inside ``callscope_write_staged`` / ``callscope_derive``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import AsyncIterator
+
+import asyncpg
+import pytest_asyncio
+
+from conftest import drop_database, new_database, url_for
+from storage import deriver, writer
+
+STORED = ("spans", "events", "calls", "turns", "tool_calls", "call_traces", "dirty_calls", "call_quarantine")
+_SEQ_SCAN = re.compile(r"Seq Scan on (" + "|".join(STORED) + r"|_hyper_\w+)\b")
+CALLS = 3000
+SPANS_PER_CALL = 30
+
+
+@pytest_asyncio.fixture(scope="module")
+async def unanalyzed(template_database: str) -> AsyncIterator[asyncpg.Connection]:
+    name = await new_database(template_database, prefix="callscope_plans")
+    connection = await asyncpg.connect(url_for(name))
+    # Half the calls named their traces; the other half's spans sit under their trace ids.
+    await connection.execute(
+        """
+        INSERT INTO spans (start_time, end_time, duration_ms, trace_id, span_id, call_id, call_id_explicit,
+                           turn_number, stage, name, kind, status_code, framework, attributes, facts)
+        SELECT now() - make_interval(secs => c * 10 + s), now() - make_interval(secs => c * 10 + s - 1), 1000,
+               md5('t' || c), left(md5('s' || c || '-' || s), 16),
+               CASE WHEN s = 1 THEN 'call-' || c ELSE md5('t' || c) END, s = 1, s / 5 + 1,
+               (ARRAY['stt', 'llm', 'tts', 'tool', 'turn'])[1 + s % 5], 'span', 1, 0, 'native', '{}'::jsonb,
+               '{"turn_explicit": true}'::jsonb
+        FROM generate_series(1, $1::int) AS c, generate_series(1, $2::int) AS s
+        """, CALLS, SPANS_PER_CALL)
+    await connection.execute(
+        """
+        INSERT INTO events (time, event_id, call_id, trace_id, span_id, category, event, level, source)
+        SELECT now() - make_interval(secs => c * 10 + s), md5('e' || c || '-' || s), md5('t' || c), md5('t' || c),
+               left(md5('s' || c || '-' || s), 16), 'agent', 'agent.message_sent', 'INFO', 'derived'
+        FROM generate_series(1, $1::int) AS c, generate_series(1, 10) AS s
+        """, CALLS)
+    await connection.execute("INSERT INTO call_traces SELECT md5('t' || c), 'call-' || c "
+                             "FROM generate_series(1, $1::int) AS c", CALLS)
+    await connection.execute("INSERT INTO calls (call_id, status, last_seen_at) SELECT 'call-' || c, 'active', now() "
+                             "FROM generate_series(1, $1::int) AS c", CALLS)
+    await connection.execute("INSERT INTO turns (call_id, turn_number) SELECT 'call-' || c, t "
+                             "FROM generate_series(1, $1::int) AS c, generate_series(1, 6) AS t", CALLS)
+    await connection.execute("INSERT INTO tool_calls (call_id, tool_call_id, tool_name, trace_id, span_id) "
+                             "SELECT md5('t' || c), 'tool-' || c, 'lookup', md5('t' || c), 'x' "
+                             "FROM generate_series(1, $1::int) AS c", CALLS)
+    await connection.execute("INSERT INTO dirty_calls (call_id) SELECT 'call-' || (c % 500) "
+                             "FROM generate_series(1, $1::int) AS c", CALLS * 5)
+    await connection.execute("INSERT INTO call_quarantine (call_id, error, retry_at) "
+                             "SELECT 'call-' || c, 'x', now() + interval '1 hour' FROM generate_series(1, $1::int) c",
+                             CALLS)
+    for statement in writer._STAGING:
+        await connection.execute(statement)
+    await connection.execute(deriver._WORK_TABLES)
+    yield connection
+    await connection.close()
+    await drop_database(name)
+
+
+async def _plan(connection: asyncpg.Connection, sql: str, *args: object) -> str:
+    async with connection.transaction():
+        await connection.execute("SET LOCAL enable_seqscan = off")
+        await connection.execute("SET LOCAL jit = off")
+        rows = await connection.fetch("EXPLAIN " + sql, *args)
+    return "\n".join(row[0] for row in rows)
+
+
+def _without_into(sql: str) -> str:
+    """A routine's ``SELECT … INTO variables FROM`` as the plain query it plans."""
+    return re.sub(r"\bINTO [\w, ]+ FROM\b", "FROM", sql)
+
+
+async def test_no_statistics_on_the_big_tables(unanalyzed: asyncpg.Connection) -> None:
+    analyzed = await unanalyzed.fetchval(
+        "SELECT count(*) FROM pg_stats WHERE schemaname = 'public' AND tablename = ANY($1::text[])", list(STORED))
+    assert analyzed == 0
+    assert await unanalyzed.fetchval("SELECT count(*) FROM spans") == CALLS * SPANS_PER_CALL
+
+
+async def test_write_statements_use_indexes(unanalyzed: asyncpg.Connection) -> None:
+    for name, sql in (("learn_traces", writer._LEARN_TRACES), ("insert_spans", writer._INSERT_SPANS),
+                      ("insert_events", writer._INSERT_EVENTS), ("upsert_tools", writer._UPSERT_TOOLS)):
+        plan = await _plan(unanalyzed, _without_into(sql))
+        assert not _SEQ_SCAN.search(plan), f"{name}:\n{plan}"
+
+
+async def test_derive_statements_touch_only_the_claimed_calls_through_indexes(unanalyzed: asyncpg.Connection) -> None:
+    claimed = "'{call-7,call-8," + "0" * 32 + "}'::text[]"
+    for name, sql in deriver.DERIVE_STATEMENTS:
+        plan = await _plan(unanalyzed, sql.replace("$1::text[]", claimed))
+        assert not _SEQ_SCAN.search(plan), f"{name}:\n{plan}"
+
+
+async def test_claim_and_quarantine_statements_use_indexes(unanalyzed: asyncpg.Connection) -> None:
+    checks = (
+        ("claim", deriver._CLAIM, (200, deriver._LOCK_NAMESPACE)),
+        ("quarantine", deriver._QUARANTINE, ("call-1", "boom", 5.0, 600.0)),
+        ("release", deriver._RELEASE, (["call-1", "call-2"],)),
+        ("retry_due", deriver._RETRY_DUE, (1000, 600.0)),
+        ("mark_stale", deriver._MARK_STALE, (300.0,)),
+    )
+    for name, sql, args in checks:
+        plan = await _plan(unanalyzed, sql, *args)
+        assert not _SEQ_SCAN.search(plan), f"{name}:\n{plan}"
