@@ -29,7 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (ExportTrac
 
 from tests.pg_instance import free_port
 
-__all__ = ["CollectorProcess", "Refusal", "AckLedger", "GrpcSender", "HttpSender", "span_keys", "log_count",
+__all__ = ["CollectorProcess", "kill_leftovers", "Refusal", "AckLedger", "GrpcSender", "HttpSender", "span_keys", "log_count",
            "stored_span_counts", "wait_derived", "retry_info_of", "callscope_command"]
 
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -44,8 +44,24 @@ def callscope_command() -> list[str]:
 
 # --- the collector as a process ---------------------------------------------------------------------------------
 
+RUNNING: list["CollectorProcess"] = []   # every process started, so a fixture can kill what a failed test left
+
+
+def kill_leftovers() -> None:
+    """SIGKILL every collector process a test started and did not stop (by its own pid only)."""
+    while RUNNING:
+        collector = RUNNING.pop()
+        process = collector.process
+        if process is not None and process.returncode is None:
+            try:
+                os.kill(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        collector._close_log()
+
+
 class CollectorProcess:
-    """``callscope serve`` on 127.0.0.1 and free ports (kept across ``restart``), logging to a file."""
+    """``callscope serve`` on 127.0.0.1 and free ports (kept across restarts), logging to a file."""
 
     def __init__(self, database_url: str, log_dir: Path, *, name: str = "collector", **settings: object) -> None:
         self.database_url = database_url
@@ -90,6 +106,8 @@ class CollectorProcess:
         self.process = await asyncio.create_subprocess_exec(
             *callscope_command(), "serve", env=self.env(), stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log, stderr=self._log)
+        if self not in RUNNING:
+            RUNNING.append(self)
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             while True:
@@ -188,6 +206,8 @@ class Refusal:
     code: str            # gRPC status name, or "HTTP 429", or "connection"
     retry_after_s: float | None   # the server's hint (None: none given)
     detail: str = ""
+    status_hint: float | None = None    # gRPC: RetryInfo inside grpc-status-details-bin
+    trailer_hint: float | None = None   # gRPC: the google.rpc.retryinfo-bin trailer (read by the OTel exporter)
 
 
 @dataclass
@@ -202,6 +222,7 @@ class AckLedger:
     failures: list[str] = field(default_factory=list)        # given up, or answered with an unexpected error
     partial: list[str] = field(default_factory=list)         # partial_success reports (none expected here)
     exports: int = 0
+    in_flight: int = 0                                        # Export calls sent and not answered yet
 
     def summary(self) -> str:
         codes: dict[str, int] = {}
@@ -242,10 +263,12 @@ class GrpcSender:
         attempt = 0
         while True:
             self.ledger.exports += 1
+            self.ledger.in_flight += 1
             try:
                 response = await method(body, timeout=max(0.5, min(self.timeout, deadline - time.monotonic())),
                                         wait_for_ready=False)
             except grpc.aio.AioRpcError as error:
+                self.ledger.in_flight -= 1
                 code = error.code()
                 if code not in _RETRYABLE:
                     self.ledger.failures.append(f"grpc {code.name}: {error.details()}")
@@ -254,7 +277,7 @@ class GrpcSender:
                 hint = in_status if in_status is not None else in_own
                 connection_level = code == grpc.StatusCode.UNAVAILABLE and not error.trailing_metadata()
                 self.ledger.refusals.append(Refusal("grpc", "connection" if connection_level else code.name, hint,
-                                                    (error.details() or "")[:200]))
+                                                    (error.details() or "")[:200], in_status, in_own))
                 delay = hint if hint is not None else _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
                 attempt += 1
                 if not retry or time.monotonic() + delay > deadline:
@@ -262,6 +285,7 @@ class GrpcSender:
                     return False
                 await asyncio.sleep(delay)
                 continue
+            self.ledger.in_flight -= 1
             rejected = (response.partial_success.rejected_spans if kind == "traces"
                         else response.partial_success.rejected_log_records)
             if rejected:
@@ -295,6 +319,7 @@ class HttpSender:
         attempt = 0
         while True:
             self.ledger.exports += 1
+            self.ledger.in_flight += 1
             try:
                 async with self.session.post(self.base + path, data=body,
                                              headers={"Content-Type": "application/x-protobuf"}) as response:
@@ -302,6 +327,8 @@ class HttpSender:
                     status, retry_after = response.status, response.headers.get("Retry-After")
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                 status, retry_after, payload = 0, None, str(error).encode()
+            finally:
+                self.ledger.in_flight -= 1
             if status == 200:
                 parsed = (ExportTraceServiceResponse if kind == "traces" else ExportLogsServiceResponse
                           ).FromString(payload)
