@@ -76,9 +76,9 @@ def ledger_calls() -> list[SimulatedCall]:
     return generate_calls(LEDGER_CALLS, seed=LEDGER_SEED)
 
 
-def _bodies(calls: list[SimulatedCall]) -> list[tuple[str, bytes]]:
+def _bodies(calls: list[SimulatedCall], spans_per_request: int = SPANS_PER_REQUEST) -> list[tuple[str, bytes]]:
     """(kind, body) of every request for ``calls``, traces and logs interleaved in time order."""
-    traces, logs = encode_requests(calls, spans_per_request=SPANS_PER_REQUEST)
+    traces, logs = encode_requests(calls, spans_per_request=spans_per_request)
 
     def last_time(kind: str, body: bytes) -> int:
         if kind == "traces":
@@ -470,21 +470,31 @@ async def test_three_times_overload_refuses_with_retry_hints_and_stays_bounded(f
 async def test_same_request_five_times_concurrently_and_in_sequence_changes_nothing(fresh_db, log_dir,
                                                                                    ledger_calls, baseline):
     bodies = _bodies(ledger_calls)
-    collector = CollectorProcess(fresh_db, log_dir, name="repeat")
+    collector = CollectorProcess(fresh_db, log_dir, name="repeat", max_wait_ms=2)
+    phases = [time.monotonic()]
     await collector.start()
+    phases.append(time.monotonic())
     ledger = AckLedger()
     senders = [GrpcSender(collector.grpc_target, ledger) for _ in range(5)]
     deadline = time.monotonic() + 90
     try:
         for kind, body in bodies:    # five copies at the same moment, each on its own connection
             await asyncio.gather(*(sender.send(body, kind=kind, deadline=deadline) for sender in senders))
+        phases.append(time.monotonic())
         await wait_derived(fresh_db, [c.call_id for c in ledger_calls])
+        phases.append(time.monotonic())
         concurrent = await snapshot(fresh_db)
         stored_concurrent = await stored_span_counts(fresh_db)
-        for kind, body in bodies:    # then five more, one after another
-            for _ in range(5):
-                await senders[0].send(body, kind=kind, deadline=deadline)
+        async def five_in_a_row(sender: GrpcSender, items: list[tuple[str, bytes]]) -> None:
+            for kind, body in items:
+                for _ in range(5):   # each request again five times, one after another
+                    await sender.send(body, kind=kind, deadline=deadline)
+
+        # (everything is stored once by now, so requests may overlap each other here; copies of one never do)
+        await asyncio.gather(*(five_in_a_row(sender, bodies[i::len(senders)]) for i, sender in enumerate(senders)))
+        phases.append(time.monotonic())
         await wait_derived(fresh_db, [c.call_id for c in ledger_calls])
+        phases.append(time.monotonic())
         sequential = await snapshot(fresh_db)
         stored = await stored_span_counts(fresh_db)
     finally:
@@ -495,7 +505,8 @@ async def test_same_request_five_times_concurrently_and_in_sequence_changes_noth
     expected = _expected_spans(ledger_calls)
     assert ledger.acked == expected
     print(f"\n[repeat] {len(bodies)} requests × 10; {ledger.summary()}; stored {sum(stored.values())} span rows "
-          f"for {len(expected)} spans")
+          f"for {len(expected)} spans; phases (start, 5 at once, derive, 5 in a row, derive) "
+          f"{[round(b - a, 2) for a, b in zip(phases, phases[1:])]} s")
     assert stored_concurrent == dict.fromkeys(expected, 1)
     assert stored == dict.fromkeys(expected, 1)
     differences = _differences(baseline, concurrent) + _differences(concurrent, sequential)
@@ -560,15 +571,22 @@ def _split_call(call: SimulatedCall, index: int) -> tuple[SimulatedCall, Simulat
                  for s in (0, 1))
 
 
-async def test_two_collectors_with_one_trace_split_across_both_give_the_same_ledger(fresh_db, log_dir,
-                                                                                     ledger_calls, baseline):
+@pytest.mark.parametrize("processes, connections, spans_per_request", [
+    pytest.param(2, 2, SPANS_PER_REQUEST, id="two-collectors"),
+    # The same split, both halves into one collector over many connections in small requests: its writer
+    # connections (2 by default) commit batches of the same trace concurrently, as two collectors do.
+    pytest.param(1, 4, 4, id="one-collector-parallel-writers"),
+])
+async def test_two_collectors_with_one_trace_split_across_both_give_the_same_ledger(
+        fresh_db, log_dir, ledger_calls, baseline, processes, connections, spans_per_request):
     halves = [_split_call(call, i) for i, call in enumerate(ledger_calls)]
-    side_bodies = [_bodies([h[side] for h in halves]) for side in (0, 1)]
-    collectors = [CollectorProcess(fresh_db, log_dir, name=f"split-{side}") for side in (0, 1)]
+    side_bodies = [_bodies([h[side] for h in halves], spans_per_request) for side in (0, 1)]
+    collectors = [CollectorProcess(fresh_db, log_dir, name=f"split-{n}") for n in range(processes)]
     for collector in collectors:       # one after the other: the first migrates the empty database
         await collector.start()
     ledger = AckLedger()
-    senders = [[GrpcSender(c.grpc_target, ledger) for _ in range(2)] for c in collectors]
+    senders = [[GrpcSender(collectors[side % processes].grpc_target, ledger) for _ in range(connections)]
+               for side in (0, 1)]
     deadline = time.monotonic() + 90
     try:
         await asyncio.gather(*(_send_all(senders[side], side_bodies[side], deadline=deadline) for side in (0, 1)))
@@ -584,7 +602,7 @@ async def test_two_collectors_with_one_trace_split_across_both_give_the_same_led
     assert not ledger.failures and not ledger.partial, ledger.summary()
     _check_spans(stored, ledger)
     counts = [sum(len(span_keys(b)) for kind, b in bodies if kind == "traces") for bodies in side_bodies]
-    print(f"\n[two collectors] spans per collector {counts}; {ledger.summary()}")
+    print(f"\n[split over {processes} collector(s)] spans per half {counts}; {ledger.summary()}")
     assert ledger.acked == _expected_spans(ledger_calls)
     differences = _differences(baseline, after)
     _print_rounding("two collectors")
