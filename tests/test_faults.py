@@ -605,5 +605,5 @@ async def test_two_collectors_with_one_trace_split_across_both_give_the_same_led
     print(f"\n[split over {processes} collector(s)] spans per half {counts}; {ledger.summary()}")
     assert ledger.acked == _expected_spans(ledger_calls)
     differences = _differences(baseline, after)
-    _print_rounding("two collectors")
+    _print_rounding(f"split over {processes}")
     assert not differences, differences
