@@ -12,8 +12,8 @@ trace ids and the tables grow), then waits until the derive backlog is empty, an
 * table sizes (spans rows, ``pg_total_relation_size`` of spans / events), collector RSS;
 * the COPY ceiling of the round (see ``_ceiling``).
 
-Client memory is bounded by one round: requests are generated and encoded per round, the ceiling maps and
-copies them a chunk at a time.
+Client memory is bounded: requests are generated and encoded per round, 1,000 calls at a time (only the
+encoded bytes of one round are held), and the ceiling maps and copies them 10 requests at a time.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 _COPY_CHUNK = 5000
 _BODIES_PER_CEILING_CHUNK = 10          # 10 requests ≈ 5,000 rows mapped and copied at a time
 _SPANS_PER_CALL_GUESS = 17.4            # simulator average, refined after each round
+_CALLS_PER_CHUNK = 1000                 # calls generated at once (~100 MB of protobuf objects)
 
 
 # ------------------------------------------------------------------------------------------------ /proc
@@ -229,27 +230,34 @@ class RoundResult:
 
 def _generate_round(target_spans: int, seed: int, spans_per_request: int, per_call: float,
                     seen: set[str]) -> tuple[list[bytes], list[int], int, int]:
-    """(trace bodies, spans per body, calls, spans) for about ``target_spans`` spans of new calls."""
-    count = max(1, math.ceil(target_spans / per_call * 1.05) + 20)
-    while True:
-        calls = generate_calls(count, seed=seed)
-        taken, spans = [], 0
+    """(trace bodies, spans per body, calls, spans) for about ``target_spans`` spans of new calls.
+
+    Calls are generated and encoded ``_CALLS_PER_CHUNK`` at a time (seed ``seed * 1000 + chunk``) and only
+    their encoded bytes are kept, so the client's memory does not grow with the round (a generated call
+    holds ~100 KB of protobuf objects, its encoded spans ~7 KB). Every chunk covers the simulator's whole
+    time window, so the chunks' requests are interleaved round-robin: roughly the global end-time order of
+    one BatchSpanProcessor, with many calls per request."""
+    chunks: list[list[bytes]] = []
+    calls_taken = spans = 0
+    clashes = 0
+    while spans < target_spans:
+        count = min(_CALLS_PER_CHUNK, math.ceil((target_spans - spans) / per_call * 1.05) + 5)
+        calls = generate_calls(count, seed=seed * 1000 + len(chunks))
+        taken = []
         for call in calls:
             if spans >= target_spans:
                 break
             taken.append(call)
             spans += call.span_count
-        if spans >= target_spans or len(taken) == len(calls) and count > 10 * target_spans:
-            break
-        count = math.ceil(count * 1.3)
-    ids = {call.call_id for call in taken} | {t for call in taken for t in call.expected.get("trace_ids", ())}
-    clashes = len(ids & seen)
+        ids = {call.call_id for call in taken} | {t for c in taken for t in c.expected.get("trace_ids", ())}
+        clashes += len(ids & seen)
+        seen |= ids
+        calls_taken += len(taken)
+        chunks.append(encode_requests(taken, spans_per_request=spans_per_request)[0])
+        del calls, taken
     if clashes:
-        sys.stderr.write(f"warning: {clashes} call/trace ids of seed {seed} occurred in an earlier round\n")
-    seen |= ids
-    bodies, _ = encode_requests(taken, spans_per_request=spans_per_request)
-    calls_taken = len(taken)
-    del calls, taken
+        sys.stderr.write(f"warning: {clashes} call/trace ids of round seed {seed} occurred before\n")
+    bodies = [chunk[i] for i in range(max(map(len, chunks))) for chunk in chunks if i < len(chunk)]
     counts = [sum(len(ss.spans) for rs in trace_service_pb2.ExportTraceServiceRequest.FromString(b).resource_spans
                   for ss in rs.scope_spans) for b in bodies]
     return bodies, counts, calls_taken, spans
