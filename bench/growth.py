@@ -6,7 +6,8 @@ trace ids and the tables grow), then waits until the derive backlog is empty, an
 * committed spans/s: spans whose Export returned OK / (last OK − first send);
 * PostgreSQL CPU µs per span: utime + stime of all server processes (postmaster, its children, and the
   children it reaped during the round, via the postmaster's cutime / cstime) from /proc, delta from the
-  round's start until its derive backlog drained, divided by the round's spans;
+  round's start until its derive backlog drained, minus the live backends of other databases
+  (pg_stat_activity.datname; the server may be shared), divided by the round's spans;
 * WAL bytes per span: ``pg_wal_lsn_diff`` of ``pg_current_wal_lsn()`` over the same window;
 * derivation lag: seconds from the round's last OK until the backlog query returns 0;
 * table sizes (spans rows, ``pg_total_relation_size`` of spans / events), collector RSS;
@@ -205,11 +206,14 @@ class RoundResult:
     export_p99_ms: float | None
     derive_lag_s: float | None       # last OK → backlog empty (None: not drained within --drain-timeout)
     window_s: float                  # first send → backlog empty: the CPU and WAL window
-    pg_cpu_us_per_span: float | None
-    pg_cpu_other_db_pct: float | None  # share of that CPU in backends of other databases (shared server)
+    pg_cpu_us_per_span: float | None   # all server processes minus live backends of other databases
+    pg_cpu_all_us_per_span: float | None  # all server processes, nothing subtracted
+    pg_cpu_other_db_pct: float | None  # share of the latter in live backends of other databases (shared server)
     collector_cpu_us_per_span: float | None
     client_cpu_us_per_span: float
     machine_busy_pct: float          # of all cores, over the window (100 % = every core busy)
+    other_load_pct: float            # of all cores: busy time not spent in PostgreSQL, collector or client
+    checkpoints: int | None          # checkpoints completed inside the window (after the forced one before it)
     wal_bytes_per_span: float
     spans_rows: int | None
     spans_total_mib: float | None
@@ -388,8 +392,54 @@ async def _sizes(connection: asyncpg.Connection) -> dict[str, Any]:
     return out
 
 
+async def _checkpoints(connection: asyncpg.Connection) -> int | None:
+    try:
+        return await connection.fetchval("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")
+    except asyncpg.PostgresError:  # PostgreSQL 17 moved them to pg_stat_checkpointer
+        try:
+            return await connection.fetchval("SELECT num_timed + num_requested FROM pg_stat_checkpointer")
+        except asyncpg.PostgresError:
+            return None
+
+
 async def _backend_databases(connection: asyncpg.Connection) -> dict[int, str | None]:
     return {r["pid"]: r["datname"] for r in await connection.fetch("SELECT pid, datname FROM pg_stat_activity")}
+
+
+class OtherDatabases:
+    """Follows the backends of other databases during a round (every 0.5 s, own connection), so that the
+    CPU of one that exits before the round ends is still known: {pid: last seen utime+stime ticks}."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self.last: dict[int, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        connection = await asyncpg.connect(self._url)
+        try:
+            while True:
+                for pid in await connection.fetch(
+                        "SELECT pid FROM pg_stat_activity WHERE datname IS NOT NULL AND datname <> current_database()"):
+                    ticks = _proc_ticks(pid["pid"])
+                    if ticks is not None:
+                        self.last[pid["pid"]] = ticks
+                await asyncio.sleep(0.5)
+        finally:
+            await connection.close()
+
+    def start(self) -> None:
+        self.last.clear()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
 
 
 async def _round(args: argparse.Namespace, number: int, endpoint: str, database_url: str, monitor: asyncpg.Connection,
@@ -405,11 +455,14 @@ async def _round(args: argparse.Namespace, number: int, endpoint: str, database_
     monitor_pid = await monitor.fetchval("SELECT pg_backend_pid()")
     our_db = await monitor.fetchval("SELECT current_database()")
     lsn0 = await monitor.fetchval("SELECT pg_current_wal_lsn()")
+    checkpoints0 = await _checkpoints(monitor)
     databases0 = await _backend_databases(monitor)
     cpu0 = server.sample() if server else None
     collector0 = _proc_ticks(collector_pid) if collector_pid else None
     client0 = os.times()
     busy0 = _machine_busy_ticks()
+    others = OtherDatabases(database_url)
+    others.start()
 
     sent = await _send(endpoint, bodies, counts, args.concurrency, args.round_timeout)
     last_ok = sent["last_ok"] or time.perf_counter()
@@ -418,9 +471,11 @@ async def _round(args: argparse.Namespace, number: int, endpoint: str, database_
 
     cpu1 = server.sample() if server else None
     databases1 = await _backend_databases(monitor)
+    await others.stop()
     collector1 = _proc_ticks(collector_pid) if collector_pid else None
     client1 = os.times()
     busy1 = _machine_busy_ticks()
+    checkpoints1 = await _checkpoints(monitor)
     wal = float(await monitor.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)", lsn0))
     rss, peak = (_rss_mib(collector_pid, "VmRSS"), _rss_mib(collector_pid, "VmHWM")) if collector_pid else (None, None)
     sizes = await _sizes(monitor)
@@ -430,16 +485,28 @@ async def _round(args: argparse.Namespace, number: int, endpoint: str, database_
 
     spans = sent["done"]
     us = 1e6 / _TICK / max(spans, 1)
-    pg_cpu = other_pct = None
+    pg_cpu = pg_all = other_pct = None
+    pg_ticks = 0
     if cpu0 is not None and cpu1 is not None:
         total = sum(cpu1.values()) - sum(cpu0.values())
-        # per-database attribution of the live backends (reaped ones and the postmaster count as ours)
-        other = sum(t - cpu0.get(pid, 0) for pid, t in cpu1.items()
-                    if pid > 0 and pid != monitor_pid
-                    and (databases1.get(pid) or databases0.get(pid)) not in (None, our_db))
-        pg_cpu = round(total * us, 1)
+        # Backends of other databases: live at the end, or seen by the 0.5 s sampler before they exited
+        # (their CPU after the last sample stays counted as ours). A pid absent from cpu0 started inside
+        # the window, so all its CPU is inside it.
+        foreign = {pid: t for pid, t in others.last.items()}
+        foreign.update({pid: t for pid, t in cpu1.items() if pid > 0 and pid != monitor_pid
+                        and (databases1.get(pid) or databases0.get(pid)) not in (None, our_db)})
+        other = sum(max(0, t - cpu0.get(pid, 0)) for pid, t in foreign.items())
+        pg_ticks = total - other
+        pg_cpu = round(pg_ticks * us, 1)
+        pg_all = round(total * us, 1)
         other_pct = round(100 * other / total, 1) if total > 0 else 0.0
     machine = (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1) * 100
+    window = end - sent["started"]
+    ours_s = ((client1.user + client1.system - client0.user - client0.system)
+              + pg_ticks / _TICK
+              + ((collector1 - collector0) / _TICK if collector0 is not None and collector1 is not None else 0))
+    cores = os.cpu_count() or 1
+    other_load = max(0.0, machine - 100 * ours_s / (cores * max(window, 1e-9)))
     sys.stderr.write(f"round {number}: COPY ceiling ({', '.join(modes) or 'off'}) ...\n")
     ceiling = await _ceiling(database_url, bodies, modes) if modes else {}
     client_peak = _rss_mib(os.getpid(), "VmHWM")
@@ -454,12 +521,15 @@ async def _round(args: argparse.Namespace, number: int, endpoint: str, database_
         spans_per_s=round(rate), export_p50_ms=None if quantiles is None else round(quantiles[49], 1),
         export_p99_ms=None if quantiles is None else round(quantiles[98], 1),
         derive_lag_s=None if drained is None else round(max(drained - last_ok, 0.0), 2),
-        window_s=round(end - sent["started"], 2), pg_cpu_us_per_span=pg_cpu, pg_cpu_other_db_pct=other_pct,
+        window_s=round(end - sent["started"], 2), pg_cpu_us_per_span=pg_cpu, pg_cpu_all_us_per_span=pg_all,
+        pg_cpu_other_db_pct=other_pct,
         collector_cpu_us_per_span=None if collector0 is None or collector1 is None
         else round((collector1 - collector0) * us, 1),
         client_cpu_us_per_span=round((client1.user + client1.system - client0.user - client0.system)
                                      * 1e6 / max(spans, 1), 1),
-        machine_busy_pct=round(machine, 1), wal_bytes_per_span=round(wal / max(spans, 1)),
+        machine_busy_pct=round(machine, 1), other_load_pct=round(other_load, 1),
+        checkpoints=None if checkpoints0 is None or checkpoints1 is None else checkpoints1 - checkpoints0,
+        wal_bytes_per_span=round(wal / max(spans, 1)),
         collector_rss_mib=rss, collector_peak_rss_mib=peak, client_peak_rss_mib=client_peak,
         copy_ceiling_spans_per_s=empty, copy_ceiling_sized_spans_per_s=sized,
         ratio_to_copy_ceiling=round(rate / empty, 3) if empty else None,
@@ -474,9 +544,10 @@ _COLUMNS = (  # header, key, format
     ("round", "round", "{}"), ("spans", "spans", "{:,}"), ("spans/s", "spans_per_s", "{:,.0f}"),
     ("p50 ms", "export_p50_ms", "{:,.0f}"), ("pg µs/span", "pg_cpu_us_per_span", "{:,.0f}"),
     ("coll µs/span", "collector_cpu_us_per_span", "{:,.0f}"), ("WAL B/span", "wal_bytes_per_span", "{:,.0f}"),
-    ("lag s", "derive_lag_s", "{:,.1f}"), ("spans rows", "spans_rows", "{:,}"),
+    ("pg other-db %", "pg_cpu_other_db_pct", "{:.0f}"), ("lag s", "derive_lag_s", "{:,.1f}"), ("spans rows", "spans_rows", "{:,}"),
     ("spans MiB", "spans_total_mib", "{:,.0f}"), ("events MiB", "events_total_mib", "{:,.0f}"),
-    ("RSS MiB", "collector_rss_mib", "{:,.0f}"), ("busy %", "machine_busy_pct", "{:.0f}"),
+    ("RSS MiB", "collector_rss_mib", "{:,.0f}"), ("ckpt", "checkpoints", "{}"),
+    ("busy %", "machine_busy_pct", "{:.0f}"), ("other %", "other_load_pct", "{:.0f}"),
     ("ceiling/s", "copy_ceiling_spans_per_s", "{:,.0f}"), ("ratio", "ratio_to_copy_ceiling", "{:.3f}"),
     ("sized ceil/s", "copy_ceiling_sized_spans_per_s", "{:,.0f}"), ("ratio sized", "ratio_to_sized_ceiling", "{:.3f}"),
 )
