@@ -136,7 +136,8 @@ def _rss_mib(pid: int, key: str) -> float | None:
 
 class Backlog:
     """How many derive marks are pending. ``sql`` first; if its table is missing, a table named like
-    %dirty%; if there is none, quiescence (no active backend in the database and no WAL for ``quiet_s``)."""
+    %dirty%; if there is none, quiescence: for ``quiet_s``, no other active backend in the database and no
+    change in its rows inserted / updated / deleted (pg_stat_database; not WAL, which is cluster-wide)."""
 
     def __init__(self, sql: str, quiet_s: float) -> None:
         self.sql = sql
@@ -162,7 +163,7 @@ class Backlog:
             self.source = self.sql
         else:
             self.sql = ""
-            self.source = f"quiescence ({self.quiet_s:g} s without active backends or WAL)"
+            self.source = f"quiescence ({self.quiet_s:g} s without active backends or row changes)"
         sys.stderr.write(f"backlog: {self.source}\n")
 
     async def wait_empty(self, connection: asyncpg.Connection, timeout_s: float) -> float | None:
@@ -175,14 +176,16 @@ class Backlog:
                     return time.perf_counter()
                 await asyncio.sleep(0.1)
             return None
-        last_activity, last_lsn = time.perf_counter(), None
+        last_activity, last_changes = time.perf_counter(), None
         while time.perf_counter() < deadline:
             row = await connection.fetchrow(
                 "SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND state = 'active') AS active, pg_current_wal_lsn()::text AS lsn")
+                "AND pid <> pg_backend_pid() AND state = 'active') AS active, "
+                "(SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database "
+                "WHERE datname = current_database()) AS changes")
             now = time.perf_counter()
-            if row["active"] or row["lsn"] != last_lsn:
-                last_activity, last_lsn = now, row["lsn"]
+            if row["active"] or row["changes"] != last_changes:
+                last_activity, last_changes = now, row["changes"]
             elif now - last_activity >= self.quiet_s:
                 return last_activity
             await asyncio.sleep(0.25)

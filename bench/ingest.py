@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     growth.add_argument("--backlog-sql", default="SELECT count(*) FROM dirty_calls",
                         help="query returning the derive backlog; 0 = drained [SELECT count(*) FROM dirty_calls]")
     growth.add_argument("--quiet-s", type=float, default=3.0,
-                        help="if no backlog table exists: drained = this long without activity or WAL [3]")
+                        help="if no backlog table exists: drained = this long without activity or row changes [3]")
     growth.add_argument("--drain-timeout", type=float, default=600.0,
                         help="give up waiting for the backlog after this many seconds [600]")
     growth.add_argument("--round-timeout", type=float, default=1800.0,
