@@ -2,6 +2,7 @@
 and — in the same run, on the same rows — the raw asyncpg COPY ceiling, so the ratio holds on any machine.
 
     python -m bench.ingest --calls 3000 --concurrency 8
+    python -m bench.ingest --rounds 10 --round-spans 200000 --summary     # growth series (bench/growth.py)
 
 Starts ``callscope serve`` as a subprocess against a fresh database (or drives ``--endpoint`` if given),
 sends pre-encoded simulator requests over gRPC (``--spans-per-request`` spans each, like an SDK's
@@ -83,6 +84,26 @@ async def _recreate(admin_url: str, name: str) -> None:
         await connection.execute(f'CREATE DATABASE "{name}"')
     finally:
         await connection.close()
+
+
+async def start_collector(database_url: str) -> tuple[subprocess.Popen, str]:
+    """``callscope serve`` as a subprocess on free loopback ports; returns (process, gRPC endpoint) once ready."""
+    grpc_port, http_port = _free_port(), _free_port()
+    env = {**os.environ, "CALLSCOPE_DATABASE_URL": database_url, "CALLSCOPE_GRPC_PORT": str(grpc_port),
+           "CALLSCOPE_HTTP_PORT": str(http_port), "CALLSCOPE_BIND_ADDRESS": "127.0.0.1",
+           "CALLSCOPE_LOG_LEVEL": "warning"}
+    process = subprocess.Popen([sys.executable, "-m", "collector.cli", "serve"], env=env)
+    endpoint = f"127.0.0.1:{grpc_port}"
+    channel = grpc.aio.insecure_channel(endpoint)
+    try:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+    except BaseException:
+        process.terminate()
+        process.wait(30)
+        raise
+    finally:
+        await channel.close()
+    return process, endpoint
 
 
 def _progress(done: int, total: int, started: float) -> None:
@@ -176,15 +197,7 @@ async def run(args: argparse.Namespace) -> BenchResult:
     if endpoint is None:
         await _recreate(admin_url, args.database)
         await migrate(database_url)
-        grpc_port, http_port = _free_port(), _free_port()
-        env = {**os.environ, "CALLSCOPE_DATABASE_URL": database_url, "CALLSCOPE_GRPC_PORT": str(grpc_port),
-               "CALLSCOPE_HTTP_PORT": str(http_port), "CALLSCOPE_BIND_ADDRESS": "127.0.0.1",
-               "CALLSCOPE_LOG_LEVEL": "warning"}
-        process = subprocess.Popen([sys.executable, "-m", "collector.cli", "serve"], env=env)
-        endpoint = f"127.0.0.1:{grpc_port}"
-        channel = grpc.aio.insecure_channel(endpoint)
-        await asyncio.wait_for(channel.channel_ready(), 30)
-        await channel.close()
+        process, endpoint = await start_collector(database_url)
     try:
         elapsed, latencies, retries = await _drive(endpoint, trace_bodies, log_bodies, args.concurrency, span_counts)
         rss = _peak_rss_mib(process.pid) if process else None
@@ -212,15 +225,43 @@ async def run(args: argparse.Namespace) -> BenchResult:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=3000, help="simulated calls to send [3000]")
-    parser.add_argument("--concurrency", type=int, default=8, help="Exports in flight at once [8]")
+    parser.add_argument("--concurrency", type=int, help="Exports in flight at once [8; growth series 4]")
     parser.add_argument("--spans-per-request", type=int, default=512, help="spans per Export [512]")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-logs", action="store_true", help="send only traces")
     parser.add_argument("--endpoint", help="drive this running collector instead of starting one")
     parser.add_argument("--admin-url", default=os.environ.get("CALLSCOPE_BENCH_ADMIN_URL",
                                                              "postgresql://postgres@127.0.0.1:5432/postgres"))
-    parser.add_argument("--database", default="callscope_bench", help="database the benchmark recreates")
+    parser.add_argument("--database", help="database the benchmark recreates [callscope_bench; growth series "
+                                           "callscope_bench_growth]")
+    growth = parser.add_argument_group(
+        "growth series", "--rounds N: N rounds of new calls into ONE database, measured per round (traces only; "
+        "docs/benchmarks.md, 'Growth series')")
+    growth.add_argument("--rounds", type=int, help="number of rounds (enables the growth series)")
+    growth.add_argument("--round-spans", type=int, default=200_000, help="spans per round [200000]")
+    growth.add_argument("--ceiling", choices=("empty", "sized", "both", "off"), default="empty",
+                        help="COPY ceiling per round: into an empty LIKE spans INCLUDING ALL table, into one "
+                             "pre-filled with all of spans, both, or none [empty]")
+    growth.add_argument("--backlog-sql", default="SELECT count(*) FROM dirty_calls",
+                        help="query returning the derive backlog; 0 = drained [SELECT count(*) FROM dirty_calls]")
+    growth.add_argument("--quiet-s", type=float, default=3.0,
+                        help="if no backlog table exists: drained = this long without activity or row changes [3]")
+    growth.add_argument("--drain-timeout", type=float, default=600.0,
+                        help="give up waiting for the backlog after this many seconds [600]")
+    growth.add_argument("--round-timeout", type=float, default=1800.0,
+                        help="stop sending a round after this many seconds [1800]")
+    growth.add_argument("--summary", action="store_true",
+                        help="after the table, print one line: last/first round ratios and mean ratio to ceiling")
     args = parser.parse_args(argv)
+    if args.database is None:
+        args.database = "callscope_bench" if args.rounds is None else "callscope_bench_growth"
+    if args.concurrency is None:
+        args.concurrency = 8 if args.rounds is None else 4
+    if args.rounds is not None:
+        if args.rounds < 1 or args.round_spans < 1:
+            parser.error("--rounds and --round-spans must be >= 1")
+        from bench.growth import main_growth
+        return main_growth(args, RESULTS)
     result = asyncio.run(run(args))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"ingest-{result.when.replace(':', '')}.json"
