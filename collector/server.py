@@ -35,7 +35,8 @@ class Collector:
     def __init__(self, settings: Settings, *, run_migrations: bool = True) -> None:
         self.settings = settings
         self._run_migrations = run_migrations
-        self.deriver = Deriver(settings.database_url, timeout=max(settings.write_timeout_s, 30.0),
+        self.deriver = Deriver(settings.database_url, timeout=settings.derive_timeout_s,
+                               workers=settings.derive_workers, max_calls=settings.derive_batch_calls,
                                stale_after_s=settings.idle_timeout_s, idle_s=settings.derive_interval_ms / 1000,
                                on_derived=METRICS.count_derived)
         self.writer = WriterPool(settings.database_url, size=settings.writer_connections,

@@ -53,10 +53,18 @@ SETTINGS: tuple[Setting, ...] = (
             "Records accepted but not yet committed; above it Export is refused with RESOURCE_EXHAUSTED "
             "/ HTTP 429 and a retry hint, so memory stays bounded.", int),
     Setting("writer_connections", 2,
-            "Database connections writing batches in parallel (plus one that derives calls and turns).", int),
+            "Database connections writing batches in parallel (derive workers have their own).", int),
     Setting("derive_interval_ms", 1000,
             "How often turns and call rows are recomputed for the calls that received data (ms); longer "
             "intervals coalesce more batches per recomputation under load.", int),
+    Setting("derive_workers", 2,
+            "Derive workers in this process, each on its own database connection; workers of every collector "
+            "on the database share one backlog, a call being derived by one worker at a time.", int),
+    Setting("derive_batch_calls", 200,
+            "Calls a derive worker claims and recomputes together in one transaction.", int),
+    Setting("derive_timeout_s", 60.0,
+            "A derivation running longer fails: its calls are retried one by one, and a call that still fails "
+            "is quarantined (call_quarantine) and retried with backoff.", float),
     Setting("retry_after_s", 1.0, "Retry hint sent with a refusal (RetryInfo / Retry-After), seconds.", float),
     Setting("write_timeout_s", 30.0, "A batch that cannot be committed within this time fails with UNAVAILABLE.", float),
     Setting("retention_days", 30, "TimescaleDB only: spans and events older than this are dropped (0 = keep).", int),
@@ -81,6 +89,9 @@ class Settings:
     queue_records: int
     writer_connections: int
     derive_interval_ms: int
+    derive_workers: int
+    derive_batch_calls: int
+    derive_timeout_s: float
     retry_after_s: float
     write_timeout_s: float
     retention_days: int
@@ -102,6 +113,10 @@ class Settings:
             problems.append("queue_records must be ≥ max_batch_records")
         if self.derive_interval_ms < 0:
             problems.append("derive_interval_ms must be ≥ 0")
+        if self.derive_workers < 1 or self.derive_batch_calls < 1:
+            problems.append("derive_workers and derive_batch_calls must be ≥ 1")
+        if self.derive_timeout_s <= 0:
+            problems.append("derive_timeout_s must be > 0")
         if self.writer_connections < 1:
             problems.append("writer_connections must be ≥ 1")
         if self.max_wait_ms < 0:
