@@ -39,8 +39,10 @@ CROSS JOIN LATERAL (
       AND (s1.call_id_explicit OR NOT EXISTS (
            SELECT 1 FROM call_traces k WHERE k.trace_id = s1.trace_id AND k.call_id <> ids.call_id))
     UNION ALL
-    SELECT s2.* FROM call_traces k JOIN spans s2 ON s2.trace_id = k.trace_id
-    WHERE k.call_id = ids.call_id AND NOT s2.call_id_explicit AND s2.call_id <> ids.call_id
+    -- the call's traces as an array: each lookup then goes through an index whatever the planner estimates
+    SELECT s2.* FROM spans s2
+    WHERE s2.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k WHERE k.call_id = ids.call_id))
+      AND NOT s2.call_id_explicit AND s2.call_id <> ids.call_id
 ) s;
 
 -- name: load_events
@@ -55,8 +57,9 @@ CROSS JOIN LATERAL (
       AND (e1.call_id_explicit OR e1.trace_id IS NULL OR NOT EXISTS (
            SELECT 1 FROM call_traces k WHERE k.trace_id = e1.trace_id AND k.call_id <> ids.call_id))
     UNION ALL
-    SELECT e2.* FROM call_traces k JOIN events e2 ON e2.trace_id = k.trace_id
-    WHERE k.call_id = ids.call_id AND NOT e2.call_id_explicit AND e2.call_id <> ids.call_id
+    SELECT e2.* FROM events e2
+    WHERE e2.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k WHERE k.call_id = ids.call_id))
+      AND NOT e2.call_id_explicit AND e2.call_id <> ids.call_id
 ) e;
 
 -- name: number_implicit_turns
@@ -138,10 +141,10 @@ WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number
 -- call, and a tool call is small and rare next to spans).
 WITH moved AS (
     DELETE FROM tool_calls t
-    USING unnest($1::text[]) AS ids(call_id), call_traces k
-    WHERE k.call_id = ids.call_id AND t.trace_id = k.trace_id AND NOT t.call_id_explicit
-      AND t.call_id <> ids.call_id
-    RETURNING t.*, ids.call_id AS new_call_id
+    USING call_traces k
+    WHERE t.trace_id = ANY (ARRAY(SELECT c.trace_id FROM call_traces c WHERE c.call_id = ANY ($1::text[])))
+      AND k.trace_id = t.trace_id AND NOT t.call_id_explicit AND t.call_id <> k.call_id
+    RETURNING t.*, k.call_id AS new_call_id
 )
 INSERT INTO tool_calls (call_id, turn_number, tool_call_id, tool_name, started_at, ended_at, duration_ms,
                         arguments, result, is_error, error, span_id, trace_id, call_id_explicit)
@@ -464,14 +467,16 @@ WHERE t.call_id = ANY($1::text[]) AND c.call_id = t.call_id AND t.agent IS DISTI
 
 -- name: greeting_candidates
 -- An agent turn before any user speech is the greeting (design §5 (c)); one derived event per call.
+-- Per call, its turns in order through the primary key (never a scan of other calls' turns).
 INSERT INTO derive_greetings
-SELECT DISTINCT ON (t.call_id) t.call_id, coalesce(t.agent_started_at, t.started_at), t.turn_number, t.agent_text
-FROM turns t
-WHERE t.call_id = ANY($1::text[]) AND t.user_text IS NULL AND t.agent_text IS NOT NULL
-  AND t.started_at IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM turns u WHERE u.call_id = t.call_id AND u.turn_number < t.turn_number
-                  AND u.user_text IS NOT NULL)
-ORDER BY t.call_id, t.turn_number;
+SELECT ids.call_id, coalesce(g.agent_started_at, g.started_at), g.turn_number, g.agent_text
+FROM unnest($1::text[]) AS ids(call_id)
+CROSS JOIN LATERAL (
+    SELECT t.* FROM turns t
+    WHERE t.call_id = ids.call_id AND (t.user_text IS NOT NULL OR t.agent_text IS NOT NULL)
+    ORDER BY t.turn_number LIMIT 1
+) g
+WHERE g.user_text IS NULL AND g.started_at IS NOT NULL;
 
 -- name: drop_changed_greeting_events
 DELETE FROM events e

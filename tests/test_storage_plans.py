@@ -8,6 +8,7 @@ whole table per batch, and are never analyzed; the statements are planned the wa
 
 from __future__ import annotations
 
+import json
 import re
 from typing import AsyncIterator
 
@@ -23,11 +24,8 @@ CALLS = 3000
 SPANS_PER_CALL = 30
 
 
-@pytest_asyncio.fixture(scope="module")
-async def unanalyzed(template_database: str) -> AsyncIterator[asyncpg.Connection]:
-    name = await new_database(template_database, prefix="callscope_plans")
-    connection = await asyncpg.connect(url_for(name))
-    # Half the calls named their traces; the other half's spans sit under their trace ids.
+async def _fill(connection: asyncpg.Connection, first: int, last: int) -> None:
+    """Calls ``first`` … ``last``: a span naming each call, the others stored under its trace id, events, turns."""
     await connection.execute(
         """
         INSERT INTO spans (start_time, end_time, duration_ms, trace_id, span_id, call_id, call_id_explicit,
@@ -37,24 +35,32 @@ async def unanalyzed(template_database: str) -> AsyncIterator[asyncpg.Connection
                CASE WHEN s = 1 THEN 'call-' || c ELSE md5('t' || c) END, s = 1, s / 5 + 1,
                (ARRAY['stt', 'llm', 'tts', 'tool', 'turn'])[1 + s % 5], 'span', 1, 0, 'native', '{}'::jsonb,
                '{"turn_explicit": true}'::jsonb
-        FROM generate_series(1, $1::int) AS c, generate_series(1, $2::int) AS s
-        """, CALLS, SPANS_PER_CALL)
+        FROM generate_series($1::int, $2::int) AS c, generate_series(1, $3::int) AS s
+        """, first, last, SPANS_PER_CALL)
     await connection.execute(
         """
         INSERT INTO events (time, event_id, call_id, trace_id, span_id, category, event, level, source)
         SELECT now() - make_interval(secs => c * 10 + s), md5('e' || c || '-' || s), md5('t' || c), md5('t' || c),
                left(md5('s' || c || '-' || s), 16), 'agent', 'agent.message_sent', 'INFO', 'derived'
-        FROM generate_series(1, $1::int) AS c, generate_series(1, 10) AS s
-        """, CALLS)
+        FROM generate_series($1::int, $2::int) AS c, generate_series(1, 10) AS s
+        """, first, last)
     await connection.execute("INSERT INTO call_traces SELECT md5('t' || c), 'call-' || c "
-                             "FROM generate_series(1, $1::int) AS c", CALLS)
+                             "FROM generate_series($1::int, $2::int) AS c", first, last)
     await connection.execute("INSERT INTO calls (call_id, status, last_seen_at) SELECT 'call-' || c, 'active', now() "
-                             "FROM generate_series(1, $1::int) AS c", CALLS)
+                             "FROM generate_series($1::int, $2::int) AS c", first, last)
     await connection.execute("INSERT INTO turns (call_id, turn_number) SELECT 'call-' || c, t "
-                             "FROM generate_series(1, $1::int) AS c, generate_series(1, 6) AS t", CALLS)
+                             "FROM generate_series($1::int, $2::int) AS c, generate_series(1, 6) AS t", first, last)
     await connection.execute("INSERT INTO tool_calls (call_id, tool_call_id, tool_name, trace_id, span_id) "
                              "SELECT md5('t' || c), 'tool-' || c, 'lookup', md5('t' || c), 'x' "
-                             "FROM generate_series(1, $1::int) AS c", CALLS)
+                             "FROM generate_series($1::int, $2::int) AS c", first, last)
+
+
+
+@pytest_asyncio.fixture(scope="module")
+async def unanalyzed(template_database: str) -> AsyncIterator[asyncpg.Connection]:
+    name = await new_database(template_database, prefix="callscope_plans")
+    connection = await asyncpg.connect(url_for(name))
+    await _fill(connection, 1, CALLS)
     await connection.execute("INSERT INTO dirty_calls (call_id) SELECT 'call-' || (c % 500) "
                              "FROM generate_series(1, $1::int) AS c", CALLS * 5)
     await connection.execute("INSERT INTO call_quarantine (call_id, error, retry_at) "
@@ -66,6 +72,40 @@ async def unanalyzed(template_database: str) -> AsyncIterator[asyncpg.Connection
     yield connection
     await connection.close()
     await drop_database(name)
+
+
+_SCAN = re.compile(r"(Index Scan|Index Only Scan|Bitmap Index Scan)( Backward)? (using|on) (\S+)( on (\S+))?")
+
+
+def _full_scans(plan: str) -> list[str]:
+    """Sequential scans of stored tables, and index scans that read a whole index (no Index Cond) other than an
+    ordered read under a Limit (the mark queue is read oldest first, a claim's worth of rows)."""
+    lines = plan.splitlines()
+    found = [line.strip() for line in lines if _SEQ_SCAN.search(line)]
+    for index, line in enumerate(lines):
+        match = _SCAN.search(line)
+        if not match:
+            continue
+        depth = len(line) - len(line.lstrip())
+        details = []
+        for following in lines[index + 1:]:
+            if following.strip().startswith("->") or len(following) - len(following.lstrip()) <= depth:
+                break
+            details.append(following)
+        if not any("Index Cond" in detail for detail in details) and not _under_limit(lines, index):
+            found.append(line.strip())
+    return found
+
+
+def _under_limit(lines: list[str], index: int) -> bool:
+    depth = len(lines[index]) - len(lines[index].lstrip(" ->"))
+    for line in reversed(lines[:index]):
+        line_depth = len(line) - len(line.lstrip(" ->"))
+        if line_depth < depth and line.strip(" ->").split("  ")[0] in ("Limit", "LockRows"):
+            return True
+        if line_depth < depth and "Scan" in line:
+            return False
+    return False
 
 
 async def _plan(connection: asyncpg.Connection, sql: str, *args: object) -> str:
@@ -92,14 +132,14 @@ async def test_write_statements_use_indexes(unanalyzed: asyncpg.Connection) -> N
     for name, sql in (("learn_traces", writer._LEARN_TRACES), ("insert_spans", writer._INSERT_SPANS),
                       ("insert_events", writer._INSERT_EVENTS), ("upsert_tools", writer._UPSERT_TOOLS)):
         plan = await _plan(unanalyzed, _without_into(sql))
-        assert not _SEQ_SCAN.search(plan), f"{name}:\n{plan}"
+        assert not _full_scans(plan), f"{name}:\n{plan}"
 
 
 async def test_derive_statements_touch_only_the_claimed_calls_through_indexes(unanalyzed: asyncpg.Connection) -> None:
     claimed = "'{call-7,call-8," + "0" * 32 + "}'::text[]"
     for name, sql in deriver.DERIVE_STATEMENTS:
         plan = await _plan(unanalyzed, sql.replace("$1::text[]", claimed))
-        assert not _SEQ_SCAN.search(plan), f"{name}:\n{plan}"
+        assert not _full_scans(plan), f"{name}:\n{plan}"
 
 
 async def test_claim_and_quarantine_statements_use_indexes(unanalyzed: asyncpg.Connection) -> None:
@@ -112,4 +152,55 @@ async def test_claim_and_quarantine_statements_use_indexes(unanalyzed: asyncpg.C
     )
     for name, sql, args in checks:
         plan = await _plan(unanalyzed, sql, *args)
-        assert not _SEQ_SCAN.search(plan), f"{name}:\n{plan}"
+        assert not _full_scans(plan), f"{name}:\n{plan}"
+
+
+async def test_reading_one_call_uses_indexes(unanalyzed: asyncpg.Connection) -> None:
+    for function in ("callscope_call_spans", "callscope_call_events"):
+        plan = await _plan(unanalyzed, f"SELECT * FROM {function}('call-7')")
+        assert not _full_scans(plan), f"{function}:\n{plan}"
+
+
+async def _derive_buffers(connection: asyncpg.Connection, claimed: list[str]) -> dict[str, int]:
+    """Shared buffers each derive statement touches for ``claimed``, run in order and rolled back."""
+    touched = {}
+    transaction = connection.transaction()
+    await transaction.start()
+    try:
+        await connection.execute("SET LOCAL enable_seqscan = off; SET LOCAL jit = off")
+        await connection.execute(deriver._WORK_TABLES)
+        for name, sql in deriver.DERIVE_STATEMENTS:
+            args = [claimed] if "$1" in sql else []
+            plan = json.loads(await connection.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, *args))
+            top = plan[0]["Plan"]
+            touched[name] = top["Shared Hit Blocks"] + top["Shared Read Blocks"]
+    finally:
+        await transaction.rollback()
+    return touched
+
+
+async def test_derive_work_does_not_grow_with_the_tables(unanalyzed: asyncpg.Connection) -> None:
+    """The same calls cost the same buffers whether the tables hold N or 4 N other calls' rows."""
+    claimed = ["call-7", "call-8", "call-9", md5_of("t10")]
+    before = await _derive_buffers(unanalyzed, claimed)
+    await _fill(unanalyzed, CALLS + 1, 4 * CALLS)
+    after = await _derive_buffers(unanalyzed, claimed)
+    grown = {name: (before[name], after[name]) for name in before
+             if after[name] > 1.5 * before[name] + 64}    # a deeper btree is fine, a scan of the new rows is not
+    assert not grown, grown
+
+
+def md5_of(text: str) -> str:
+    import hashlib
+
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def test_the_plan_check_finds_full_scans() -> None:
+    assert _full_scans("Seq Scan on spans  (cost=1)")
+    assert _full_scans("->  Index Scan using call_traces_pkey on call_traces k  (cost=1)\n"
+                       "      Filter: (call_id = ids.call_id)")
+    assert not _full_scans("->  Index Scan using calls_pkey on calls c  (cost=1)\n"
+                           "      Index Cond: (call_id = t.call_id)")
+    assert not _full_scans("Limit  (cost=1)\n  ->  LockRows  (cost=1)\n"
+                           "        ->  Index Scan using dirty_calls_pkey on dirty_calls  (cost=1)")

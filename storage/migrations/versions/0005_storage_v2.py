@@ -33,8 +33,9 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
       AND (s.call_id_explicit OR NOT EXISTS (
            SELECT 1 FROM call_traces k WHERE k.trace_id = s.trace_id AND k.call_id <> wanted))
     UNION ALL
-    SELECT s.* FROM call_traces k JOIN spans s ON s.trace_id = k.trace_id
-    WHERE k.call_id = wanted AND NOT s.call_id_explicit AND s.call_id <> wanted
+    SELECT s.* FROM spans s
+    WHERE s.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k WHERE k.call_id = wanted))
+      AND NOT s.call_id_explicit AND s.call_id <> wanted
 $$
 """
 
@@ -60,8 +61,9 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
       AND (e.call_id_explicit OR e.trace_id IS NULL OR NOT EXISTS (
            SELECT 1 FROM call_traces k WHERE k.trace_id = e.trace_id AND k.call_id <> wanted))
     UNION ALL
-    SELECT e.* FROM call_traces k JOIN events e ON e.trace_id = k.trace_id
-    WHERE k.call_id = wanted AND NOT e.call_id_explicit AND e.call_id <> wanted
+    SELECT e.* FROM events e
+    WHERE e.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k WHERE k.call_id = wanted))
+      AND NOT e.call_id_explicit AND e.call_id <> wanted
 $$
 """
 
