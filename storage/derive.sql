@@ -130,11 +130,16 @@ WHERE sp.trace_id = r.trace_id AND sp.span_id = r.span_id
   AND sp.start_time = r.start_time AND sp.turn_number IS DISTINCT FROM r.turn_number;
 
 -- name: store_turn_numbers
--- Only the spans whose turn really changed are written (by their identity index).
-UPDATE spans s SET turn_number = d.turn_number
-FROM derive_spans d
-WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number
-  AND s.trace_id = d.trace_id AND s.span_id = d.span_id AND s.start_time = d.start_time;
+-- Only the spans whose turn really changed are written. Rows of stored tables are found from the work table
+-- one by one (LATERAL, by identity index) and updated by row id: PL/pgSQL keeps a statement's first plan for
+-- the session, and a join planned when the work table looked empty could otherwise read a whole index.
+UPDATE spans s SET turn_number = x.turn_number
+FROM (SELECT found.row_id, d.turn_number
+      FROM derive_spans d
+      CROSS JOIN LATERAL (SELECT ctid AS row_id FROM spans
+                          WHERE trace_id = d.trace_id AND span_id = d.span_id AND start_time = d.start_time) found
+      WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number) x
+WHERE s.ctid = x.row_id;
 
 -- name: adopt_tool_calls
 -- Tool calls stored under a trace id before their trace named its call join that call (tool_calls is keyed by
@@ -183,9 +188,12 @@ WHERE e.span_id IS NOT NULL AND s.call_id = e.call_id AND s.span_id = e.span_id
   AND e.turn_number IS DISTINCT FROM s.turn_number;
 
 -- name: store_event_turns
-UPDATE events e SET turn_number = d.turn_number
-FROM derive_events d
-WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number AND e.event_id = d.event_id AND e.time = d.time;
+UPDATE events e SET turn_number = x.turn_number
+FROM (SELECT found.row_id, d.turn_number
+      FROM derive_events d
+      CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
+      WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number) x
+WHERE e.ctid = x.row_id;
 
 -- name: delete_vanished_turns
 DELETE FROM turns t
@@ -480,12 +488,15 @@ WHERE g.user_text IS NULL AND g.started_at IS NOT NULL;
 
 -- name: drop_changed_greeting_events
 DELETE FROM events e
-USING derive_events d
-WHERE d.event = 'agent.greeting_sent' AND d.source = 'derived' AND d.event_id = md5('greeting|' || d.call_id)
-  AND e.event_id = d.event_id AND e.time = d.time
-  AND NOT EXISTS (SELECT 1 FROM derive_greetings g
-                  WHERE g.call_id = d.call_id AND g.time = d.time AND g.turn_number IS NOT DISTINCT FROM d.turn_number
-                    AND left(g.agent_text, 500) IS NOT DISTINCT FROM d.message);
+USING (SELECT found.row_id
+       FROM derive_events d
+       CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
+       WHERE d.event = 'agent.greeting_sent' AND d.source = 'derived' AND d.event_id = md5('greeting|' || d.call_id)
+         AND NOT EXISTS (SELECT 1 FROM derive_greetings g
+                         WHERE g.call_id = d.call_id AND g.time = d.time
+                           AND g.turn_number IS NOT DISTINCT FROM d.turn_number
+                           AND left(g.agent_text, 500) IS NOT DISTINCT FROM d.message)) x
+WHERE e.ctid = x.row_id;
 
 -- name: greeting_events
 INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, span_id, category, event, level,
@@ -503,9 +514,11 @@ ON CONFLICT DO NOTHING;
 -- A derived event repeats what the producer said itself (e.g. call.completed or agent.interrupted sent as a
 -- log record too): the producer's own event wins, so the call log shows it once.
 DELETE FROM events x
-USING derive_events d
-WHERE d.source = 'derived'
-  AND EXISTS (SELECT 1 FROM derive_events e
-              WHERE e.source <> 'derived' AND e.call_id = d.call_id AND e.event = d.event
-                AND e.turn_number IS NOT DISTINCT FROM d.turn_number)
-  AND x.event_id = d.event_id AND x.time = d.time;
+USING (SELECT found.row_id
+       FROM derive_events d
+       CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
+       WHERE d.source = 'derived'
+         AND EXISTS (SELECT 1 FROM derive_events e
+                     WHERE e.source <> 'derived' AND e.call_id = d.call_id AND e.event = d.event
+                       AND e.turn_number IS NOT DISTINCT FROM d.turn_number)) y
+WHERE x.ctid = y.row_id;
