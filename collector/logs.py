@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from typing import Callable
 
 __all__ = ["configure_logging", "ThrottledLog", "MAX_FIELD_CHARS"]
 
@@ -86,14 +87,15 @@ class ThrottledLog:
     """
 
     def __init__(self, logger: logging.Logger, event: str, *, level: int = logging.WARNING,
-                 interval_s: float = 10.0) -> None:
+                 interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._logger, self._event, self._level, self._interval = logger, event, level, interval_s
+        self._clock = clock
         self._last = -1e18
         self._pending = 0
 
     def add(self, count: int = 1, **fields: object) -> None:
         self._pending += count
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last < self._interval:
             return
         self._last = now

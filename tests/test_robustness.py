@@ -508,3 +508,33 @@ async def test_partial_success_messages_stay_short_whatever_the_producer_sent(co
     answer = trace_response(body).partial_success
     assert status == 200 and answer.rejected_spans == 50
     assert len(answer.error_message) <= 2048 and "(and 45 more)" in answer.error_message
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_throttled_log_line_says_how_many_times_it_was_muted():
+    from collector.logs import ThrottledLog
+
+    now = [0.0]
+    logger = logging.getLogger("callscope.tests.throttled")
+    captured = _Records()
+    logger.addHandler(captured)
+    try:
+        throttled = ThrottledLog(logger, "thing.happened", interval_s=10, clock=lambda: now[0])
+        throttled.add(2, what="first")
+        now[0] = 5.0
+        throttled.add(3)             # muted: within 10 s of the last line
+        throttled.add(4)
+        now[0] = 10.5
+        throttled.add(1, what="later")
+    finally:
+        logger.removeHandler(captured)
+    lines = [(r.getMessage(), r.count, r.what) for r in captured.records]  # type: ignore[attr-defined]
+    assert lines == [("thing.happened", 2, "first"), ("thing.happened", 3 + 4 + 1, "later")]

@@ -257,21 +257,16 @@ class ValueDecoder:
         # Hot path (every attribute of every span): scalar cases inline, value() only for the rest.
         out: dict[str, Any] = {}
         max_length = self._max_length
-        count = len(key_values)
-        for index, kv in enumerate(key_values):
-            if index == self._max_attributes:
-                dropped = count - index
-                self.stats.dropped_attributes += dropped
-                out[DROPPED_ATTRIBUTES_KEY] = dropped
-                break
+        dropped = len(key_values) - self._max_attributes
+        for kv in key_values if dropped <= 0 else key_values[:self._max_attributes]:
             key = kv.key
-            if "\x00" in key or len(key) > max_length:
+            if len(key) > max_length or "\x00" in key:
                 key = self.text(key)
             value = kv.value
             which = value.WhichOneof("value")
             if which == "string_value":
                 text = value.string_value
-                out[key] = text if "\x00" not in text and len(text) <= max_length else self.text(text)
+                out[key] = text if len(text) <= max_length and "\x00" not in text else self.text(text)
             elif which == "int_value":
                 out[key] = value.int_value
             elif which == "double_value":
@@ -280,6 +275,9 @@ class ValueDecoder:
                 out[key] = value.bool_value
             else:
                 out[key] = self.value(value, depth)
+        if dropped > 0:
+            self.stats.dropped_attributes += dropped
+            out[DROPPED_ATTRIBUTES_KEY] = dropped
         return out
 
 
