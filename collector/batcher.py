@@ -95,20 +95,23 @@ class Batcher:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="callscope-batcher")
 
-    def _full(self) -> Overloaded:
-        if self._queued_bytes >= self._capacity_bytes or self._queued_records < self._capacity:
+    def _full(self, *, by_bytes: bool, incoming_bytes: int = 0) -> Overloaded:
+        """The refusal, naming the bound that was hit (records or estimated bytes)."""
+        if by_bytes:
             return Overloaded(
-                f"ingest queue full ({self._queued_bytes // 1024} of {self._capacity_bytes // 1024} KiB waiting "
-                f"for the database); retry after {self._retry_after:g} s", retry_after_s=self._retry_after,
-                reason="queue_bytes_full")
+                f"ingest queue full ({(self._queued_bytes + incoming_bytes) // 1024} of "
+                f"{self._capacity_bytes // 1024} KiB waiting for the database); retry after {self._retry_after:g} s",
+                retry_after_s=self._retry_after, reason="queue_bytes_full")
         return Overloaded(
             f"ingest queue full ({self._queued_records} of {self._capacity} records waiting for the database); "
             f"retry after {self._retry_after:g} s", retry_after_s=self._retry_after, reason="queue_full")
 
     def check_capacity(self) -> None:
         """Refuse at once when the queue is already full, before a request is decoded and mapped for nothing."""
-        if self._queued_records >= self._capacity or self._queued_bytes >= self._capacity_bytes:
-            raise self._full()
+        if self._queued_records >= self._capacity:
+            raise self._full(by_bytes=False)
+        if self._queued_bytes >= self._capacity_bytes:
+            raise self._full(by_bytes=True)
 
     async def submit(self, records: Sequence[Record]) -> list[str]:
         """Wait until ``records`` are committed; raise ``Overloaded`` at once if they do not fit.
@@ -123,14 +126,11 @@ class Batcher:
         size = estimate_bytes(records)
         # An oversized request is still admitted when nothing else is queued, or it could never get in
         # (max_message_mib bounds how large one can be).
-        if self._queued_records > 0 and (self._queued_records + count > self._capacity
-                                         or self._queued_bytes + size > self._capacity_bytes):
-            if self._queued_records + count <= self._capacity:   # the bytes bound was the one hit
-                raise Overloaded(
-                    f"ingest queue full ({(self._queued_bytes + size) // 1024} of {self._capacity_bytes // 1024} "
-                    f"KiB with this request); retry after {self._retry_after:g} s",
-                    retry_after_s=self._retry_after, reason="queue_bytes_full")
-            raise self._full()
+        if self._queued_records > 0:
+            if self._queued_records + count > self._capacity:
+                raise self._full(by_bytes=False)
+            if self._queued_bytes + size > self._capacity_bytes:
+                raise self._full(by_bytes=True, incoming_bytes=size)
         submission = _Submission(records, size, asyncio.get_running_loop().create_future())
         self._pending.append(submission)
         self._queued_records += count

@@ -298,7 +298,7 @@ async def test_a_declared_content_length_over_the_limit_is_refused_before_readin
 
 def _retry_infos(error: grpc.aio.AioRpcError) -> tuple[float, float]:
     """RetryInfo delays from grpc-status-details-bin and from google.rpc.retryinfo-bin."""
-    trailers = dict(error.trailing_metadata() or ())
+    trailers = error.trailing_metadata()   # indexed, not dict(): grpcio 1.66's Metadata.keys() yields pairs
     status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
     in_status = error_details_pb2.RetryInfo()
     assert status.details[0].Unpack(in_status)
