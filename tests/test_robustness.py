@@ -192,6 +192,19 @@ async def test_huge_many_and_deep_values_are_cut_visibly_and_stored(database_url
     assert total(samples, "callscope_limited_values_total", limit="depth") == 1
 
 
+async def test_a_json_string_attribute_nested_thousands_deep_is_kept_as_text(collector, db):
+    deep = "[" * 15_000 + "]" * 15_000   # within max_value_length, far past Python's recursion limit
+    client = GrpcClient(collector.grpc.port)
+    response = await client.send(request_of(make_span("call", os.urandom(16), b"\x01" * 8, call_id="deep-json",
+                                                      voice_stage="session", call_extracted=deep)))
+    await client.close()
+    await collector.settle()
+    assert not response.HasField("partial_success")
+    assert json.loads(await db.fetchval("SELECT attributes FROM spans WHERE call_id = 'deep-json'"))[
+        "call.extracted"] == deep
+    assert await db.fetchval("SELECT extracted FROM calls WHERE call_id = 'deep-json'") is None
+
+
 async def test_an_over_long_call_id_rejects_its_item_with_a_short_reason(collector, db):
     # Before: a 10 KB random call.id reached the index of spans.call_id, the whole batch failed at COMMIT and
     # was bisected row by row, so every client whose Export shared that batch waited for it.
