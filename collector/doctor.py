@@ -25,6 +25,7 @@ import asyncpg
 import yaml
 
 from collector.settings import SETTINGS, Settings
+from storage.deriver import read_backlog
 
 __all__ = ["Check", "run_checks", "health", "describe_failure", "describe_database_error", "describe_bind_error",
            "redact", "default_health_endpoint"]
@@ -235,6 +236,23 @@ async def _schema(connection: Any) -> Check:
                  "run `callscope migrate` (serve also migrates at start)")
 
 
+async def _derivation(connection: Any) -> Check:
+    """Derive backlog and quarantine: calls whose ledger rows lag behind their telemetry."""
+    backlog = await read_backlog(connection)
+    if backlog.quarantined:
+        rows = await connection.fetch("SELECT call_id, attempts, error FROM call_quarantine "
+                                      "ORDER BY last_failed_at DESC LIMIT 3")
+        sample = "; ".join(f"{r['call_id'][:64]} ({r['attempts']}×: {r['error'][:120]})" for r in rows)
+        return Check("derivation", "warn",
+                     f"{backlog.quarantined} call(s) quarantined because their derivation failed: {sample}",
+                     "see SELECT * FROM call_quarantine; they are retried with backoff and when new data arrives")
+    if backlog.calls and backlog.oldest_s > 60:
+        return Check("derivation", "warn",
+                     f"{backlog.calls} call(s) wait to be derived, the oldest write for {backlog.oldest_s:.0f} s",
+                     "is a collector running? raise --derive-workers or run more collectors")
+    return Check("derivation", "ok", f"{backlog.calls} call(s) waiting, oldest {backlog.oldest_s:.1f} s; none quarantined")
+
+
 async def _reader_role(connection: Any) -> Check:
     row = await connection.fetchrow("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", READER)
     if row is None:
@@ -278,7 +296,10 @@ async def _database_checks(settings: Settings, *, timeout: float) -> list[Check]
             checks.append(Check("postgresql", "ok", server))
         checks.append(await _timescaledb(connection, settings, server))
         if not missing:
-            checks.append(await _schema(connection))
+            schema = await _schema(connection)
+            checks.append(schema)
+            if schema.level == "ok":
+                checks.append(await _derivation(connection))
         checks.append(await _reader_role(connection))
         return checks
     finally:

@@ -1,23 +1,33 @@
 """Transport-agnostic Export: decoded request → map → batch → committed, with its partial-success report.
 
 The gRPC servicer and the HTTP route are thin adapters around ``Ingest.export_traces`` / ``export_logs``;
-only their ``transport`` label differs.
+only their ``transport`` label differs. ``Ingest.admit`` bounds how many requests are being decoded, mapped
+or waiting for their commit at once (both transports together): memory per request is bounded by
+``max_message_mib``, so this bounds the total.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.batcher import Batcher
-from collector.otlp.codec import count_items, iter_logs, iter_spans
+from collector.errors import (
+    MAX_MESSAGE_CHARS, CallscopeError, InvalidRequest, Overloaded, StorageRejected, StorageUnavailable, shorten,
+)
+from collector.logs import ThrottledLog
+from collector.otlp.codec import (
+    DEFAULT_LIMITS, DecodeStats, ItemLimits, ValueDecoder, count_items, iter_logs, iter_spans,
+)
 from collector.pipeline import MappedBatch, map_logs, map_spans
-from collector.telemetry import METRICS
+from collector.telemetry import Metrics
 
-__all__ = ["Ingest", "ExportResult"]
+__all__ = ["Ingest", "ExportResult", "refusal_reason"]
 
 log = logging.getLogger("callscope.ingest")
 _MAX_REASONS = 5
@@ -34,44 +44,100 @@ def _result(batch: MappedBatch, noun: str) -> ExportResult:
         return ExportResult()
     shown = "; ".join(batch.rejected[:_MAX_REASONS])
     more = f" (and {batch.rejected_count - _MAX_REASONS} more)" if batch.rejected_count > _MAX_REASONS else ""
+    head = f"{batch.rejected_count} of {batch.items} {noun} rejected: "
     return ExportResult(
         rejected=batch.rejected_count,
-        error_message=f"{batch.rejected_count} of {batch.items} {noun} rejected: {shown}{more}",
+        error_message=head + shorten(shown, MAX_MESSAGE_CHARS - len(head) - len(more) - 40) + more,
     )
 
 
+def refusal_reason(error: CallscopeError) -> str:
+    """The ``reason`` label of a request refused as a whole."""
+    if isinstance(error, Overloaded):
+        return error.reason
+    if isinstance(error, StorageUnavailable):
+        return "storage_unavailable"
+    if isinstance(error, StorageRejected):
+        return "storage_rejected"
+    if isinstance(error, InvalidRequest):
+        return "invalid_request"
+    return "internal"
+
+
 class Ingest:
-    def __init__(self, batcher: Batcher) -> None:
+    def __init__(self, batcher: Batcher, *, limits: ItemLimits = DEFAULT_LIMITS, metrics: Metrics | None = None,
+                 max_concurrent_requests: int = 256, retry_after_s: float = 1.0) -> None:
         self._batcher = batcher
+        self.limits = limits
+        self.metrics = metrics or Metrics()
+        self._max_requests = max_concurrent_requests
+        self._retry_after = retry_after_s
+        self._in_progress = 0
+        self._rejected_log = ThrottledLog(log, "export.partially_rejected")
+        self._crash_log = ThrottledLog(log, "export.item_crashed", level=logging.ERROR)
+        self.metrics.register_gauge_callback("callscope_requests_in_progress",
+                                             "Export requests being decoded, mapped or waiting for their commit.",
+                                             lambda: self._in_progress)
+
+    @property
+    def in_progress(self) -> int:
+        return self._in_progress
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one of ``max_concurrent_requests`` slots for a request; refuse at once when none is free."""
+        if self._in_progress >= self._max_requests:
+            raise Overloaded(f"{self._in_progress} requests in progress (max_concurrent_requests); "
+                             f"retry after {self._retry_after:g} s", retry_after_s=self._retry_after,
+                             reason="too_many_requests")
+        self._in_progress += 1
+        try:
+            yield
+        finally:
+            self._in_progress -= 1
+
+    def count_refused(self, error: CallscopeError, transport: str) -> None:
+        self.metrics.refused.labels(refusal_reason(error), transport).inc()
 
     async def export_traces(self, request: ExportTraceServiceRequest, *, transport: str) -> ExportResult:
         if count_items(request) == 0:
             return ExportResult()
         self._batcher.check_capacity()
-        batch = map_spans(iter_spans(request))
-        return await self._commit(batch, "spans", transport)
+        stats = DecodeStats()
+        batch = map_spans(iter_spans(request, ValueDecoder(self.limits, stats)), self.limits)
+        return await self._commit(batch, stats, "spans", transport)
 
     async def export_logs(self, request: ExportLogsServiceRequest, *, transport: str) -> ExportResult:
         if count_items(request) == 0:
             return ExportResult()
         self._batcher.check_capacity()
-        batch = map_logs(iter_logs(request))
-        return await self._commit(batch, "log records", transport)
+        stats = DecodeStats()
+        batch = map_logs(iter_logs(request, ValueDecoder(self.limits, stats)), self.limits)
+        return await self._commit(batch, stats, "log records", transport)
 
-    async def _commit(self, batch: MappedBatch, noun: str, transport: str) -> ExportResult:
-        if noun == "spans":
-            METRICS.received_spans += batch.items
-        else:
-            METRICS.received_log_records += batch.items
+    def _count(self, batch: MappedBatch, stats: DecodeStats, signal: str, transport: str) -> None:
+        metrics = self.metrics
+        metrics.received.labels(signal, transport).inc(batch.items)
+        for reason in batch.reasons:
+            metrics.rejected.labels(signal, reason).inc()
+        for limit, count in (("attributes", stats.dropped_attributes), ("length", stats.truncated_values),
+                             ("depth", stats.cut_nesting), ("fact", batch.dropped_values)):
+            if count:
+                metrics.limited.labels(limit).inc(count)
+        if batch.crashes:
+            metrics.internal_errors.labels("map").inc(len(batch.crashes))
+            self._crash_log.add(len(batch.crashes), transport=transport, signal=signal, error=batch.crashes[0])
+
+    async def _commit(self, batch: MappedBatch, stats: DecodeStats, noun: str, transport: str) -> ExportResult:
+        signal = "spans" if noun == "spans" else "log_records"
+        self._count(batch, stats, signal, transport)
         result = _result(batch, noun)
         if result.rejected:
-            METRICS.rejected_items += result.rejected
-            log.warning("export.partially_rejected",
-                        extra={"transport": transport, "rejected": result.rejected, "items": batch.items,
-                               "reason": batch.rejected[0]})
+            self._rejected_log.add(result.rejected, transport=transport, items=batch.items,
+                                   reason=batch.rejected[0])
         refused = await self._batcher.submit(batch.records)
         if refused:  # rows the database could not store (e.g. a value out of a column's range)
-            METRICS.rejected_items += len(refused)
+            self.metrics.rejected.labels(signal, "storage_rejected").inc(len(refused))
             batch.rejected.extend(refused)
             result = _result(batch, noun)
         return result

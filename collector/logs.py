@@ -6,10 +6,22 @@ import json
 import logging
 import sys
 import time
+from typing import Callable
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "ThrottledLog", "MAX_FIELD_CHARS"]
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+MAX_FIELD_CHARS = 2048   # a field quoting a producer's value (an error, a reason) is cut to this
+
+
+def _capped(value: object) -> object:
+    if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+        return f"{value[:MAX_FIELD_CHARS]}…[truncated {len(value) - MAX_FIELD_CHARS} chars]"
+    return value
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    return {k: _capped(v) for k, v in record.__dict__.items() if k not in _STANDARD}
 
 
 class _JsonFormatter(logging.Formatter):
@@ -18,9 +30,9 @@ class _JsonFormatter(logging.Formatter):
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": record.getMessage(),
+            "event": _capped(record.getMessage()),
         }
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        entry.update(_fields(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -28,7 +40,7 @@ class _JsonFormatter(logging.Formatter):
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD)
+        fields = " ".join(f"{k}={v}" for k, v in _fields(record).items())
         line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname:<7} " \
                f"{record.getMessage()} {fields}".rstrip()
         if record.exc_info:
@@ -44,6 +56,8 @@ class _RepeatFilter(logging.Filter):
         self._last: dict[tuple[str, str], float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "throttled", False):
+            return True
         if record.levelno < logging.WARNING and record.msg not in ("export.refused",):
             return True
         key = (record.name, str(record.msg))
@@ -62,3 +76,29 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+class ThrottledLog:
+    """One log line per ``interval_s`` at most for a recurring event, carrying how many times it happened.
+
+    Used where one bad client can repeat an event thousands of times a second (a rejected span, a mapper
+    crash): the line says ``count`` (occurrences since the previous line, the muted ones included) so muting
+    never hides how many. The metric counters have the exact totals.
+    """
+
+    def __init__(self, logger: logging.Logger, event: str, *, level: int = logging.WARNING,
+                 interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger, self._event, self._level, self._interval = logger, event, level, interval_s
+        self._clock = clock
+        self._last = -1e18
+        self._pending = 0
+
+    def add(self, count: int = 1, **fields: object) -> None:
+        self._pending += count
+        now = self._clock()
+        if now - self._last < self._interval:
+            return
+        self._last = now
+        fields["count"], self._pending = self._pending, 0
+        # Not muted by the repeat filter: this class does the muting, and says how much it muted.
+        self._logger.log(self._level, self._event, extra={**fields, "throttled": True})

@@ -2,6 +2,11 @@
 
 Transport-agnostic and pure: the same function serves gRPC and HTTP, and the raw span is always kept,
 whatever mapper (if any) claimed it. Invalid items come back as ``RejectedSpan`` instances, never raised.
+
+Each item is its own fault boundary: whatever goes wrong while one span or log record is mapped or
+serialized rejects that item alone, with its reason. Numbers that do not fit the column they feed become
+NULL (the raw attribute is kept in ``attributes``); derived times outside what PostgreSQL and Python can both
+hold are left out of ``facts``.
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 from collector.cost import cost_facts
-from collector.errors import RejectedSpan
+from collector.errors import RejectedSpan, shorten
 from collector.mappers import SpanMapping, select_mapper
 from collector.mappers.base import CALL_ID_KEYS, as_text, explicit_call_id
 from collector.mappers.native import call_facts
-from collector.otlp.codec import LogIn, SpanIn
+from collector.otlp.codec import DEFAULT_LIMITS, ItemLimits, LogIn, SpanIn
 from storage.records import EventRow, Record, SpanRow, ToolCallRow
 from storage.catalogue import LEVELS, level_rank, lookup
 
@@ -26,10 +31,34 @@ __all__ = ["MappedBatch", "map_spans", "map_logs", "severity_level"]
 _UNCLAIMED = SpanMapping()
 
 
+_INT64 = range(-2**63, 2**63)
+_INT32 = range(-2**31, 2**31)
+# 9999-12-31T23:59:59.999999Z: the last instant Python's datetime (and so asyncpg) can read back; PostgreSQL
+# itself goes further, but a row nobody can read is as bad as one that cannot be written.
+_MAX_US = 253_402_300_799_999_999
+_MAX_NS = _MAX_US * 1000
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with what orjson cannot write made writable: integers beyond 64 bits become strings."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if type(value) is int and value not in _INT64:
+        return str(value)
+    return value
+
+
 def _dumps(value: Any) -> str:
     # default=str: attribute values are JSON-safe already; this only guards exotic producer values.
     # OPT_NON_STR_KEYS: kvlist keys are strings, but a producer's dict body may not be.
-    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    # NaN and ±Infinity become null (orjson), which jsonb accepts.
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        # A huge integer (e.g. parsed from a JSON string attribute): rare, so only then walk the value.
+        return orjson.dumps(_json_safe(value), default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 _last_resource: tuple[int, dict[str, Any] | None, str | None] = (0, None, None)
@@ -50,7 +79,53 @@ def _resource_json(resource: dict[str, Any]) -> str | None:
 
 def _time(ns: int) -> datetime:
     # datetime.fromtimestamp loses sub-microsecond precision only, which PostgreSQL drops anyway.
+    # OTLP times are uint64 nanoseconds (at most year 2554), always within range.
     return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+
+
+def _time_or_none(ns: int | None) -> datetime | None:
+    """A time a mapper computed (e.g. start + a latency attribute); None when out of range."""
+    if not ns or not 0 < ns <= _MAX_NS:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+
+
+def _int4(value: int | None) -> int | None:
+    return value if value is None or (type(value) is int and value in _INT32) else None
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number == number and number not in (float("inf"), float("-inf")) else None
+
+
+def _clean_facts(facts: dict[str, Any]) -> int:
+    """Drop facts that no column can hold (times past year 9999, non-finite or 64-bit-overflowing numbers).
+
+    Returns how many were dropped. The attribute they came from stays in the span's raw ``attributes``.
+    """
+    bad = []
+    for key, value in facts.items():
+        kind = type(value)
+        if kind is int:
+            if key.endswith("_us"):
+                if not 0 <= value <= _MAX_US:
+                    bad.append(key)
+            elif value not in _INT64:
+                bad.append(key)
+        elif kind is float:
+            if value != value or value in (float("inf"), float("-inf")):
+                bad.append(key)
+            elif key.endswith("_us") and not 0 <= value <= _MAX_US:
+                bad.append(key)
+    for key in bad:
+        del facts[key]
+    return len(bad)
 
 
 @dataclass(slots=True)
@@ -59,7 +134,10 @@ class MappedBatch:
 
     records: list[Record] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)    # the short reason key of each rejection (metrics)
     items: int = 0
+    dropped_values: int = 0        # facts / derived times left out because no column can hold them
+    crashes: list[str] = field(default_factory=list)    # unexpected errors (bugs or unforeseen values)
 
     @property
     def rejected_count(self) -> int:
@@ -100,10 +178,19 @@ def _event_row(*, time_ns: int, event: str, call_id: str, explicit: bool, trace_
     )
 
 
-def _span_rows(span: SpanIn, out: list[Record]) -> None:
+def _check_length(value: str | None, what: str, limit: int) -> None:
+    """Ids and other indexed keys: an over-long one would fail its index at COMMIT, for the whole batch."""
+    if value is not None and len(value) > limit:
+        raise RejectedSpan(f"{what} is {len(value)} characters long, at most {limit} are accepted "
+                           f"({shorten(value, 40)!r})", reason="id_too_long")
+
+
+def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, batch: MappedBatch) -> None:
     mapper = select_mapper(span)
     mapping = mapper.map_span(span) if mapper is not None else _UNCLAIMED
     explicit_id = mapping.call_id or explicit_call_id(span)
+    max_id = limits.max_id_length
+    _check_length(explicit_id, "call id", max_id)
     call_id = explicit_id or span.trace_id
     explicit = explicit_id is not None
     facts = call_facts(span)
@@ -111,35 +198,45 @@ def _span_rows(span: SpanIn, out: list[Record]) -> None:
         facts.update(mapping.facts)
     facts.update(cost_facts(mapping.stage, mapping.provider, mapping.model, mapping.input_tokens,
                             mapping.output_tokens, facts))
-    if mapping.turn_number is not None:
+    turn_number = _int4(mapping.turn_number)
+    if turn_number is not None:
         facts["turn_explicit"] = True
     elif mapping.stage == "turn":
         facts["turn_seq"] = True  # numbered by start time in storage/derive.sql
+    _check_length(facts.get("campaign"), "call.campaign", max_id)   # indexed columns of calls
+    _check_length(facts.get("agent"), "call.agent", max_id)
+    batch.dropped_values += _clean_facts(facts)
     service_name = as_text(span.resource.get("service.name"))
-    out.append(SpanRow(
+    rows: list[Record] = []
+    rows.append(SpanRow(
         start_time=_time(span.start_ns), end_time=_time(span.end_ns),
         duration_ms=(span.end_ns - span.start_ns) / 1e6, trace_id=span.trace_id, span_id=span.span_id,
         parent_span_id=span.parent_span_id, call_id=call_id, call_id_explicit=explicit,
-        turn_number=mapping.turn_number, stage=mapping.stage, name=span.name, service_name=service_name,
+        turn_number=turn_number, stage=mapping.stage, name=span.name, service_name=service_name,
         scope_name=span.scope_name or None, kind=span.kind, status_code=span.status_code,
         status_message=span.status_message, provider=mapping.provider, model=mapping.model,
-        ttfb_ms=mapping.ttfb_ms, input_tokens=mapping.input_tokens, output_tokens=mapping.output_tokens,
+        ttfb_ms=_finite(mapping.ttfb_ms), input_tokens=_int4(mapping.input_tokens),
+        output_tokens=_int4(mapping.output_tokens),
         framework=mapper.name if mapper is not None else "unknown",
         attributes=_dumps(span.attributes), events=_dumps(span.events) if span.events else None,
         resource=_resource_json(span.resource), facts=_dumps(facts) if facts else None,
     ))
     for tool in mapping.tool_calls:
-        out.append(ToolCallRow(
+        _check_length(tool.tool_call_id, "tool call id", max_id)
+        started_at, ended_at = _time_or_none(tool.start_ns), _time_or_none(tool.end_ns)
+        rows.append(ToolCallRow(
             call_id=call_id, call_id_explicit=explicit, trace_id=span.trace_id, tool_call_id=tool.tool_call_id,
-            tool_name=tool.tool_name,
-            started_at=_time(tool.start_ns) if tool.start_ns else None,
-            ended_at=_time(tool.end_ns) if tool.end_ns else None,
-            duration_ms=(tool.end_ns - tool.start_ns) / 1e6 if tool.start_ns and tool.end_ns else None,
+            tool_name=tool.tool_name, started_at=started_at, ended_at=ended_at,
+            duration_ms=(tool.end_ns - tool.start_ns) / 1e6 if tool.start_ns and started_at and tool.end_ns
+            and ended_at else None,
             arguments=tool.arguments, result=tool.result, is_error=tool.is_error, error=tool.error,
             span_id=span.span_id,
         ))
     for derived in mapping.events:
-        out.append(_event_row(
+        if not 0 < derived.time_ns <= _MAX_NS:
+            batch.dropped_values += 1   # e.g. start + an absurd latency attribute: the span still says it
+            continue
+        rows.append(_event_row(
             time_ns=derived.time_ns, event=derived.event, call_id=call_id, explicit=explicit,
             trace_id=span.trace_id, span_id=span.span_id, level=derived.level, message=derived.message,
             data=derived.data, source="derived", turn_number=mapping.turn_number,
@@ -151,34 +248,48 @@ def _span_rows(span: SpanIn, out: list[Record]) -> None:
         event_key = as_text(attributes.get("event.name")) or name
         if lookup(event_key) is None and name != "exception":
             continue  # other span events stay in spans.events (e.g. streaming chunks); only catalogue ones log
+        _check_length(event_key, "span event name", max_id)   # an exception event may name itself anything
         level = "ERROR" if name == "exception" else None
         message = as_text(attributes.get("exception.message") or attributes.get("message"))
-        out.append(_event_row(
+        rows.append(_event_row(
             time_ns=span_event["time_unix_nano"] or span.start_ns, event=event_key, call_id=call_id,
             explicit=explicit, trace_id=span.trace_id, span_id=span.span_id, level=level, message=message,
             data=attributes or None, source="span_event", turn_number=mapping.turn_number,
             identity=f"e|{span.trace_id}|{span.span_id}|{index}|{name}|{span_event['time_unix_nano']}",
         ))
+    out.extend(rows)  # all of the span's rows or none: a failure above leaves nothing half-mapped
 
 
-def _map_items(items: Iterable[Any], add_rows: Callable[[Any, list[Record]], None],
+def _map_items(items: Iterable[Any], add_rows: Callable[[Any, list[Record], MappedBatch], None],
                describe: Callable[[Any], str]) -> MappedBatch:
-    """One loop for both signals: an invalid item is recorded with its reason; the others become rows."""
+    """One loop for both signals: an invalid item is recorded with its reason; the others become rows.
+
+    The ``except Exception`` is the per-item fault boundary: a mapper bug or a value nothing foresaw rejects
+    that item alone (and is counted in ``crashes`` so the caller logs it), never the request.
+    """
     batch = MappedBatch()
     for item in items:
         batch.items += 1
         if isinstance(item, RejectedSpan):
             batch.rejected.append(str(item))
+            batch.reasons.append(item.reason)
             continue
         try:
-            add_rows(item, batch.records)
+            add_rows(item, batch.records, batch)
         except RejectedSpan as rejected:
             batch.rejected.append(f"{describe(item)}: {rejected}")
+            batch.reasons.append(rejected.reason)
+        except Exception as exc:
+            cause = f"{type(exc).__name__}: {shorten(str(exc))}"
+            batch.rejected.append(f"{describe(item)}: cannot be mapped ({cause})")
+            batch.reasons.append("internal")
+            batch.crashes.append(cause)
     return batch
 
 
-def map_spans(items: Iterable[SpanIn | RejectedSpan]) -> MappedBatch:
-    batch = _map_items(items, _span_rows, lambda span: f"span {span.name!r} ({span.span_id})")
+def map_spans(items: Iterable[SpanIn | RejectedSpan], limits: ItemLimits = DEFAULT_LIMITS) -> MappedBatch:
+    batch = _map_items(items, lambda span, out, batch: _span_rows(span, out, limits, batch),
+                       lambda span: f"span {shorten(span.name, 80)!r} ({span.span_id})")
     _place_in_batch_turns(batch.records)
     return batch
 
@@ -218,12 +329,14 @@ def _place_in_batch_turns(records: list[Record]) -> None:
                     records[index] = record._replace(turn_number=turn_number)
 
 
-def _log_row(record: LogIn) -> EventRow:
+def _log_row(record: LogIn, limits: ItemLimits) -> EventRow:
     event = record.event_name or as_text(record.attributes.get("event.name")) or ""
+    _check_length(event, "event name", limits.max_id_length)
     explicit_id = as_text(record.attr(*CALL_ID_KEYS))
+    _check_length(explicit_id, "call id", limits.max_id_length)
     call_id = explicit_id or record.trace_id or ""
     if not call_id:
-        raise RejectedSpan("it has neither a call.id attribute nor a trace id")
+        raise RejectedSpan("it has neither a call.id attribute nor a trace id", reason="no_call_id")
     body = record.body
     message = body if isinstance(body, str) else None
     if message is None and isinstance(body, dict):   # GenAI events: {content} or {message: {content}}
@@ -243,6 +356,6 @@ def _log_row(record: LogIn) -> EventRow:
     )
 
 
-def map_logs(items: Iterable[LogIn | RejectedSpan]) -> MappedBatch:
-    return _map_items(items, lambda record, out: out.append(_log_row(record)),
-                      lambda record: f"log record {record.event_name or '(unnamed)'!r}")
+def map_logs(items: Iterable[LogIn | RejectedSpan], limits: ItemLimits = DEFAULT_LIMITS) -> MappedBatch:
+    return _map_items(items, lambda record, out, batch: out.append(_log_row(record, limits)),
+                      lambda record: f"log record {shorten(record.event_name or '(unnamed)', 80)!r}")

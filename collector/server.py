@@ -9,17 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import asdict
 
 import asyncpg
 
 from collector.batcher import Batcher
 from collector.cost import PriceTable, configure_prices
+from collector.health import DatabaseHealth
 from collector.ingest import Ingest
+from collector.otlp.codec import ItemLimits
 from collector.otlp.grpc import GrpcReceiver
 from collector.otlp.http import HttpReceiver
 from collector.settings import Settings
-from collector.telemetry import METRICS
+from collector.telemetry import Metrics
 from storage.migrate import migrate
 from storage.deriver import Deriver
 from storage.writer import WriterPool
@@ -35,27 +36,39 @@ class Collector:
     def __init__(self, settings: Settings, *, run_migrations: bool = True) -> None:
         self.settings = settings
         self._run_migrations = run_migrations
+        self.metrics = Metrics()
         self.deriver = Deriver(settings.database_url, timeout=settings.derive_timeout_s,
                                workers=settings.derive_workers, max_calls=settings.derive_batch_calls,
                                stale_after_s=settings.idle_timeout_s, idle_s=settings.derive_interval_ms / 1000,
-                               on_derived=METRICS.count_derived)
+                               on_derived=self.metrics.count_derived)
         self.writer = WriterPool(settings.database_url, size=settings.writer_connections,
                                  timeout=settings.write_timeout_s, on_commit=self.deriver.notify)
         self.batcher = Batcher(self.writer, max_batch_records=settings.max_batch_records,
                                max_wait_ms=settings.max_wait_ms, queue_records=settings.queue_records,
-                               retry_after_s=settings.retry_after_s, writers=settings.writer_connections)
-        self.ingest = Ingest(self.batcher)
+                               queue_bytes=settings.queue_bytes, retry_after_s=settings.retry_after_s,
+                               writers=settings.writer_connections, metrics=self.metrics)
+        limits = ItemLimits(max_attributes=settings.max_attributes, max_value_length=settings.max_value_length,
+                            max_value_depth=settings.max_value_depth, max_id_length=settings.max_id_length,
+                            max_json_depth=settings.max_json_depth)
+        self.ingest = Ingest(self.batcher, limits=limits, metrics=self.metrics,
+                             max_concurrent_requests=settings.max_concurrent_requests,
+                             retry_after_s=settings.retry_after_s)
+        self.health = DatabaseHealth(settings.database_url, self.batcher,
+                                     probe_interval_s=settings.health_probe_interval_s)
+        # Numbers only storage/ knows reach the metrics through callbacks (storage never imports collector/):
+        # derived calls through on_derived above, the derive backlog from the snapshot the deriver refreshes.
+        for name, help_text, read in (
+            ("callscope_derive_backlog_calls", "Calls with writes not derived yet (all collectors on the database).",
+             lambda: self.deriver.last_backlog.calls),
+            ("callscope_derive_backlog_oldest_seconds", "Age of the oldest underived write: the derivation lag.",
+             lambda: self.deriver.last_backlog.oldest_s),
+            ("callscope_quarantined_calls", "Calls whose derivation failed and waits for a retry (call_quarantine).",
+             lambda: self.deriver.last_backlog.quarantined),
+        ):
+            self.metrics.register_gauge_callback(name, help_text, read)
         self.grpc: GrpcReceiver | None = None
         self.http: HttpReceiver | None = None
         self.prices: PriceTable | None = None
-
-    async def _database_healthy(self) -> bool:
-        try:
-            connection = await asyncpg.connect(self.settings.database_url, timeout=2)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
-            return False
-        await connection.close()
-        return True
 
     async def _store_telephony_rates(self, prices: PriceTable) -> None:
         """Replace the ``telephony_rates`` rows (read by storage/derive.sql) with the loaded price table's."""
@@ -88,9 +101,10 @@ class Collector:
         await self.deriver.start()
         await self.batcher.start()
         self.grpc = GrpcReceiver(self.ingest, host=settings.bind_address, port=settings.grpc_port,
-                                 max_message_bytes=settings.max_message_bytes)
+                                 max_message_bytes=settings.max_message_bytes,
+                                 max_concurrent_requests=settings.max_concurrent_requests)
         self.http = HttpReceiver(self.ingest, host=settings.bind_address, port=settings.http_port,
-                                 max_message_bytes=settings.max_message_bytes, health=self._database_healthy)
+                                 max_message_bytes=settings.max_message_bytes, health=self.health.check)
         await self.grpc.start()
         try:
             await self.http.start()
@@ -111,7 +125,7 @@ class Collector:
         await receivers
         await self.writer.close()
         await self.deriver.close()
-        log.info("collector.stopped", extra=asdict(METRICS))
+        log.info("collector.stopped", extra=self.metrics.snapshot())
 
     async def settle(self) -> None:
         """Wait until every accepted record is committed and every touched call is derived."""

@@ -52,6 +52,29 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("queue_records", 50000,
             "Records accepted but not yet committed; above it Export is refused with RESOURCE_EXHAUSTED "
             "/ HTTP 429 and a retry hint, so memory stays bounded.", int),
+    Setting("queue_mib", 256,
+            "Estimated size (MiB) of the records accepted but not yet committed; above it Export is refused "
+            "like above queue_records.", int),
+    Setting("max_concurrent_requests", 256,
+            "Export requests (gRPC and HTTP together) being read, mapped or waiting for their commit; more are "
+            "refused at once with RESOURCE_EXHAUSTED / HTTP 429 and a retry hint.", int),
+    Setting("max_attributes", 128,
+            "Attributes kept per span, log record, span event or resource (the OpenTelemetry SDK's default); "
+            "the rest are dropped and their number is stored as callscope.dropped_attributes_count.", int),
+    Setting("max_value_length", 32768,
+            "Longest string value kept (characters); longer ones are cut and end with "
+            "'…[truncated N chars]'.", int),
+    Setting("max_value_depth", 16,
+            "Deepest nesting of array / kvlist attribute values kept; deeper values are replaced by "
+            "'…[nested deeper than N levels]'.", int),
+    Setting("max_json_depth", 128,
+            "Deepest nesting of an OTLP/JSON request body; deeper bodies are refused with HTTP 400.", int),
+    Setting("max_id_length", 256,
+            "Longest call id (call.id, session.id, …), tool call id, event name, call.campaign or call.agent; "
+            "an item with a longer one is rejected in partial_success (these values are indexed).", int),
+    Setting("health_probe_interval_s", 5.0,
+            "GET /health trusts a commit this recent; without one it probes the database at most this "
+            "often and caches the answer.", float),
     Setting("writer_connections", 2,
             "Database connections writing batches in parallel (derive workers have their own).", int),
     Setting("derive_interval_ms", 1000,
@@ -87,6 +110,14 @@ class Settings:
     max_batch_records: int
     max_wait_ms: int
     queue_records: int
+    queue_mib: int
+    max_concurrent_requests: int
+    max_attributes: int
+    max_value_length: int
+    max_value_depth: int
+    max_json_depth: int
+    max_id_length: int
+    health_probe_interval_s: float
     writer_connections: int
     derive_interval_ms: int
     derive_workers: int
@@ -104,6 +135,10 @@ class Settings:
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mib * 1024 * 1024
+
+    @property
+    def queue_bytes(self) -> int:
+        return self.queue_mib * 1024 * 1024
 
     def validate(self) -> None:
         problems = []
@@ -123,6 +158,17 @@ class Settings:
             problems.append("max_wait_ms must be ≥ 0")
         if self.max_message_mib < 1:
             problems.append("max_message_mib must be ≥ 1")
+        if self.queue_mib < 1:
+            problems.append("queue_mib must be ≥ 1")
+        if self.max_concurrent_requests < 1:
+            problems.append("max_concurrent_requests must be ≥ 1")
+        for name in ("max_attributes", "max_value_length", "max_value_depth", "max_id_length"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be ≥ 1")
+        if self.max_json_depth < 8:
+            problems.append("max_json_depth must be ≥ 8 (an OTLP/JSON span alone is 7 levels deep)")
+        if self.health_probe_interval_s <= 0:
+            problems.append("health_probe_interval_s must be > 0")
         for port in (self.grpc_port, self.http_port):
             if not 0 <= port <= 65535:
                 problems.append(f"port {port} is out of range")

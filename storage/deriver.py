@@ -28,7 +28,7 @@ import asyncpg
 from storage.errors import StorageUnavailable
 from storage.writer import SERVER_SETTINGS, storage_errors
 
-__all__ = ["Deriver", "DeriveBacklog", "DERIVE_STATEMENTS", "DERIVE_ROUTINE", "SAFE_CASTS"]
+__all__ = ["Deriver", "DeriveBacklog", "read_backlog", "DERIVE_STATEMENTS", "DERIVE_ROUTINE", "SAFE_CASTS"]
 
 log = logging.getLogger("callscope.deriver")
 
@@ -168,6 +168,12 @@ class DeriveBacklog:
     quarantined: int
 
 
+async def read_backlog(connection: asyncpg.Connection) -> DeriveBacklog:
+    """The derive backlog of the database (every collector's), as ``callscope doctor`` and the metrics show it."""
+    row = await connection.fetchrow(_BACKLOG)
+    return DeriveBacklog(calls=row["calls"], oldest_s=float(row["oldest_s"] or 0.0), quarantined=row["quarantined"])
+
+
 def _short(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}"
     return text if len(text) <= 500 else text[:500] + "…"
@@ -195,6 +201,9 @@ class Deriver:
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._housekeeping_at = 0.0
+        self._backlog_at = 0.0
+        # refreshed every few seconds by a worker, so that readers (metrics) never wait for the database
+        self.last_backlog = DeriveBacklog(calls=0, oldest_s=0.0, quarantined=0)
         self.quarantined_total = 0   # calls put into quarantine by this process
         self.derived_total = 0
 
@@ -222,7 +231,8 @@ class Deriver:
                 await asyncio.sleep(0.05)   # marks held by another worker or collector: wait for them
 
     async def backlog(self) -> DeriveBacklog:
-        return await self._control.backlog()
+        self.last_backlog = await self._control.backlog()
+        return self.last_backlog
 
     async def mark_stale(self) -> None:
         """Flag active calls silent for longer than ``stale_after_s``."""
@@ -332,9 +342,14 @@ class _Worker:
     async def backlog(self) -> DeriveBacklog:
         async with storage_errors():
             connection = await self._connect()
-            row = await connection.fetchrow(_BACKLOG)
-        return DeriveBacklog(calls=row["calls"], oldest_s=float(row["oldest_s"] or 0.0),
-                             quarantined=row["quarantined"])
+            return await read_backlog(connection)
+
+    async def refresh_backlog(self) -> None:
+        deriver = self._deriver
+        now = time.monotonic()
+        if now - deriver._backlog_at >= 2.0:
+            deriver._backlog_at = now
+            deriver.last_backlog = await self.backlog()
 
     async def mark_stale(self) -> None:
         async with storage_errors():
@@ -370,6 +385,7 @@ class _Worker:
                 while not deriver._closing and await self.round() >= deriver._max_calls // 2:
                     pass
                 await self.housekeeping()
+                await self.refresh_backlog()
                 backoff = 0.5
             except (StorageUnavailable, OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
                 # the database may be down: the marks stay, try again later

@@ -126,7 +126,7 @@ async def test_health_endpoints(collector):
 
 
 def _retry_delay(error: grpc.aio.AioRpcError) -> float:
-    details = dict(error.trailing_metadata() or ())["grpc-status-details-bin"]
+    details = error.trailing_metadata()["grpc-status-details-bin"]   # not dict(): grpcio 1.66's keys() are pairs
     status = status_pb2.Status.FromString(details)
     info = error_details_pb2.RetryInfo()
     assert status.details[0].Unpack(info)

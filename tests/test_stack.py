@@ -348,11 +348,16 @@ async def _wait_healthy(env: dict[str, str], process: asyncio.subprocess.Process
     raise AssertionError("collector never became healthy")
 
 
-async def _metric(port: int, name: str) -> int:
+async def _metric(port: int, name: str) -> float:
+    """A metric's value, summed over its labels (``name`` is the sample name, e.g. ``..._total``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
             text = await response.text()
-    return int(re.search(rf"^{name} (\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    family = families[name.removesuffix("_total")]   # a counter's family is named without the suffix
+    return sum(sample.value for sample in family.samples if sample.name == name)
 
 
 async def test_collector_entrypoint_serves_and_commits_the_in_flight_export_on_sigterm(database_url, db):
@@ -371,7 +376,7 @@ async def test_collector_entrypoint_serves_and_commits_the_in_flight_export_on_s
         client = GrpcClient(grpc_port)
         trace_id, span_id = os.urandom(16), os.urandom(8)
         export = asyncio.create_task(client.send(request_of(span("llm", trace_id, span_id, call_id="stack-1"))))
-        while await _metric(http_port, "callscope_received_spans_total") < 1:
+        while await _metric(http_port, "callscope_received_items_total") < 1:
             await asyncio.sleep(0.02)
         assert await _metric(http_port, "callscope_committed_records_total") == 0
         stopped_at = time.monotonic()

@@ -16,6 +16,8 @@ from storage.deriver import Deriver
 from tests.conftest import collector_settings, drop_database, new_database, url_for
 from tests.ledger import snapshot
 from tests.otlp_client import GrpcClient
+from tests.test_stack import _metric
+from collector.doctor import run_checks
 
 CALLS = 40
 
@@ -197,6 +199,10 @@ async def test_a_call_that_cannot_be_derived_is_quarantined_alone(collector, db)
     assert any(after[call_id] > before[call_id] for call_id in before if call_id in after)   # took the new data
     backlog = await collector.deriver.backlog()
     assert (backlog.calls, backlog.quarantined) == (0, 1)
+    # an SRE sees it in /metrics and in callscope doctor
+    assert await _metric(collector.http.port, "callscope_quarantined_calls") == 1
+    checks = {check.name: check for check in await run_checks(collector.settings, timeout=5)}
+    assert checks["derivation"].level == "warn" and victim in checks["derivation"].message
     # once its input can be derived again and it is written to, it leaves quarantine
     await db.execute("DROP TRIGGER refuse_victim ON calls")
     await db.execute("INSERT INTO dirty_calls (call_id) VALUES ($1)", victim)

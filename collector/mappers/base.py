@@ -144,7 +144,7 @@ def parse_json(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in ("{", "["):
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):   # RecursionError: nested thousands of levels deep
             return None
     return None
 

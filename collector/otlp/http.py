@@ -1,25 +1,27 @@
-"""Receiver, HTTP transport: OTLP/HTTP ``/v1/traces`` and ``/v1/logs`` (protobuf and JSON, gzip), ``/health``.
+"""Receiver, HTTP transport: OTLP/HTTP ``/v1/traces`` and ``/v1/logs`` (protobuf and JSON, gzip), ``/health``,
+``/metrics``.
 
 Responses and error bodies use the request's encoding, as the OTLP/HTTP specification requires; refusals
-carry ``Retry-After`` so exporters back off and retry.
+carry ``Retry-After`` so exporters back off and retry. What can be refused before the body is read is: a
+``Content-Length`` over ``max_message_mib`` (413) and a request over ``max_concurrent_requests`` (429).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from collector.errors import CallscopeError, InvalidRequest
+from collector.errors import CallscopeError, InternalError, InvalidRequest
 from collector.ingest import ExportResult, Ingest
 from collector.otlp.codec import decompress, parse_logs, parse_traces
-from collector.otlp.status import http_error
-from collector.telemetry import METRICS
+from collector.otlp.status import error_message, http_error
+from collector.telemetry import CONTENT_TYPE_LATEST
 
 __all__ = ["HttpReceiver"]
 
@@ -43,6 +45,10 @@ class _UnsupportedMediaType(InvalidRequest):
     pass
 
 
+class _TooLarge(InvalidRequest):
+    pass
+
+
 def _respond(message, encoding: str, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     if encoding == "json":
         body = json_format.MessageToJson(message, indent=None).encode()
@@ -52,7 +58,7 @@ def _respond(message, encoding: str, *, status: int = 200, headers: dict[str, st
 
 class HttpReceiver:
     def __init__(self, ingest: Ingest, *, host: str, port: int, max_message_bytes: int,
-                 health: Callable[[], Awaitable[bool]] | None = None) -> None:
+                 health: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]] | None = None) -> None:
         self._ingest = ingest
         self._host, self._requested_port = host, port
         self._max_bytes = max_message_bytes
@@ -80,25 +86,46 @@ class HttpReceiver:
         await self._runner.cleanup()
 
     async def _body(self, request: web.Request) -> bytes:
-        raw = await request.read()
+        # Refused before reading when the client says how large it is; otherwise aiohttp stops reading at
+        # client_max_size (HTTPRequestEntityTooLarge).
+        if request.content_length is not None and request.content_length > self._max_bytes:
+            raise _TooLarge(f"request body of {request.content_length} bytes exceeds the {self._max_bytes} "
+                            f"byte limit (max_message_mib)")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _TooLarge(f"request body exceeds the {self._max_bytes} byte limit (max_message_mib)") from None
         return decompress(raw, request.headers.get("Content-Encoding"), max_bytes=self._max_bytes)
 
     async def _handle(self, request: web.Request, parse, export, response_type, rejected_field: str) -> web.Response:
         encoding = "protobuf"
+        error: CallscopeError
         try:
             encoding = _encoding_of(request)
-            message = parse(await self._body(request), encoding)
-            result: ExportResult = await export(message, transport="http")
-        except _UnsupportedMediaType as error:
-            return web.Response(status=415, text=str(error))
-        except web.HTTPRequestEntityTooLarge:
-            error = InvalidRequest(f"request body exceeds {self._max_bytes} bytes")
-            status, body, headers = http_error(error)
-            return _respond(body, encoding, status=413, headers=headers)
-        except CallscopeError as error:
-            status, body, headers = http_error(error)
-            log.info("export.refused", extra={"transport": "http", "status": status, "error": str(error)})
-            return _respond(body, encoding, status=status, headers=headers)
+            with self._ingest.admit():
+                message = parse(await self._body(request), encoding, limits=self._ingest.limits)
+                result: ExportResult = await export(message, transport="http")
+        except _UnsupportedMediaType as unsupported:
+            self._ingest.count_refused(unsupported, "http")
+            return web.Response(status=415, text=str(unsupported))
+        except CallscopeError as refused:
+            error = refused
+        except Exception as exc:   # a bug: logged with its traceback, answered as retryable
+            log.exception("export.crashed", extra={"transport": "http", "path": request.path})
+            self._ingest.metrics.internal_errors.labels("export").inc()
+            error = InternalError(f"internal error ({type(exc).__name__}); the request was not stored")
+        else:
+            return self._partial_success(result, response_type, rejected_field, encoding)
+        self._ingest.count_refused(error, "http")
+        status, body, headers = http_error(error)
+        if isinstance(error, _TooLarge):
+            status = 413
+        log.info("export.refused", extra={"transport": "http", "status": status, "error": error_message(error)})
+        return _respond(body, encoding, status=status, headers=headers)
+
+    @staticmethod
+    def _partial_success(result: ExportResult, response_type, rejected_field: str,
+                         encoding: str) -> web.Response:
         response = response_type()
         if result.rejected:
             setattr(response.partial_success, rejected_field, result.rejected)
@@ -114,9 +141,11 @@ class HttpReceiver:
                                   logs_service_pb2.ExportLogsServiceResponse, "rejected_log_records")
 
     async def _health_check(self, request: web.Request) -> web.Response:
-        healthy = True if self._health is None else await self._health()
-        return web.Response(status=200 if healthy else 503, content_type=_JSON,
-                            text=json.dumps({"status": "ok" if healthy else "database unavailable"}))
+        healthy, detail = (True, {}) if self._health is None else await self._health()
+        document = {"status": "ok" if healthy else "database unavailable", **detail}
+        return web.Response(status=200 if healthy else 503, content_type=_JSON, text=json.dumps(document))
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=METRICS.prometheus(), content_type="text/plain")
+        response = web.Response(body=self._ingest.metrics.exposition())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST   # carries version=…, which content_type= refuses
+        return response
