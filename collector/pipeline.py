@@ -61,20 +61,25 @@ def _dumps(value: Any) -> str:
         return orjson.dumps(_json_safe(value), default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-_last_resource: tuple[int, dict[str, Any] | None, str | None] = (0, None, None)
+_NO_RESOURCE: tuple[str | None, str | None] = (None, None)
+_last_resource: tuple[int, dict[str, Any] | None, tuple[str | None, str | None]] = (0, None, _NO_RESOURCE)
 
 
-def _resource_json(resource: dict[str, Any]) -> str | None:
-    """JSON of a resource, serialized once for all the spans of a ResourceSpans (they share the dict)."""
+def _resource_of(resource: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(id, JSON) of a resource, computed once for all the spans of a ResourceSpans (they share the dict).
+
+    The id is a hash of the JSON: storage keeps each distinct resource once (``resources``), not on every span.
+    """
     global _last_resource
     if not resource:
-        return None
+        return _NO_RESOURCE
     key, cached_dict, cached = _last_resource
     if cached_dict is resource and key == id(resource):
         return cached
     text = _dumps(resource)
-    _last_resource = (id(resource), resource, text)
-    return text
+    identity = (hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest(), text)
+    _last_resource = (id(resource), resource, identity)
+    return identity
 
 
 def _time(ns: int) -> datetime:
@@ -207,6 +212,7 @@ def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, batch: Mappe
     _check_length(facts.get("agent"), "call.agent", max_id)
     batch.dropped_values += _clean_facts(facts)
     service_name = as_text(span.resource.get("service.name"))
+    resource_id, resource_json = _resource_of(span.resource)
     rows: list[Record] = []
     rows.append(SpanRow(
         start_time=_time(span.start_ns), end_time=_time(span.end_ns),
@@ -219,7 +225,7 @@ def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, batch: Mappe
         output_tokens=_int4(mapping.output_tokens),
         framework=mapper.name if mapper is not None else "unknown",
         attributes=_dumps(span.attributes), events=_dumps(span.events) if span.events else None,
-        resource=_resource_json(span.resource), facts=_dumps(facts) if facts else None,
+        resource=resource_json, facts=_dumps(facts) if facts else None, resource_id=resource_id,
     ))
     for tool in mapping.tool_calls:
         _check_length(tool.tool_call_id, "tool call id", max_id)

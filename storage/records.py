@@ -42,6 +42,7 @@ class SpanRow(NamedTuple):
     events: str | None       # JSON text of span events
     resource: str | None     # JSON text of resource attributes
     facts: str | None        # JSON text: this span's contribution to its call and turn (see storage/derive.sql)
+    resource_id: str | None  # hash of ``resource``: the resource is stored once (table resources), not per span
 
 
 class EventRow(NamedTuple):

@@ -13,7 +13,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = ["metadata", "calls", "turns", "spans", "tool_calls", "events", "event_types", "call_traces",
-           "HYPERTABLES", "dirty_calls", "call_quarantine", "telephony_rates"]
+           "HYPERTABLES", "dirty_calls", "call_quarantine", "telephony_rates", "resources"]
 
 metadata = MetaData()
 TZ = DateTime(timezone=True)
@@ -123,6 +123,9 @@ spans = Table(
     Column("events", JSONB),
     Column("resource", JSONB),
     Column("facts", JSONB),                     # ours: the span's contribution to its call and turn
+    # ours: the span's resource, stored once in ``resources`` (``resource`` stays NULL for spans stored so;
+    # view call_spans and callscope_call_spans() show it filled in)
+    Column("resource_id", Text),
 )
 # Retried batches are stored once: the unique key includes the partitioning column (TimescaleDB rule).
 Index("spans_identity_idx", spans.c.trace_id, spans.c.span_id, spans.c.start_time, unique=True)
@@ -179,6 +182,14 @@ event_types = Table(
     Column("category", Text, nullable=False),
     Column("default_level", Text, nullable=False),
     Column("description", Text, nullable=False),
+)
+
+# ours: every distinct OTLP resource (service.name, host, SDK, …) once, keyed by a hash of its JSON.
+resources = Table(
+    "resources", metadata,
+    Column("resource_id", Text, primary_key=True),
+    Column("attributes", JSONB, nullable=False),
+    Column("first_seen_at", TZ, nullable=False, server_default=text("now()")),
 )
 
 # ours: which call a trace belongs to, learned from spans that name their call explicitly.

@@ -88,17 +88,29 @@ def _resolved(alias: str) -> str:
 
 
 def _insert_resolved(table: str, columns: tuple[str, ...], into: str) -> str:
-    """Staged rows → ``table`` with their call id resolved; rows stored already (a retry) are skipped."""
+    """Staged rows → ``table`` with their call id resolved; rows stored already (a retry) are skipped.
+
+    A span's resource is stored once in ``resources`` (_STORE_RESOURCES), so its own column stays empty."""
+    values = {"call_id": _resolved("s"), "resource": "NULL"}
     return f"""
 WITH ins AS (
     INSERT INTO {table} ({", ".join(columns)})
-    SELECT {", ".join(_resolved("s") if c == "call_id" else "s." + c for c in columns)}
+    SELECT {", ".join(values.get(c, "s." + c) for c in columns)}
     FROM stage_{table} s
     ON CONFLICT DO NOTHING
     RETURNING call_id
 ) SELECT count(*), array_agg(DISTINCT call_id) INTO {into} FROM ins
 """
 
+
+# Each distinct resource once: a batch has a few (one per SDK process), and a known one costs an index probe.
+_STORE_RESOURCES = """
+INSERT INTO resources (resource_id, attributes)
+SELECT DISTINCT ON (resource_id) resource_id, resource FROM stage_spans
+WHERE resource_id IS NOT NULL
+ORDER BY resource_id
+ON CONFLICT (resource_id) DO NOTHING
+"""
 
 _INSERT_SPANS = _insert_resolved("spans", SPAN_COLUMNS, "span_count, span_calls")
 _INSERT_EVENTS = _insert_resolved("events", EVENT_COLUMNS, "event_count, event_calls")
@@ -155,6 +167,7 @@ DECLARE
     touched text[];
 BEGIN
 {_indent(_LEARN_TRACES)};
+{_indent(_STORE_RESOURCES)};
 {_indent(_INSERT_SPANS)};
 {_indent(_INSERT_EVENTS)};
 {_indent(_UPSERT_TOOLS)};

@@ -255,3 +255,18 @@ async def test_out_of_range_values_do_not_stop_a_call_from_deriving(collector, d
         await client.close()
     assert await db.fetchval("SELECT status FROM calls WHERE call_id = 'range-call'") == "completed"
     assert await db.fetchval("SELECT count(*) FROM call_quarantine") == 0
+
+
+async def test_each_resource_is_stored_once_and_read_back_with_its_spans(collector, db) -> None:
+    traces, _ = _traffic(seed=9)
+    sent = {tuple(sorted((kv.key, kv.value.SerializeToString()) for kv in rs.resource.attributes))
+            for request in traces for rs in request.resource_spans if rs.resource.attributes}
+    await _send_all(collector.grpc.port, traces)
+    await collector.settle()
+    assert await db.fetchval("SELECT count(*) FROM resources") == len(sent)
+    assert await db.fetchval("SELECT count(*) FROM spans WHERE resource IS NOT NULL") == 0
+    call_id = await db.fetchval("SELECT call_id FROM calls ORDER BY call_id LIMIT 1")
+    services = {row[0] for row in await db.fetch(
+        "SELECT resource->>'service.name' FROM callscope_call_spans($1)", call_id)}
+    assert services and None not in services
+    assert await db.fetchval("SELECT count(*) FROM call_spans WHERE resource IS NULL") == 0
