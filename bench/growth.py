@@ -42,7 +42,6 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from collector.otlp.codec import iter_spans, parse_traces
 from collector.pipeline import map_spans
 from collector.simulate import encode_requests, generate_calls
-from storage.migrate import migrate
 from storage.records import SpanRow, columns_of
 
 __all__ = ["run_growth", "RoundResult"]
@@ -614,17 +613,12 @@ async def _server_info(connection: asyncpg.Connection) -> dict[str, str]:
 
 
 async def run_growth(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.ingest import _recreate, start_collector
+    from bench.ingest import collector_for
 
     admin_url = args.admin_url
     database_url = admin_url.rsplit("/", 1)[0] + "/" + args.database
     modes = {"empty": ("empty",), "sized": ("sized",), "both": ("empty", "sized"), "off": ()}[args.ceiling]
-    process = None
-    endpoint = args.endpoint
-    if endpoint is None:
-        await _recreate(admin_url, args.database)
-        await migrate(database_url)
-        process, endpoint = await start_collector(database_url)
+    process, endpoint = await collector_for(args.endpoint, admin_url, args.database, database_url)
     collector_pid = process.pid if process else None
     monitor = await asyncpg.connect(database_url)
     rounds: list[dict[str, Any]] = []

@@ -106,6 +106,16 @@ async def start_collector(database_url: str) -> tuple[subprocess.Popen, str]:
     return process, endpoint
 
 
+async def collector_for(endpoint: str | None, admin_url: str, database: str,
+                        database_url: str) -> tuple[subprocess.Popen | None, str]:
+    """The given endpoint, or a fresh database with a ``callscope serve`` of its own on it."""
+    if endpoint is not None:
+        return None, endpoint
+    await _recreate(admin_url, database)
+    await migrate(database_url)
+    return await start_collector(database_url)
+
+
 def _progress(done: int, total: int, started: float) -> None:
     rate = done / max(time.perf_counter() - started, 1e-9)
     draw_progress(done, total, "spans", f"  {rate:,.0f} spans/s")
@@ -192,12 +202,7 @@ async def run(args: argparse.Namespace) -> BenchResult:
     span_counts = [sum(len(ss.spans) for rs in trace_service_pb2.ExportTraceServiceRequest.FromString(b).resource_spans
                        for ss in rs.scope_spans) for b in trace_bodies]
     log_records = sum(call.log_count for call in calls) if log_bodies else 0
-    process = None
-    endpoint = args.endpoint
-    if endpoint is None:
-        await _recreate(admin_url, args.database)
-        await migrate(database_url)
-        process, endpoint = await start_collector(database_url)
+    process, endpoint = await collector_for(args.endpoint, admin_url, args.database, database_url)
     try:
         elapsed, latencies, retries = await _drive(endpoint, trace_bodies, log_bodies, args.concurrency, span_counts)
         rss = _peak_rss_mib(process.pid) if process else None

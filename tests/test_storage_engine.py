@@ -74,14 +74,19 @@ async def _send_all(port: int, requests: list) -> None:
         await client.close()
 
 
+async def _ingest_in_order(url: str, traces: list, logs: list) -> None:
+    """Everything through one collector, one request at a time, derived to the end."""
+    async with Collector(collector_settings(url), run_migrations=False) as running:
+        await _send_all(running.grpc.port, traces)
+        await _send_all(running.grpc.port, logs)
+        await running.settle()
+
+
 async def _ledger_in_order(template: str, traces: list, logs: list) -> dict:
     name = await new_database(template, prefix="callscope_v2_base")
     url = url_for(name)
     try:
-        async with Collector(collector_settings(url), run_migrations=False) as running:
-            await _send_all(running.grpc.port, traces)
-            await _send_all(running.grpc.port, logs)
-            await running.settle()
+        await _ingest_in_order(url, traces, logs)
         return await snapshot(url)
     finally:
         await drop_database(name)
@@ -134,10 +139,7 @@ async def test_many_workers_share_one_backlog_and_agree_with_one(template_databa
     name = await new_database(template_database, prefix="callscope_v2_workers")
     url = url_for(name)
     try:
-        async with Collector(collector_settings(url), run_migrations=False) as running:
-            await _send_all(running.grpc.port, traces)
-            await _send_all(running.grpc.port, logs)
-            await running.settle()
+        await _ingest_in_order(url, traces, logs)
         expected = await snapshot(url)
         connection = await asyncpg.connect(url)
         try:
