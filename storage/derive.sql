@@ -130,26 +130,28 @@ WHERE sp.trace_id = r.trace_id AND sp.span_id = r.span_id
   AND sp.start_time = r.start_time AND sp.turn_number IS DISTINCT FROM r.turn_number;
 
 -- name: store_turn_numbers
--- Only the spans whose turn really changed are written. Rows of stored tables are found from the work table
--- one by one (LATERAL, by identity index) and updated by row id: PL/pgSQL keeps a statement's first plan for
--- the session, and a join planned when the work table looked empty could otherwise read a whole index.
-UPDATE spans s SET turn_number = x.turn_number
-FROM (SELECT found.row_id, d.turn_number
-      FROM derive_spans d
-      CROSS JOIN LATERAL (SELECT ctid AS row_id FROM spans
-                          WHERE trace_id = d.trace_id AND span_id = d.span_id AND start_time = d.start_time) found
-      WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number) x
-WHERE s.ctid = x.row_id;
+-- Only the spans whose turn really changed are written. A stored table is never joined to a work table here:
+-- its rows are found one by one from the work table (LATERAL, by identity index) and written by row id (a TID
+-- scan), and the new value is looked up in the work table's index. PL/pgSQL keeps a statement's first plan for
+-- the session, and a join planned when the work table looked small can read a whole index when it is not.
+UPDATE spans s
+SET turn_number = (SELECT d.turn_number FROM derive_spans d
+                   WHERE d.trace_id = s.trace_id AND d.span_id = s.span_id AND d.start_time = s.start_time)
+WHERE s.ctid = ANY (ARRAY(
+    SELECT found.row_id FROM derive_spans d
+    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM spans
+                        WHERE trace_id = d.trace_id AND span_id = d.span_id AND start_time = d.start_time) found
+    WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number));
 
 -- name: adopt_tool_calls
 -- Tool calls stored under a trace id before their trace named its call join that call (tool_calls is keyed by
 -- call, and a tool call is small and rare next to spans).
 WITH moved AS (
     DELETE FROM tool_calls t
-    USING call_traces k
     WHERE t.trace_id = ANY (ARRAY(SELECT c.trace_id FROM call_traces c WHERE c.call_id = ANY ($1::text[])))
-      AND k.trace_id = t.trace_id AND NOT t.call_id_explicit AND t.call_id <> k.call_id
-    RETURNING t.*, k.call_id AS new_call_id
+      AND NOT t.call_id_explicit
+      AND t.call_id <> (SELECT k.call_id FROM call_traces k WHERE k.trace_id = t.trace_id)
+    RETURNING t.*, (SELECT k.call_id FROM call_traces k WHERE k.trace_id = t.trace_id) AS new_call_id
 )
 INSERT INTO tool_calls (call_id, turn_number, tool_call_id, tool_name, started_at, ended_at, duration_ms,
                         arguments, result, is_error, error, span_id, trace_id, call_id_explicit)
@@ -177,7 +179,8 @@ FROM (
     WHERE t2.call_id = ANY($1::text[]) AND t2.started_at IS NULL AND t2.ended_at IS NOT NULL
       AND t2.turn_number IS NOT NULL
 ) x
-WHERE t.call_id = x.call_id AND t.tool_call_id = x.tool_call_id AND x.started_at IS NOT NULL;
+WHERE t.call_id = ANY($1::text[]) AND t.call_id = x.call_id AND t.tool_call_id = x.tool_call_id
+  AND x.started_at IS NOT NULL;
 
 -- name: link_events
 -- An event takes its span's turn. Most are stored with it already (the span's turn was known when both were
@@ -188,12 +191,12 @@ WHERE e.span_id IS NOT NULL AND s.call_id = e.call_id AND s.span_id = e.span_id
   AND e.turn_number IS DISTINCT FROM s.turn_number;
 
 -- name: store_event_turns
-UPDATE events e SET turn_number = x.turn_number
-FROM (SELECT found.row_id, d.turn_number
-      FROM derive_events d
-      CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
-      WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number) x
-WHERE e.ctid = x.row_id;
+UPDATE events e
+SET turn_number = (SELECT d.turn_number FROM derive_events d WHERE d.event_id = e.event_id AND d.time = e.time)
+WHERE e.ctid = ANY (ARRAY(
+    SELECT found.row_id FROM derive_events d
+    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
+    WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number));
 
 -- name: delete_vanished_turns
 DELETE FROM turns t
@@ -469,9 +472,9 @@ WHERE (c.trace_ids, c.started_at, c.ended_at, c.last_seen_at, c.duration_s, c.st
        EXCLUDED.summary, EXCLUDED.tags, EXCLUDED.extracted, EXCLUDED.recording_url, EXCLUDED.attributes);
 
 -- name: copy_agent_to_turns
-UPDATE turns t SET agent = c.agent
-FROM calls c
-WHERE t.call_id = ANY($1::text[]) AND c.call_id = t.call_id AND t.agent IS DISTINCT FROM c.agent;
+UPDATE turns t SET agent = (SELECT c.agent FROM calls c WHERE c.call_id = t.call_id)
+WHERE t.call_id = ANY($1::text[])
+  AND t.agent IS DISTINCT FROM (SELECT c.agent FROM calls c WHERE c.call_id = t.call_id);
 
 -- name: greeting_candidates
 -- An agent turn before any user speech is the greeting (design §5 (c)); one derived event per call.
@@ -488,15 +491,14 @@ WHERE g.user_text IS NULL AND g.started_at IS NOT NULL;
 
 -- name: drop_changed_greeting_events
 DELETE FROM events e
-USING (SELECT found.row_id
-       FROM derive_events d
-       CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
-       WHERE d.event = 'agent.greeting_sent' AND d.source = 'derived' AND d.event_id = md5('greeting|' || d.call_id)
-         AND NOT EXISTS (SELECT 1 FROM derive_greetings g
-                         WHERE g.call_id = d.call_id AND g.time = d.time
-                           AND g.turn_number IS NOT DISTINCT FROM d.turn_number
-                           AND left(g.agent_text, 500) IS NOT DISTINCT FROM d.message)) x
-WHERE e.ctid = x.row_id;
+WHERE e.ctid = ANY (ARRAY(
+    SELECT found.row_id FROM derive_events d
+    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
+    WHERE d.event = 'agent.greeting_sent' AND d.source = 'derived' AND d.event_id = md5('greeting|' || d.call_id)
+      AND NOT EXISTS (SELECT 1 FROM derive_greetings g
+                      WHERE g.call_id = d.call_id AND g.time = d.time
+                        AND g.turn_number IS NOT DISTINCT FROM d.turn_number
+                        AND left(g.agent_text, 500) IS NOT DISTINCT FROM d.message)));
 
 -- name: greeting_events
 INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, span_id, category, event, level,
@@ -514,11 +516,10 @@ ON CONFLICT DO NOTHING;
 -- A derived event repeats what the producer said itself (e.g. call.completed or agent.interrupted sent as a
 -- log record too): the producer's own event wins, so the call log shows it once.
 DELETE FROM events x
-USING (SELECT found.row_id
-       FROM derive_events d
-       CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
-       WHERE d.source = 'derived'
-         AND EXISTS (SELECT 1 FROM derive_events e
-                     WHERE e.source <> 'derived' AND e.call_id = d.call_id AND e.event = d.event
-                       AND e.turn_number IS NOT DISTINCT FROM d.turn_number)) y
-WHERE x.ctid = y.row_id;
+WHERE x.ctid = ANY (ARRAY(
+    SELECT found.row_id FROM derive_events d
+    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
+    WHERE d.source = 'derived'
+      AND EXISTS (SELECT 1 FROM derive_events e
+                  WHERE e.source <> 'derived' AND e.call_id = d.call_id AND e.event = d.event
+                    AND e.turn_number IS NOT DISTINCT FROM d.turn_number)));

@@ -85,6 +85,9 @@ _WORK_TABLES = """
     CREATE TEMP TABLE IF NOT EXISTS derive_greetings (
         call_id text, time timestamptz, turn_number int, agent_text text
     ) ON COMMIT DELETE ROWS;
+    -- identity lookups into the work tables (store_turn_numbers, store_event_turns)
+    CREATE INDEX IF NOT EXISTS derive_spans_identity_idx ON derive_spans (trace_id, span_id, start_time);
+    CREATE INDEX IF NOT EXISTS derive_events_identity_idx ON derive_events (event_id, time);
     -- one transaction may derive several call sets (the one-by-one fallback): start empty each time
     DELETE FROM derive_spans;
     DELETE FROM derive_events;

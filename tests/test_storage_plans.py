@@ -86,6 +86,10 @@ def _full_scans(plan: str) -> list[str]:
         match = _SCAN.search(line)
         if not match:
             continue
+        # "Index Scan using <index> on <table>", "Bitmap Index Scan on <index>" (our indexes start with the table)
+        name = match.group(6) or match.group(4)
+        if not (name.startswith("_hyper_") or any(name == t or name.startswith(t + "_") for t in STORED)):
+            continue   # work tables hold the rows of a few calls
         depth = len(line) - len(line.lstrip())
         details = []
         for following in lines[index + 1:]:
