@@ -162,7 +162,7 @@ ON CONFLICT (call_id, tool_call_id) DO NOTHING;
 -- name: link_tool_calls
 UPDATE tool_calls t SET turn_number = s.turn_number
 FROM derive_spans s
-WHERE t.call_id = ANY($1::text[]) AND s.call_id = t.call_id
+WHERE t.call_id = ANY($1::text[]) AND s.call_id = t.call_id AND s.trace_id = t.trace_id
   AND s.span_id = t.span_id AND t.turn_number IS DISTINCT FROM s.turn_number;
 
 -- name: time_recovered_tool_calls
@@ -187,7 +187,7 @@ WHERE t.call_id = ANY($1::text[]) AND t.call_id = x.call_id AND t.tool_call_id =
 -- mapped); only the others are written.
 UPDATE derive_events e SET turn_number = s.turn_number
 FROM derive_spans s
-WHERE e.span_id IS NOT NULL AND s.call_id = e.call_id AND s.span_id = e.span_id
+WHERE e.span_id IS NOT NULL AND s.trace_id = e.trace_id AND s.span_id = e.span_id AND s.call_id = e.call_id
   AND e.turn_number IS DISTINCT FROM s.turn_number;
 
 -- name: store_event_turns
