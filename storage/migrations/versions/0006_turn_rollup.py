@@ -38,6 +38,7 @@ ROUTINES = (
     "callscope_refresh_call_rollup(int)",
     "callscope_hist_quantile(smallint[], int[], float8, float8, float8)",
     "callscope_hist_quantiles(smallint[], int[], float8[], float8, float8)",
+    "callscope_hist_quantiles_sorted(smallint[], bigint[], float8[], float8, float8)",
     "callscope_hist_mid(smallint)",
     "callscope_hist_bin(float8)",
 )
