@@ -26,9 +26,10 @@ How the deriver keeps them (the storage layer calls these; see docs/dashboards.m
    buckets the rows left and the buckets they moved to). Marks are plain inserts: they never wait.
 2. After that transaction commits, ``refresh_rollups(connection, max_buckets)`` (or the two SQL routines
    ``callscope_refresh_turn_rollup(int)`` / ``callscope_refresh_call_rollup(int)``) in a transaction of its
-   own: it claims up to ``max_buckets`` marks, and recomputes each marked minute and its hour from ``turns``
-   (index range scans on ``turns_started_at_idx``, calls looked up by primary key) and each marked call hour
-   from ``calls`` (``calls_started_at_idx``). Work per bucket is bounded by the turns / calls of that bucket;
+   own: it claims up to ``max_buckets`` marks, recomputes each marked minute from ``turns`` (index range
+   scans on ``turns_started_at_idx``, calls looked up by primary key), each of their hours from its minute
+   rows, and each marked call hour from ``calls`` (``calls_started_at_idx``). Work per bucket is bounded by
+   the turns of that minute, the minute rows of that hour, the calls of that hour;
    refreshes of several collectors are serialized by an advisory lock. A mark committed while a refresh runs
    stays for the next refresh.
 """
@@ -278,9 +279,45 @@ def _turn_rows(table: str, step: str, buckets: str) -> str:
   ) g"""
 
 
+def _hour_rows(buckets: str) -> str:
+    """INSERT the turn_latency_1h rows of the hours in ``buckets`` from their minute rows: work per hour is
+    bounded by the minute rows (60 per dimension set), not by the turns, however busy the hour."""
+    dims = ", ".join(f"m.{d}" for d in TURN_DIMENSIONS)
+    sums, cats, outs, merges = [], [], [], []
+    for i, p in enumerate(LATENCY_METRICS.values(), start=1):
+        sums.append(f"sum(m.{p}_samples)::int AS {p}_samples, sum(m.{p}_sum_ms) AS {p}_sum_ms, "
+                    f"min(m.{p}_min_ms) AS {p}_min_ms, max(m.{p}_max_ms) AS {p}_max_ms")
+        cats.append(f"callscope_array_cat(m.{p}_bins) AS cb{i}, callscope_array_cat(m.{p}_counts) AS cc{i}")
+        outs.append(f"s.{p}_samples, s.{p}_sum_ms, s.{p}_min_ms, s.{p}_max_ms, h{i}.bins, h{i}.counts")
+        merges.append(
+            f"  CROSS JOIN LATERAL (SELECT array_agg(z.b ORDER BY z.b) AS bins, array_agg(z.n ORDER BY z.b) AS counts\n"
+            f"                      FROM (SELECT u.b, sum(u.n)::int AS n FROM unnest(s.cb{i}, s.cc{i}) AS u(b, n)\n"
+            f"                            GROUP BY u.b) z) h{i}")
+    columns = []
+    for p in LATENCY_METRICS.values():
+        columns += [f"{p}_samples", f"{p}_sum_ms", f"{p}_min_ms", f"{p}_max_ms", f"{p}_bins", f"{p}_counts"]
+    nl = "\n"
+    return f"""INSERT INTO turn_latency_1h (bucket, {", ".join(TURN_DIMENSIONS)}, turns, {", ".join(columns)})
+  SELECT b.bucket, {", ".join(f"s.{d}" for d in TURN_DIMENSIONS)}, s.turns, {", ".join(outs)}
+  FROM unnest({buckets}) AS b(bucket)
+  CROSS JOIN LATERAL (
+    SELECT {dims}, sum(m.turns)::int AS turns,
+           {("," + nl + "           ").join(sums)},
+           {("," + nl + "           ").join(cats)}
+    FROM turn_latency_1m m
+    WHERE m.bucket >= b.bucket AND m.bucket < b.bucket + interval '1 hour'
+    GROUP BY {dims}
+  ) s
+{nl.join(merges)}"""
+
+
+_ARRAY_CAT = """
+CREATE OR REPLACE AGGREGATE callscope_array_cat(anycompatiblearray) (SFUNC = array_cat, STYPE = anycompatiblearray)
+"""
+
 _REFRESH_TURN_ROUTINE = f"""
 CREATE OR REPLACE FUNCTION callscope_refresh_turn_rollup(max_buckets int) RETURNS int
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
   minutes timestamptz[];
   hours timestamptz[];
@@ -296,14 +333,14 @@ BEGIN
   DELETE FROM turn_latency_1m WHERE bucket = ANY(minutes);
   {_turn_rows("turn_latency_1m", "1 minute", "minutes")};
   DELETE FROM turn_latency_1h WHERE bucket = ANY(hours);
-  {_turn_rows("turn_latency_1h", "1 hour", "hours")};
+  {_hour_rows("hours")};
   RETURN cardinality(minutes);
 END
 $$"""
 
 _REFRESH_CALL_ROUTINE = f"""
 CREATE OR REPLACE FUNCTION callscope_refresh_call_rollup(max_buckets int) RETURNS int
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
   hours timestamptz[];
 BEGIN
@@ -332,7 +369,7 @@ END
 $$"""
 
 #: (Re)created by ``storage.migrate.install_routines`` after every migration (code, not schema).
-ROLLUP_ROUTINES = (_HIST_BIN, _HIST_MID, _HIST_QUANTILES_SORTED, _HIST_QUANTILES, _HIST_QUANTILE, _REFRESH_TURN_ROUTINE,
+ROLLUP_ROUTINES = (_ARRAY_CAT, _HIST_BIN, _HIST_MID, _HIST_QUANTILES_SORTED, _HIST_QUANTILES, _HIST_QUANTILE, _REFRESH_TURN_ROUTINE,
                    _REFRESH_CALL_ROUTINE)
 
 

@@ -42,6 +42,7 @@ ROUTINES = (
     "callscope_hist_mid(smallint)",
     "callscope_hist_bin(float8)",
 )
+AGGREGATES = ("callscope_array_cat(anycompatiblearray)",)
 
 
 def _turn_latency(name: str) -> None:
@@ -120,6 +121,8 @@ def downgrade() -> None:
     op.execute(f"ALTER ROLE {READER} RESET jit")
     for routine in ROUTINES:
         op.execute(f"DROP FUNCTION IF EXISTS {routine}")
+    for aggregate in AGGREGATES:
+        op.execute(f"DROP AGGREGATE IF EXISTS {aggregate}")
     for name in ("call_rollup_dirty", "turn_rollup_dirty", "call_status_1h", "turn_latency_1h",
                  "turn_latency_1m"):
         op.drop_table(name)
