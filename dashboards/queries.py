@@ -7,7 +7,8 @@ Conventions (docs/dashboards.md, "Writing queries"):
   ``call_status_1h``; storage/rollup.py) are read.
 * Long ranges read the rollups, short ranges the raw rows (exact). The choice is made in SQL: every source
   is a ``UNION ALL`` of branches guarded by the length of the range (``$__timeTo() - $__timeFrom()``, a
-  constant the planner folds, so only one branch is planned and run). See ``RAW_MAX`` and ``MINUTE_MAX``.
+  constant the planner folds, so only one branch is planned and run). See ``CALLS_RAW_MAX`` and
+  ``LATENCY_RAW_MAX``.
 * Every query selects by index first (time range, call id): plans must not depend on statistics
   (tests/test_dashboard_plans.py checks them on never-analyzed tables).
 * Multi-value variables have the custom all value ``'__all'`` (quotes included; Grafana inserts a custom all
@@ -68,15 +69,17 @@ def _in_list(values: tuple[str, ...]) -> str:
 
 
 #: Ranges up to this long read raw rows (exact percentiles, exact counts).
-RAW_MAX = "6 hours"
-#: Longer ranges up to this long read the 1-minute turn rollup; longer ones the 1-hour rollups.
-MINUTE_MAX = "2 days"
+CALLS_RAW_MAX = "6 hours"
+#: Latency ranges up to this long read raw turns, longer ones the 1-hour turn rollup. (The 1-minute rollup is
+#: the hour's building block: per agent / model / provider / campaign / direction a minute holds a few turns,
+#: so reading it costs about as much as reading the turns.)
+LATENCY_RAW_MAX = "24 hours"
 
 _RANGE = "($__timeTo()::timestamptz - $__timeFrom()::timestamptz)"
-_RAW_RANGE = f"{_RANGE} <= interval '{RAW_MAX}'"
-_MINUTE_RANGE = f"{_RANGE} > interval '{RAW_MAX}' AND {_RANGE} <= interval '{MINUTE_MAX}'"
-_HOUR_RANGE = f"{_RANGE} > interval '{MINUTE_MAX}'"
-_LONG_RANGE = f"{_RANGE} > interval '{RAW_MAX}'"
+_RAW_RANGE = f"{_RANGE} <= interval '{CALLS_RAW_MAX}'"
+_LONG_RANGE = f"{_RANGE} > interval '{CALLS_RAW_MAX}'"
+_RAW_TURNS = f"{_RANGE} <= interval '{LATENCY_RAW_MAX}'"
+_HOUR_TURNS = f"{_RANGE} > interval '{LATENCY_RAW_MAX}'"
 _ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
 # The whole hours inside the range: [_FIRST_HOUR, _END_HOUR). The rest of the range is read raw.
 _FIRST_HOUR = (f"(date_bin('1 hour', $__timeFrom()::timestamptz - interval '1 microsecond', {_ORIGIN})"
@@ -118,10 +121,10 @@ ORDER BY 1"""
 
 VAR_LLM_MODEL = f"""SELECT DISTINCT v FROM (
   SELECT t.llm_model AS v FROM turns t
-  WHERE {_RAW_RANGE} AND $__timeFilter(t.started_at)
+  WHERE {_RAW_TURNS} AND $__timeFilter(t.started_at)
   UNION ALL
   SELECT r.llm_model FROM turn_latency_1h r
-  WHERE {_LONG_RANGE} AND $__timeFilter(r.bucket)
+  WHERE {_HOUR_TURNS} AND $__timeFilter(r.bucket)
 ) d
 WHERE v IS NOT NULL
 ORDER BY 1"""
@@ -497,8 +500,8 @@ def _quantile_union(metric: str, qs: tuple[float, ...], keys: tuple[tuple[str, s
     """Rows of (keys..., q float8[]): the percentiles ``qs`` of ``metric`` per group of ``keys``.
 
     ``keys``: (raw turns expression with its alias, rollup column or "" for the time group, alias); none for
-    one row. Exactly one branch runs, chosen by the length of the range: raw turns (exact percentile_cont),
-    the 1-minute or the 1-hour rollup (within 2 %).
+    one row. Exactly one branch runs, chosen by the length of the range: raw turns (exact percentile_cont)
+    or the 1-hour rollup (within 2 %).
     """
     quantiles = "'{" + ",".join(f"{q:g}" for q in qs) + "}'::float8[]"
     raw_keys = "".join(f"{raw}, " for raw, _, _ in keys)
@@ -506,11 +509,10 @@ def _quantile_union(metric: str, qs: tuple[float, ...], keys: tuple[tuple[str, s
         "\n  HAVING count(*) > 0"
     branches = [f"""  SELECT {raw_keys}percentile_cont({quantiles}) WITHIN GROUP (ORDER BY t.{metric}) AS q
   FROM turns t
-  WHERE {_RAW_RANGE}
+  WHERE {_RAW_TURNS}
     AND {_turn_filter()}
     AND t.{metric} IS NOT NULL{group}"""]
-    for table, guard in (("turn_latency_1m", _MINUTE_RANGE), ("turn_latency_1h", _HOUR_RANGE)):
-        branches.append(_rollup_quantiles(table, guard, metric, qs, keys))
+    branches.append(_rollup_quantiles("turn_latency_1h", _HOUR_TURNS, metric, qs, keys))
     return "(\n" + "\n  UNION ALL\n".join(branches) + "\n) p"
 
 
@@ -576,7 +578,7 @@ _SLOW_COLUMNS = """t.started_at AS "time",
 LATENCY_SLOWEST_TURNS = f"""SELECT s.* FROM (
   (SELECT {_SLOW_COLUMNS}
   FROM turns t
-  WHERE {_RAW_RANGE}
+  WHERE {_RAW_TURNS}
     AND {_turn_filter()}
     AND t.voice_to_voice_ms IS NOT NULL
   ORDER BY t.voice_to_voice_ms DESC
@@ -586,7 +588,7 @@ LATENCY_SLOWEST_TURNS = f"""SELECT s.* FROM (
   FROM (
     SELECT r.bucket
     FROM turn_latency_1h r
-    WHERE {_LONG_RANGE}
+    WHERE {_HOUR_TURNS}
       AND r.bucket > $__timeFrom()::timestamptz - interval '1 hour' AND r.bucket <= $__timeTo()::timestamptz
       AND {multi_filter('agent', 'r.agent')}
       AND {multi_filter('model', 'r.llm_model')}
