@@ -2,8 +2,15 @@
 
 Conventions (docs/dashboards.md, "Writing queries"):
 
-* Only the public schema of design §3 and the two Grafana relations of migration ``0002_grafana``
-  (``latency_turns``, ``latency_stage_1m``) are read.
+* Only the public schema of design §3, the Grafana relations of migration ``0002_grafana``
+  (``latency_stage_1m``) and the rollups of ``0006_turn_rollup`` (``turn_latency_1m``, ``turn_latency_1h``,
+  ``call_status_1h``; storage/rollup.py) are read.
+* Long ranges read the rollups, short ranges the raw rows (exact). The choice is made in SQL: every source
+  is a ``UNION ALL`` of branches guarded by the length of the range (``$__timeTo() - $__timeFrom()``, a
+  constant the planner folds, so only one branch is planned and run). See ``CALLS_RAW_MAX`` and
+  ``LATENCY_RAW_MAX``.
+* Every query selects by index first (time range, call id): plans must not depend on statistics
+  (tests/test_dashboard_plans.py checks them on never-analyzed tables).
 * Multi-value variables have the custom all value ``'__all'`` (quotes included; Grafana inserts a custom all
   value raw), so a filter reads ``('__all' IN (${v}) OR col IN (${v}))`` and "All" also keeps NULL columns.
 * Free text (call id / phone search, the detail view's call id) is only ever written as ``${v:sqlstring}``,
@@ -61,17 +68,46 @@ def _in_list(values: tuple[str, ...]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
 
+#: Ranges up to this long read raw rows (exact percentiles, exact counts).
+CALLS_RAW_MAX = "6 hours"
+#: Latency ranges up to this long read raw turns, longer ones the 1-hour turn rollup. (The 1-minute rollup is
+#: the hour's building block: per agent / model / provider / campaign / direction a minute holds a few turns,
+#: so reading it costs about as much as reading the turns.)
+LATENCY_RAW_MAX = "24 hours"
+
+_RANGE = "($__timeTo()::timestamptz - $__timeFrom()::timestamptz)"
+_RAW_RANGE = f"{_RANGE} <= interval '{CALLS_RAW_MAX}'"
+_LONG_RANGE = f"{_RANGE} > interval '{CALLS_RAW_MAX}'"
+_RAW_TURNS = f"{_RANGE} <= interval '{LATENCY_RAW_MAX}'"
+_HOUR_TURNS = f"{_RANGE} > interval '{LATENCY_RAW_MAX}'"
+_ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
+# The whole hours inside the range: [_FIRST_HOUR, _END_HOUR). The rest of the range is read raw.
+_FIRST_HOUR = (f"(date_bin('1 hour', $__timeFrom()::timestamptz - interval '1 microsecond', {_ORIGIN})"
+               " + interval '1 hour')")
+_END_HOUR = f"date_bin('1 hour', $__timeTo()::timestamptz, {_ORIGIN})"
+_NO_SEARCH = "${search:sqlstring} = ''"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Variables
 # ---------------------------------------------------------------------------------------------------------
 
-VAR_CAMPAIGN = """SELECT DISTINCT campaign FROM calls
-WHERE campaign IS NOT NULL AND $__timeFilter(started_at)
+def _call_dimension_values(column: str) -> str:
+    """Distinct values of a calls column in the range: raw calls for short ranges, call_status_1h else."""
+    return f"""SELECT DISTINCT v FROM (
+  SELECT c.{column} AS v FROM calls c
+  WHERE {_RAW_RANGE} AND $__timeFilter(c.started_at)
+  UNION ALL
+  SELECT r.{column} FROM call_status_1h r
+  WHERE {_LONG_RANGE} AND $__timeFilter(r.bucket)
+) d
+WHERE v IS NOT NULL
 ORDER BY 1"""
 
-VAR_AGENT = """SELECT DISTINCT agent FROM calls
-WHERE agent IS NOT NULL AND $__timeFilter(started_at)
-ORDER BY 1"""
+
+VAR_CAMPAIGN = _call_dimension_values("campaign")
+
+VAR_AGENT = _call_dimension_values("agent")
 
 VAR_CALL_ID = """SELECT call_id FROM calls
 WHERE $__timeFilter(started_at)
@@ -83,8 +119,14 @@ UNION
 SELECT 'other'
 ORDER BY 1"""
 
-VAR_LLM_MODEL = """SELECT DISTINCT llm_model FROM latency_turns
-WHERE llm_model IS NOT NULL AND $__timeFilter(time)
+VAR_LLM_MODEL = f"""SELECT DISTINCT v FROM (
+  SELECT t.llm_model AS v FROM turns t
+  WHERE {_RAW_TURNS} AND $__timeFilter(t.started_at)
+  UNION ALL
+  SELECT r.llm_model FROM turn_latency_1h r
+  WHERE {_HOUR_TURNS} AND $__timeFilter(r.bucket)
+) d
+WHERE v IS NOT NULL
 ORDER BY 1"""
 
 # ---------------------------------------------------------------------------------------------------------
@@ -92,41 +134,94 @@ ORDER BY 1"""
 # ---------------------------------------------------------------------------------------------------------
 
 
+_CALL_MEASURES = ("calls", "cost_total", "cost_samples", "cost_stt", "cost_llm", "cost_tts", "cost_telephony",
+                  "duration_s", "duration_samples")
+
+
+def _calls_dimension_filter(alias: str, *, status: bool) -> str:
+    parts = [multi_filter("direction", f"{alias}.direction"), multi_filter("campaign", f"{alias}.campaign"),
+             multi_filter("agent", f"{alias}.agent")]
+    if status:
+        parts.append(multi_filter("status", f"{alias}.status"))
+    return "\n    AND ".join(parts)
+
+
+def calls_source(*, status: bool = True, only_status: str | None = None) -> str:
+    """The calls of the range with the Calls dashboard's filters, as rows of
+    ("time", status, direction, campaign, agent, calls, cost sums, cost_samples, duration_s, duration_samples).
+
+    Short ranges, or a free-text search (the rollup has no ids or numbers): one row per call. Longer ranges:
+    ``call_status_1h`` for the whole hours inside the range, plus the calls of the partial first and last
+    hours read through ``calls_started_at_idx``: counts and sums stay exact.
+    """
+    raw_cols = ("c.started_at AS \"time\", c.status, c.direction, c.campaign, c.agent, 1 AS calls, c.cost_total, "
+                "(c.cost_total IS NOT NULL)::int AS cost_samples, c.cost_stt, c.cost_llm, c.cost_tts, "
+                "c.cost_telephony, c.duration_s, (c.duration_s IS NOT NULL)::int AS duration_samples")
+    edge_cols = ("c.started_at, c.status, c.direction, c.campaign, c.agent, 1, c.cost_total, "
+                 "(c.cost_total IS NOT NULL)::int, c.cost_stt, c.cost_llm, c.cost_tts, c.cost_telephony, "
+                 "c.duration_s, (c.duration_s IS NOT NULL)::int")
+    rollup_cols = "r.bucket, r.status, r.direction, r.campaign, r.agent, " + ", ".join(
+        f"r.{m}" for m in _CALL_MEASURES)
+    extra_c = f"\n    AND c.status = '{only_status}'" if only_status else ""
+    extra_r = f"\n    AND r.status = '{only_status}'" if only_status else ""
+    dims_c = _calls_dimension_filter("c", status=status)
+    dims_r = _calls_dimension_filter("r", status=status)
+    raw_filter = calls_filter(status=status).replace("\n  AND ", "\n    AND ")
+    return f"""(
+  SELECT {raw_cols}
+  FROM calls c
+  WHERE ({_RAW_RANGE} OR NOT {_NO_SEARCH})
+    AND {raw_filter}{extra_c}
+  UNION ALL
+  SELECT {edge_cols}
+  FROM calls c
+  WHERE {_LONG_RANGE} AND {_NO_SEARCH}
+    AND c.started_at >= $__timeFrom()::timestamptz AND c.started_at < {_FIRST_HOUR}
+    AND {dims_c}{extra_c}
+  UNION ALL
+  SELECT {edge_cols}
+  FROM calls c
+  WHERE {_LONG_RANGE} AND {_NO_SEARCH}
+    AND c.started_at >= {_END_HOUR} AND c.started_at <= $__timeTo()::timestamptz
+    AND {dims_c}{extra_c}
+  UNION ALL
+  SELECT {rollup_cols}
+  FROM call_status_1h r
+  WHERE {_LONG_RANGE} AND {_NO_SEARCH}
+    AND r.bucket >= {_FIRST_HOUR} AND r.bucket < {_END_HOUR}
+    AND {dims_r}{extra_r}
+) s"""
+
+
 def calls_status_count(status: str) -> str:
     """One stat per status; the status variable does not apply (each stat is one status)."""
-    return f"""SELECT count(*) AS "calls"
-FROM calls c
-WHERE {calls_filter(status=False)}
-  AND c.status = '{status}'"""
+    return f"""SELECT coalesce(sum(s.calls), 0)::bigint AS "calls"
+FROM {calls_source(status=False, only_status=status)}"""
 
 
-CALLS_TOTAL = f"""SELECT count(*) AS "calls"
-FROM calls c
-WHERE {calls_filter(status=False)}"""
+CALLS_TOTAL = f"""SELECT coalesce(sum(s.calls), 0)::bigint AS "calls"
+FROM {calls_source(status=False)}"""
 
-CALLS_OVER_TIME = f"""SELECT $__timeGroupAlias(c.started_at, $__interval),
-  c.status AS metric,
-  count(*) AS calls
-FROM calls c
-WHERE {calls_filter()}
+CALLS_OVER_TIME = f"""SELECT $__timeGroupAlias(s.time, $__interval),
+  s.status AS metric,
+  sum(s.calls)::bigint AS calls
+FROM {calls_source()}
 GROUP BY 1, 2
 ORDER BY 1"""
 
 CALLS_TOTALS = f"""SELECT
-  coalesce(sum(c.cost_total), 0) AS "Total cost",
-  coalesce(avg(c.cost_total), 0) AS "Avg cost / call",
-  coalesce(sum(c.duration_s), 0) AS "Total duration",
-  coalesce(avg(c.duration_s), 0) AS "Avg duration"
-FROM calls c
-WHERE {calls_filter()}"""
+  coalesce(sum(s.cost_total), 0) AS "Total cost",
+  coalesce(sum(s.cost_total) / NULLIF(sum(s.cost_samples), 0), 0) AS "Avg cost / call",
+  coalesce(sum(s.duration_s), 0) AS "Total duration",
+  coalesce(sum(s.duration_s) / NULLIF(sum(s.duration_samples), 0), 0) AS "Avg duration"
+FROM {calls_source()}"""
 
-CALLS_COST_OVER_TIME = f"""SELECT $__timeGroupAlias(c.started_at, $__interval),
-  coalesce(sum(c.cost_stt), 0) AS "STT",
-  coalesce(sum(c.cost_llm), 0) AS "LLM",
-  coalesce(sum(c.cost_tts), 0) AS "TTS",
-  coalesce(sum(c.cost_telephony), 0) AS "Telephony"
-FROM calls c
-WHERE {calls_filter()}
+CALLS_COST_OVER_TIME = f"""SELECT $__timeGroupAlias(s.time, $__interval),
+  coalesce(sum(s.cost_stt), 0) AS "STT",
+  coalesce(sum(s.cost_llm), 0) AS "LLM",
+  coalesce(sum(s.cost_tts), 0) AS "TTS",
+  coalesce(sum(s.cost_telephony), 0) AS "Telephony"
+FROM {calls_source()}
 GROUP BY 1
 ORDER BY 1"""
 
@@ -333,7 +428,8 @@ WHERE {multi_filter("category", "e.category")}
 ORDER BY e."time\""""
 
 # ---------------------------------------------------------------------------------------------------------
-# Latency (latency_turns: one row per turn with its call's dimensions; latency_stage_1m: 1-minute rollup)
+# Latency: raw turns for short ranges (exact percentile_cont), the turn-latency rollups for longer ones
+# (histograms, within 2 % of percentile_cont: storage/rollup.py); latency_stage_1m: spans per minute
 # ---------------------------------------------------------------------------------------------------------
 
 LATENCY_METRICS = {
@@ -344,43 +440,100 @@ LATENCY_METRICS = {
 }
 
 
-def _latency_filter(alias: str = "lt") -> str:
-    return (
-        f"$__timeFilter({alias}.time)\n  AND {multi_filter('agent', f'{alias}.agent')}"
-        f"\n  AND {multi_filter('model', f'{alias}.llm_model')}"
-    )
+def _prefix(metric: str) -> str:
+    """turns column -> its column prefix in turn_latency_1m / turn_latency_1h."""
+    return metric.removesuffix("_ms")
+
+
+def _turn_filter(alias: str = "t") -> str:
+    return (f"$__timeFilter({alias}.started_at)\n    AND {multi_filter('agent', f'{alias}.agent')}"
+            f"\n    AND {multi_filter('model', f'{alias}.llm_model')}")
+
+
+def _rollup_filter(alias: str = "r") -> str:
+    return (f"$__timeFilter({alias}.bucket)\n    AND {multi_filter('agent', f'{alias}.agent')}"
+            f"\n    AND {multi_filter('model', f'{alias}.llm_model')}")
+
+
+def _rollup_quantiles(table: str, guard: str, metric: str, qs: tuple[float, ...],
+                      keys: tuple[tuple[str, str, str], ...]) -> str:
+    """Percentiles from the histograms of ``table``: the bins are unnested in the select list, added up per
+    bucket and bin (no expression per bin: Grafana's time group is numeric arithmetic), then per time group
+    and bin, and each group's sorted histogram is read by callscope_hist_quantiles_sorted."""
+    p = _prefix(metric)
+    quantiles = "'{" + ",".join(f"{q:g}" for q in qs) + "}'::float8[]"
+    dims = [(expr, alias) for _, expr, alias in keys if expr]
+    # plain columns below (an expression in the select list of the unnest is evaluated once per bin)
+    inner_dims = "".join(f"r.{expr} AS {alias}, " for expr, alias in dims)
+    by_bucket = "".join(f"u.{alias}, " for _, alias in dims)
+    has_time = any(not expr for _, expr, _ in keys)
+    time_select = "$__timeGroupAlias(b.bucket, $__interval), " if has_time else ""
+    group_keys = (['"time"'] if has_time else []) + [alias for _, alias in dims]
+    by_bin = ", ".join([str(i) for i in range(1, len(group_keys) + 2)])
+    outer_keys = "".join(f"m.{k}, " for k in group_keys)
+    outer_group = (f"\n  GROUP BY {', '.join(str(i) for i in range(1, len(group_keys) + 1))}" if group_keys
+                   else "\n  HAVING count(*) > 0")
+    return f"""  SELECT {outer_keys}callscope_hist_quantiles_sorted(array_agg(m.bin ORDER BY m.bin),
+           array_agg(m.n ORDER BY m.bin), {quantiles}, min(m.lo), max(m.hi)) AS q
+  FROM (
+    SELECT {time_select}{"".join(f"coalesce(b.{alias}, 'unknown') AS {alias}, " for _, alias in dims)}b.bin,
+           sum(b.n)::bigint AS n,
+           min(b.lo) AS lo, max(b.hi) AS hi
+    FROM (
+      SELECT u.bucket, {by_bucket}u.bin, sum(u.n) AS n, min(u.lo) AS lo, max(u.hi) AS hi
+      FROM (
+        SELECT r.bucket, {inner_dims}unnest(r.{p}_bins) AS bin, unnest(r.{p}_counts) AS n,
+               r.{p}_min_ms AS lo, r.{p}_max_ms AS hi
+        FROM {table} r
+        WHERE {guard}
+          AND {_rollup_filter().replace(chr(10) + "    ", chr(10) + "          ")}
+      ) u
+      GROUP BY u.bucket, {by_bucket}u.bin
+    ) b
+    GROUP BY {by_bin}
+  ) m{outer_group}"""
+
+
+def _quantile_union(metric: str, qs: tuple[float, ...], keys: tuple[tuple[str, str, str], ...]) -> str:
+    """Rows of (keys..., q float8[]): the percentiles ``qs`` of ``metric`` per group of ``keys``.
+
+    ``keys``: (raw turns expression with its alias, rollup column or "" for the time group, alias); none for
+    one row. Exactly one branch runs, chosen by the length of the range: raw turns (exact percentile_cont)
+    or the 1-hour rollup (within 2 %).
+    """
+    quantiles = "'{" + ",".join(f"{q:g}" for q in qs) + "}'::float8[]"
+    raw_keys = "".join(f"{raw}, " for raw, _, _ in keys)
+    group = f"\n  GROUP BY {', '.join(str(i) for i in range(1, len(keys) + 1))}" if keys else \
+        "\n  HAVING count(*) > 0"
+    branches = [f"""  SELECT {raw_keys}percentile_cont({quantiles}) WITHIN GROUP (ORDER BY t.{metric}) AS q
+  FROM turns t
+  WHERE {_RAW_TURNS}
+    AND {_turn_filter()}
+    AND t.{metric} IS NOT NULL{group}"""]
+    branches.append(_rollup_quantiles("turn_latency_1h", _HOUR_TURNS, metric, qs, keys))
+    return "(\n" + "\n  UNION ALL\n".join(branches) + "\n) p"
 
 
 def latency_percentiles(metric: str) -> str:
     """p50 / p95 / p99 of one per-turn latency column over time."""
-    return f"""SELECT $__timeGroupAlias(lt.time, $__interval),
-  percentile_cont(0.5) WITHIN GROUP (ORDER BY lt.{metric}) AS "p50",
-  percentile_cont(0.95) WITHIN GROUP (ORDER BY lt.{metric}) AS "p95",
-  percentile_cont(0.99) WITHIN GROUP (ORDER BY lt.{metric}) AS "p99"
-FROM latency_turns lt
-WHERE {_latency_filter()}
-  AND lt.{metric} IS NOT NULL
-GROUP BY 1
+    keys = (("$__timeGroupAlias(t.started_at, $__interval)", "", "time"),)
+    return f"""SELECT p."time", p.q[1] AS "p50", p.q[2] AS "p95", p.q[3] AS "p99"
+FROM {_quantile_union(metric, (0.5, 0.95, 0.99), keys)}
 ORDER BY 1"""
 
 
 def latency_p95_by(metric: str, dimension: str) -> str:
     """p95 of one per-turn latency column over time, one series per value of ``dimension``."""
-    return f"""SELECT $__timeGroupAlias(lt.time, $__interval),
-  coalesce(lt.{dimension}, 'unknown') AS metric,
-  percentile_cont(0.95) WITHIN GROUP (ORDER BY lt.{metric}) AS p95
-FROM latency_turns lt
-WHERE {_latency_filter()}
-  AND lt.{metric} IS NOT NULL
-GROUP BY 1, 2
+    keys = (("$__timeGroupAlias(t.started_at, $__interval)", "", "time"),
+            (f"coalesce(t.{dimension}, 'unknown') AS metric", dimension, "metric"))
+    return f"""SELECT p."time", p.metric, p.q[1] AS p95
+FROM {_quantile_union(metric, (0.95,), keys)}
 ORDER BY 1"""
 
 
 def latency_p95_stat(metric: str) -> str:
-    return f"""SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY lt.{metric}) AS "p95"
-FROM latency_turns lt
-WHERE {_latency_filter()}
-  AND lt.{metric} IS NOT NULL"""
+    return f"""SELECT p.q[1] AS "p95"
+FROM {_quantile_union(metric, (0.95,), ())}"""
 
 
 LATENCY_STAGE_ROLLUP = """SELECT $__timeGroupAlias(r.bucket, $__interval),
@@ -406,21 +559,53 @@ WHERE $__timeFilter(r.bucket)
 GROUP BY 1, 2, 3
 ORDER BY 1, 2, 3"""
 
-LATENCY_SLOWEST_TURNS = f"""SELECT
-  lt.time AS "time",
-  lt.call_id,
-  lt.turn_number AS turn,
-  lt.agent,
-  lt.llm_provider,
-  lt.llm_model,
-  lt.voice_to_voice_ms,
-  lt.stt_ms,
-  lt.llm_ttft_ms,
-  lt.tts_ttfb_ms
-FROM latency_turns lt
-WHERE {_latency_filter()}
-  AND lt.voice_to_voice_ms IS NOT NULL
-ORDER BY lt.voice_to_voice_ms DESC
+_SLOW_COLUMNS = """t.started_at AS "time",
+    t.call_id,
+    t.turn_number AS turn,
+    t.agent,
+    t.llm_provider,
+    t.llm_model,
+    t.voice_to_voice_ms,
+    t.stt_ms,
+    t.llm_ttft_ms,
+    t.tts_ttfb_ms"""
+
+# Long ranges: the 50 slowest turns lie in at most 50 hours, and those hours are among the 52 with the highest
+# hourly maximum (2 extra for the partial first and last hour, whose maximum may lie outside the range): read
+# only those hours of turns (an index range scan each), not every turn of the range.
+LATENCY_SLOWEST_TURNS = f"""SELECT s.* FROM (
+  (SELECT {_SLOW_COLUMNS}
+  FROM turns t
+  WHERE {_RAW_TURNS}
+    AND {_turn_filter()}
+    AND t.voice_to_voice_ms IS NOT NULL
+  ORDER BY t.voice_to_voice_ms DESC
+  LIMIT 50)
+  UNION ALL
+  (SELECT x.*
+  FROM (
+    SELECT r.bucket
+    FROM turn_latency_1h r
+    WHERE {_HOUR_TURNS}
+      AND r.bucket > $__timeFrom()::timestamptz - interval '1 hour' AND r.bucket <= $__timeTo()::timestamptz
+      AND {multi_filter('agent', 'r.agent')}
+      AND {multi_filter('model', 'r.llm_model')}
+      AND r.voice_to_voice_samples > 0
+    GROUP BY r.bucket
+    ORDER BY max(r.voice_to_voice_max_ms) DESC
+    LIMIT 52
+  ) h
+  CROSS JOIN LATERAL (
+    SELECT {_SLOW_COLUMNS}
+    FROM turns t
+    WHERE t.started_at >= h.bucket AND t.started_at < h.bucket + interval '1 hour'
+      AND {_turn_filter()}
+      AND t.voice_to_voice_ms IS NOT NULL
+    ORDER BY t.voice_to_voice_ms DESC
+    LIMIT 50
+  ) x)
+) s
+ORDER BY s.voice_to_voice_ms DESC
 LIMIT 50"""
 
 # ---------------------------------------------------------------------------------------------------------
@@ -522,12 +707,14 @@ TRANSFERS = _event_list("(e.category = 'transfer' OR e.event LIKE 'tool.transfer
 
 
 def alert_latency_p95(metric: str, *, min_samples: int) -> str:
+    """Exact p95 per agent over the rule's window: the window's turns through turns_started_at_idx, no join
+    (turns carry their call's agent)."""
     return f"""SELECT now() AS "time",
-  coalesce(lt.agent, 'unknown') AS agent,
-  percentile_cont(0.95) WITHIN GROUP (ORDER BY lt.{metric}) AS p95_ms
-FROM latency_turns lt
-WHERE $__timeFilter(lt.time)
-  AND lt.{metric} IS NOT NULL
+  coalesce(t.agent, 'unknown') AS agent,
+  percentile_cont(0.95) WITHIN GROUP (ORDER BY t.{metric}) AS p95_ms
+FROM turns t
+WHERE $__timeFilter(t.started_at)
+  AND t.{metric} IS NOT NULL
 GROUP BY 2
 HAVING count(*) >= {int(min_samples)}"""
 

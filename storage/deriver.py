@@ -26,6 +26,7 @@ from typing import Callable
 import asyncpg
 
 from storage.errors import StorageUnavailable
+from storage.rollup import MARK_CALL_BUCKETS, MARK_TURN_BUCKETS, refresh_rollups
 from storage.writer import SERVER_SETTINGS, storage_errors
 
 __all__ = ["Deriver", "DeriveBacklog", "read_backlog", "DERIVE_STATEMENTS", "DERIVE_ROUTINE", "SAFE_CASTS"]
@@ -39,7 +40,21 @@ def _load_derive() -> tuple[tuple[str, str], ...]:
     return tuple((parts[i], parts[i + 1].strip()) for i in range(1, len(parts), 2))
 
 
-DERIVE_STATEMENTS = _load_derive()
+def _with_rollup_marks(statements: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The rollups' dirty buckets are marked before turns and call rows change and again after (storage/rollup.py):
+    the buckets a row leaves and the ones it moves to."""
+    marks = ((MARK_TURN_BUCKETS, "turn"), (MARK_CALL_BUCKETS, "call"))
+    out: list[tuple[str, str]] = []
+    for name, sql in statements:
+        if name == "delete_vanished_turns":
+            out.extend((f"mark_{kind}_buckets_before", mark) for mark, kind in marks)
+        out.append((name, sql))
+        if name == "copy_agent_to_turns":
+            out.extend((f"mark_{kind}_buckets_after", mark) for mark, kind in marks)
+    return tuple(out)
+
+
+DERIVE_STATEMENTS = _with_rollup_marks(_load_derive())
 
 # jsonb text → column types without ever failing: a value the column cannot hold is NULL (its raw attribute
 # is kept on the span or event). Plain SQL functions, so the planner inlines them.
@@ -205,6 +220,7 @@ class Deriver:
         self._tasks: list[asyncio.Task[None]] = []
         self._housekeeping_at = 0.0
         self._backlog_at = 0.0
+        self._rollups_at = 0.0
         # refreshed every few seconds by a worker, so that readers (metrics) never wait for the database
         self.last_backlog = DeriveBacklog(calls=0, oldest_s=0.0, quarantined=0)
         self.quarantined_total = 0   # calls put into quarantine by this process
@@ -230,6 +246,7 @@ class Deriver:
             if not derived:
                 backlog = await self.backlog()
                 if backlog.calls == 0:
+                    await self._control.refresh_rollups(force=True)
                     return
                 await asyncio.sleep(0.05)   # marks held by another worker or collector: wait for them
 
@@ -347,6 +364,19 @@ class _Worker:
             connection = await self._connect()
             return await read_backlog(connection)
 
+    async def refresh_rollups(self, *, force: bool = False) -> None:
+        """Recompute the rollup buckets derivation marked, every few seconds (a minute still filling up would
+        otherwise be recomputed after every small round)."""
+        deriver = self._deriver
+        now = time.monotonic()
+        if not force and now - deriver._rollups_at < 5.0:
+            return
+        deriver._rollups_at = now
+        async with storage_errors():
+            connection = await self._connect()
+            while await refresh_rollups(connection, 1000) >= 1000:
+                pass
+
     async def refresh_backlog(self) -> None:
         deriver = self._deriver
         now = time.monotonic()
@@ -388,6 +418,7 @@ class _Worker:
                 while not deriver._closing and await self.round() >= deriver._max_calls // 2:
                     pass
                 await self.housekeeping()
+                await self.refresh_rollups()
                 await self.refresh_backlog()
                 backoff = 0.5
             except (StorageUnavailable, OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:

@@ -144,11 +144,14 @@ async def _seed_catalogue(connection: asyncpg.Connection) -> None:
 async def install_routines(connection: asyncpg.Connection) -> None:
     """(Re)create the write and derive routines from this version's SQL (they are code, not schema)."""
     from storage.deriver import DERIVE_ROUTINE, SAFE_CASTS
+    from storage.rollup import ROLLUP_ROUTINES
     from storage.writer import WRITE_ROUTINE
 
     await connection.execute(SAFE_CASTS)
     await connection.execute(WRITE_ROUTINE)
     await connection.execute(DERIVE_ROUTINE)
+    for routine in ROLLUP_ROUTINES:
+        await connection.execute(routine)
 
 
 async def migrate(database_url: str, *, retention_days: int = 30, compress_after_days: int = 2) -> MigrationReport:

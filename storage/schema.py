@@ -13,7 +13,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = ["metadata", "calls", "turns", "spans", "tool_calls", "events", "event_types", "call_traces",
-           "HYPERTABLES", "dirty_calls", "call_quarantine", "telephony_rates", "resources"]
+           "HYPERTABLES", "dirty_calls", "call_quarantine", "telephony_rates", "resources", "turn_latency_1m",
+           "turn_latency_1h", "call_status_1h", "turn_rollup_dirty", "call_rollup_dirty"]
 
 metadata = MetaData()
 TZ = DateTime(timezone=True)
@@ -231,6 +232,73 @@ telephony_rates = Table(
     Column("price_version", Text),
     Column("updated_at", TZ, nullable=False, server_default=text("now()")),
 )
+
+
+
+def _turn_latency(name: str) -> Table:
+    """Turn latencies per bucket and dimensions, with percentile-capable histograms (storage/rollup.py)."""
+    columns = [
+        Column("bucket", TZ, nullable=False),
+        Column("agent", Text),
+        Column("llm_model", Text),
+        Column("llm_provider", Text),
+        Column("stt_provider", Text),
+        Column("tts_provider", Text),
+        Column("campaign", Text),
+        Column("direction", Text),
+        Column("turns", Integer, nullable=False),
+    ]
+    for prefix in ("voice_to_voice", "stt", "llm_ttft", "tts_ttfb"):
+        columns += [
+            Column(f"{prefix}_samples", Integer, nullable=False),
+            Column(f"{prefix}_sum_ms", Float),
+            Column(f"{prefix}_min_ms", Float),
+            Column(f"{prefix}_max_ms", Float),
+            Column(f"{prefix}_bins", ARRAY(SmallInteger)),
+            Column(f"{prefix}_counts", ARRAY(Integer)),
+        ]
+    table = Table(name, metadata, *columns)
+    Index(f"{name}_bucket_idx", table.c.bucket)
+    return table
+
+
+# ours: rollups the dashboards read for long ranges, kept by the deriver (storage/rollup.py).
+turn_latency_1m = _turn_latency("turn_latency_1m")
+turn_latency_1h = _turn_latency("turn_latency_1h")
+
+call_status_1h = Table(
+    "call_status_1h", metadata,
+    Column("bucket", TZ, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("direction", Text),
+    Column("campaign", Text),
+    Column("agent", Text),
+    Column("calls", Integer, nullable=False),
+    Column("cost_total", Float),
+    Column("cost_samples", Integer, nullable=False),
+    Column("cost_stt", Float),
+    Column("cost_llm", Float),
+    Column("cost_tts", Float),
+    Column("cost_telephony", Float),
+    Column("duration_s", Float),
+    Column("duration_samples", Integer, nullable=False),
+)
+Index("call_status_1h_bucket_idx", call_status_1h.c.bucket)
+
+# ours: buckets whose rollup rows must be recomputed (append-only marks, like dirty_calls).
+turn_rollup_dirty = Table(
+    "turn_rollup_dirty", metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("bucket", TZ, nullable=False),
+)
+Index("turn_rollup_dirty_bucket_idx", turn_rollup_dirty.c.bucket)
+
+call_rollup_dirty = Table(
+    "call_rollup_dirty", metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("bucket", TZ, nullable=False),
+)
+Index("call_rollup_dirty_bucket_idx", call_rollup_dirty.c.bucket)
 
 # table → time column; these become hypertables where TimescaleDB is installed.
 HYPERTABLES = {"spans": "start_time", "events": "time"}

@@ -10,7 +10,9 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
-__all__ = ["BASE", "CALLS", "fill_ledger", "fill_large_spans"]
+from storage import rollup
+
+__all__ = ["BASE", "CALLS", "fill_ledger", "fill_large_spans", "fill_rollups"]
 
 BASE = datetime(2026, 1, 15, 10, 0, tzinfo=timezone.utc)
 CALLS = 42
@@ -151,7 +153,15 @@ async def fill_ledger(conn: asyncpg.Connection, *, calls: int = CALLS, base: dat
     for statement in _SQL.format(calls=int(calls)).split(";\n\n"):
         if statement.strip():
             await conn.execute(statement, base)
+    await fill_rollups(conn)
     await conn.execute("ANALYZE")
+
+
+async def fill_rollups(conn: asyncpg.Connection) -> None:
+    """Mark every bucket and refresh, as the deriver would after writing these rows."""
+    await conn.execute(rollup.MARK_ALL_TURN_BUCKETS)
+    await conn.execute(rollup.MARK_ALL_CALL_BUCKETS)
+    await rollup.drain_rollups(conn, 5000)
 
 
 async def fill_large_spans(conn: asyncpg.Connection, *, calls: int = 4000, spans_per_call: int = 50,

@@ -1,0 +1,128 @@
+"""Plans without statistics: on a large, never-analyzed database (autovacuum off, fresh tables), every panel,
+variable and alert query of the Calls, Latency and Events dashboards, rendered like Grafana for 1 h, 24 h and
+30 days, reads the big tables and the rollups through indexes (no Seq Scan)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta
+from typing import Any, AsyncIterator
+
+import asyncpg
+import pytest
+import yaml
+
+from conftest import drop_database, new_database, url_for
+from dashboards.common import DASHBOARD_UIDS
+from dashboards.generate import DashboardOptions, render_provisioning
+from grafana_emulator import render, variables_from_dashboard
+from storage import rollup
+
+FILES = render_provisioning(DashboardOptions())
+BOARDS = {json.loads(t)["uid"]: json.loads(t) for rel, t in FILES.items() if rel.endswith(".json")}
+RULES = [r for g in yaml.safe_load(FILES["alerting/callscope-rules.yaml"])["groups"] for r in g["rules"]]
+BIG = ("calls", "turns", "spans", "events", "tool_calls", "turn_latency_1m", "turn_latency_1h", "call_status_1h")
+CALLS = 50_000
+DAYS = 4
+
+_FILL = [
+    f"""INSERT INTO calls (call_id, started_at, ended_at, last_seen_at, status, direction, campaign, agent,
+                        duration_s, cost_total, cost_stt, cost_llm, cost_tts, cost_telephony, turn_count)
+    SELECT 'p' || i, $1::timestamptz + i * interval '{DAYS} days' / {CALLS},
+           $1::timestamptz + i * interval '{DAYS} days' / {CALLS} + interval '3 minutes',
+           $1::timestamptz + i * interval '{DAYS} days' / {CALLS} + interval '3 minutes',
+           (ARRAY['completed', 'failed', 'missed', 'declined', 'active'])[1 + i % 5],
+           (ARRAY['inbound', 'outbound', 'web'])[1 + i % 3], (ARRAY['renewals', 'promo', NULL])[1 + i % 3],
+           (ARRAY['sarah', 'max', 'ivy'])[1 + i % 3], 180, 0.1, 0.01, 0.02, 0.03, 0.04, 4
+    FROM generate_series(1, {CALLS}) AS i""",
+    f"""INSERT INTO turns (call_id, turn_number, started_at, agent, llm_model, llm_provider, stt_provider,
+                        tts_provider, voice_to_voice_ms, stt_ms, llm_ttft_ms, tts_ttfb_ms, user_text, agent_text)
+    SELECT 'p' || i, n, $1::timestamptz + i * interval '{DAYS} days' / {CALLS} + n * interval '20 seconds',
+           (ARRAY['sarah', 'max', 'ivy'])[1 + i % 3], (ARRAY['gpt-4o', 'gpt-4o-mini', 'llama'])[1 + i / 3 % 3],
+           'openai', 'deepgram', 'cartesia', 600 + i % 1500, 150 + i % 200, 300 + i % 900, 100 + i % 300,
+           'hello', 'hi'
+    FROM generate_series(1, {CALLS}) AS i, generate_series(1, 4) AS n""",
+    f"""INSERT INTO spans (start_time, end_time, duration_ms, trace_id, span_id, call_id, turn_number, stage, name,
+                        provider, model, ttfb_ms, attributes)
+    SELECT $1::timestamptz + i * interval '{DAYS} days' / {CALLS} + n * interval '10 seconds',
+           $1::timestamptz + i * interval '{DAYS} days' / {CALLS} + n * interval '10 seconds' + interval '1 second',
+           1000, md5('t' || i), left(md5(i || '-' || n), 16), 'p' || i, n, (ARRAY['stt', 'llm', 'tts', 'turn'])[1 + n % 4],
+           'span', 'openai', 'gpt-4o', 100 + n, '{{}}'::jsonb
+    FROM generate_series(1, {CALLS}) AS i, generate_series(1, 4) AS n""",
+    f"""INSERT INTO events (time, event_id, call_id, category, event, level, source)
+    SELECT $1::timestamptz + i * interval '{DAYS} days' / {CALLS} + n * interval '10 seconds', md5(i || 'e' || n),
+           'p' || i, (ARRAY['webhook', 'agent', 'path', 'transfer'])[1 + n % 4],
+           (ARRAY['webhook.sent', 'agent.message_sent', 'path.error', 'transfer.completed'])[1 + n % 4],
+           'INFO', 'log'
+    FROM generate_series(1, {CALLS}) AS i, generate_series(1, 4) AS n""",
+    f"""INSERT INTO tool_calls (call_id, turn_number, tool_call_id, tool_name, started_at, is_error)
+    SELECT 'p' || i, 1, 'tc' || i, 'lookup', $1::timestamptz + i * interval '{DAYS} days' / {CALLS}, i % 10 = 0
+    FROM generate_series(1, {CALLS}) AS i""",
+]
+
+
+@pytest.fixture(scope="module")
+async def unanalyzed(template_database: str) -> AsyncIterator[tuple[asyncpg.Connection, datetime]]:
+    name = await new_database(template_database, prefix="callscope_plans")
+    conn = await asyncpg.connect(url_for(name))
+    start = await conn.fetchval("SELECT date_trunc('hour', now()) - interval '%s days'" % DAYS)
+    for statement in _FILL:
+        await conn.execute(statement, start)
+    # the deriver's way (and the refresh's own plans must not need statistics either: it runs here on
+    # never-analyzed tables, one index range scan per bucket)
+    await conn.execute(rollup.MARK_ALL_TURN_BUCKETS)
+    await conn.execute(rollup.MARK_ALL_CALL_BUCKETS)
+    await rollup.drain_rollups(conn, 5000)
+    never = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_user_tables WHERE relname = ANY($1) AND last_analyze IS NULL "
+        "AND last_autoanalyze IS NULL", list(BIG))
+    assert never == len(BIG), "the tables must never have been analyzed"
+    await conn.execute("SET jit = off")  # the reader role's setting
+    yield conn, start + timedelta(days=DAYS)
+    await conn.close()
+    await drop_database(name)
+
+
+def _queries() -> list[Any]:
+    cases = []
+    for key in ("calls", "latency", "events"):
+        board = BOARDS[DASHBOARD_UIDS[key]]
+        for top in board["panels"]:
+            for panel in [top, *top.get("panels", [])]:
+                for target in panel.get("targets", []):
+                    cases.append(pytest.param(board, target["rawSql"], id=f"{key}:{panel['title']}"))
+        for v in board["templating"]["list"]:
+            if v["type"] == "query":
+                cases.append(pytest.param(board, v["query"], id=f"{key}:variable {v['name']}"))
+    for rule in RULES:
+        cases.append(pytest.param(None, rule["data"][0]["model"]["rawSql"], id=f"alert:{rule['uid']}"))
+    return cases
+
+
+@pytest.mark.parametrize(("board", "sql"), _queries())
+async def test_queries_select_by_index_without_statistics(unanalyzed: tuple[asyncpg.Connection, datetime],
+                                                          board: dict[str, Any] | None, sql: str) -> None:
+    conn, now = unanalyzed
+    variables = variables_from_dashboard(board) if board else {}
+    for span in (timedelta(hours=1), timedelta(hours=24), timedelta(days=30)):
+        rendered = render(sql, variables=variables, frm=now - span, to=now, interval=timedelta(minutes=1))
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + rendered))
+        scanned = set(re.findall(r"Seq Scan on (\w+)", plan)) & set(BIG)
+        assert not scanned, f"{span}: sequential scan of {scanned}\n{plan}"
+
+
+async def test_the_latency_rollup_is_read_only_within_the_range(
+        unanalyzed: tuple[asyncpg.Connection, datetime]) -> None:
+    conn, now = unanalyzed
+    board = BOARDS[DASHBOARD_UIDS["latency"]]
+    panels = [p for top in board["panels"] for p in [top, *top.get("panels", [])]]
+    sql = next(p for p in panels if p["title"] == "p95 Voice-to-voice")["targets"][0]["rawSql"]
+    for span in (timedelta(days=3), timedelta(days=30)):
+        rendered = render(sql, variables=variables_from_dashboard(board), frm=now - span, to=now)
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN (FORMAT TEXT) " + rendered))
+        assert re.search(r"(Index Scan using|Bitmap Index Scan on) turn_latency_1h_bucket_idx", plan), plan
+        assert "turns" not in re.findall(r"Scan(?: using \w+)? on (\w+)", plan), plan
+    rendered = render(sql, variables=variables_from_dashboard(board), frm=now - timedelta(hours=24), to=now)
+    plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + rendered))
+    assert "turns_started_at_idx" in plan and "turn_latency_1h" not in plan, plan
