@@ -11,7 +11,7 @@ provisioning, expanded the way Grafana expands it, timed on a large database wit
    ending now. The seed rows are then removed.
 3. The rollups are filled the way the deriver keeps them (every bucket marked, then refreshed), timed.
 4. Queries: every SQL target of every dashboard, every query variable and every alert rule, rendered with
-   tests/grafana_emulator.py (template variables at their defaults, "All"; ``call_id`` a median call), for
+   bench/grafana_emulator.py (template variables at their defaults, "All"; ``call_id`` a median call), for
    the ranges 1 h, 24 h and 30 days ending now (alert rules: their own window and 24 h), as the reader role
    with its settings (``jit = off`` …). Median of ``--repeat`` runs, client wall time (planning included).
    First on the never-analyzed tables, then after ``ANALYZE``.
@@ -35,8 +35,7 @@ from typing import Any
 import asyncpg
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from grafana_emulator import render, variables_from_dashboard  # noqa: E402  (the one copy of the emulator)
+from bench.grafana_emulator import render, variables_from_dashboard
 
 from dashboards.generate import DashboardOptions, render_provisioning  # noqa: E402
 from storage import rollup  # noqa: E402

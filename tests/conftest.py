@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-import grafana_emulator
+from bench import grafana_emulator
 
 from collector.server import Collector
 from collector.settings import Settings, build_settings

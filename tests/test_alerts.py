@@ -15,7 +15,7 @@ import dashboard_data
 from conftest import drop_database, new_database, url_for
 from dashboards.alerts import RULE_UIDS
 from dashboards.generate import AlertThresholds, DashboardOptions, render_provisioning
-from grafana_emulator import render
+from bench.grafana_emulator import render
 
 FILES = render_provisioning(DashboardOptions())
 RULES_DOC = yaml.safe_load(FILES["alerting/callscope-rules.yaml"])

@@ -16,7 +16,7 @@ import yaml
 from conftest import drop_database, new_database, url_for
 from dashboards.common import DASHBOARD_UIDS
 from dashboards.generate import DashboardOptions, render_provisioning
-from grafana_emulator import render, variables_from_dashboard
+from bench.grafana_emulator import render, variables_from_dashboard
 from storage import rollup
 
 FILES = render_provisioning(DashboardOptions())

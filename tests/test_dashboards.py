@@ -1,5 +1,5 @@
 """Generated dashboards: files up to date, SDK round trip, layout, variables, links, and every panel's SQL
-rendered like Grafana (tests/grafana_emulator.py) and run on PostgreSQL."""
+rendered like Grafana (bench/grafana_emulator.py) and run on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from dashboards.generate import DashboardOptions, render_provisioning, write_pro
 from dashboards.sql import PG_PLUGIN_ID, register
 import dashboard_data
 from conftest import drop_database, new_database, url_for
-from grafana_emulator import ALL, Variable, expand_macros, interpolate_variables, render, \
+from bench.grafana_emulator import ALL, Variable, expand_macros, interpolate_variables, render, \
     variables_from_dashboard
 
 ROOT = Path(__file__).resolve().parents[1]

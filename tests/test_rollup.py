@@ -18,7 +18,7 @@ from collector.simulate import run_simulation
 from conftest import drop_database, new_database, url_for
 from dashboards.common import DASHBOARD_UIDS
 from dashboards.generate import DashboardOptions, render_provisioning
-from grafana_emulator import render, variables_from_dashboard
+from bench.grafana_emulator import render, variables_from_dashboard
 from storage import rollup
 
 BOUND = math.sqrt(rollup.HIST_RATIO) - 1  # < 2 %
