@@ -365,11 +365,12 @@ class _Worker:
             return await read_backlog(connection)
 
     async def refresh_rollups(self, *, force: bool = False) -> None:
-        """Recompute the rollup buckets derivation marked, every few seconds (a minute still filling up would
-        otherwise be recomputed after every small round)."""
+        """Recompute the rollup buckets derivation marked, every 30 s: a minute still filling up is recomputed by
+        every refresh that finds it marked, and the panels read raw turns for the last 24 h anyway (the
+        rollups serve longer ranges, where 30 s do not show)."""
         deriver = self._deriver
         now = time.monotonic()
-        if not force and now - deriver._rollups_at < 5.0:
+        if not force and now - deriver._rollups_at < 30.0:
             return
         deriver._rollups_at = now
         async with storage_errors():
