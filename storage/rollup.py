@@ -124,53 +124,17 @@ RETURNS float8[] LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 DECLARE
   sb smallint[];
   sn bigint[];
-  total bigint;
-  result float8[] := '{}';
-  q float8;
-  rk float8;
-  j bigint;
-  k bigint;
-  i int;
-  cum bigint;
-  v0 float8;
-  v1 float8;
-  v float8;
 BEGIN
-  SELECT array_agg(h.b ORDER BY h.b), array_agg(h.n ORDER BY h.b), sum(h.n)
-    INTO sb, sn, total
+  -- merge repeated bins and sort them, then walk once (callscope_hist_quantiles_sorted)
+  SELECT array_agg(h.b ORDER BY h.b), array_agg(h.n ORDER BY h.b)
+    INTO sb, sn
   FROM (SELECT u.b, sum(u.n)::bigint AS n FROM unnest(bins, counts) AS u(b, n)
         WHERE u.b IS NOT NULL AND u.n > 0 GROUP BY u.b) h;
-  FOREACH q IN ARRAY qs LOOP
-    IF total IS NULL OR total = 0 OR q IS NULL THEN
-      result := result || NULL::float8;
-      CONTINUE;
-    END IF;
-    rk := least(greatest(q, 0), 1) * (total - 1);
-    j := floor(rk)::bigint;
-    k := least(j + 1, total - 1);
-    -- value at 0-based rank j, then at rank k (k >= j: continue the walk)
-    i := 1;
-    cum := sn[1];
-    WHILE cum <= j LOOP
-      i := i + 1;
-      cum := cum + sn[i];
-    END LOOP;
-    v0 := callscope_hist_mid(sb[i]);
-    WHILE cum <= k LOOP
-      i := i + 1;
-      cum := cum + sn[i];
-    END LOOP;
-    v1 := callscope_hist_mid(sb[i]);
-    v := v0 + (rk - j) * (v1 - v0);
-    IF lo IS NOT NULL AND v < lo THEN v := lo; END IF;
-    IF hi IS NOT NULL AND v > hi THEN v := hi; END IF;
-    result := result || v;
-  END LOOP;
-  RETURN result;
+  RETURN callscope_hist_quantiles_sorted(sb, sn, qs, lo, hi);
 END
 $$"""
 
-# The same on a histogram whose bins are unique and ascending (as the dashboards' queries build it): one walk.
+# Percentiles of a histogram whose bins are unique and ascending (as the dashboards' queries build it): one walk.
 _HIST_QUANTILES_SORTED = """
 CREATE OR REPLACE FUNCTION callscope_hist_quantiles_sorted(bins smallint[], counts bigint[], qs float8[],
                                                            lo float8 DEFAULT NULL, hi float8 DEFAULT NULL)
