@@ -224,6 +224,21 @@ class AckLedger:
     exports: int = 0
     in_flight: int = 0                                        # Export calls sent and not answered yet
 
+    def answered(self, response: ExportTraceServiceResponse | ExportLogsServiceResponse, *, kind: str,
+                 keys: Sequence[SpanKey], body: bytes) -> bool:
+        """Record a successful Export's answer; True when it acknowledged everything (no partial success)."""
+        rejected = (response.partial_success.rejected_spans if kind == "traces"
+                    else response.partial_success.rejected_log_records)
+        if rejected:
+            self.partial.append(response.partial_success.error_message[:300])
+            return False
+        self.ack_times.append(time.monotonic())
+        if kind == "traces":
+            self.acked.update(keys)
+        else:
+            self.acked_logs += log_count(body)
+        return True
+
     def summary(self) -> str:
         codes: dict[str, int] = {}
         for refusal in self.refusals:
@@ -286,17 +301,7 @@ class GrpcSender:
                 await asyncio.sleep(delay)
                 continue
             self.ledger.in_flight -= 1
-            rejected = (response.partial_success.rejected_spans if kind == "traces"
-                        else response.partial_success.rejected_log_records)
-            if rejected:
-                self.ledger.partial.append(response.partial_success.error_message[:300])
-                return False
-            self.ledger.ack_times.append(time.monotonic())
-            if kind == "traces":
-                self.ledger.acked.update(keys)
-            else:
-                self.ledger.acked_logs += log_count(body)
-            return True
+            return self.ledger.answered(response, kind=kind, keys=keys, body=body)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -332,17 +337,7 @@ class HttpSender:
             if status == 200:
                 parsed = (ExportTraceServiceResponse if kind == "traces" else ExportLogsServiceResponse
                           ).FromString(payload)
-                rejected = (parsed.partial_success.rejected_spans if kind == "traces"
-                            else parsed.partial_success.rejected_log_records)
-                if rejected:
-                    self.ledger.partial.append(parsed.partial_success.error_message[:300])
-                    return False
-                self.ledger.ack_times.append(time.monotonic())
-                if kind == "traces":
-                    self.ledger.acked.update(keys)
-                else:
-                    self.ledger.acked_logs += log_count(body)
-                return True
+                return self.ledger.answered(parsed, kind=kind, keys=keys, body=body)
             if status not in (0, 429, 502, 503, 504):
                 self.ledger.failures.append(f"HTTP {status}: {payload[:200]!r}")
                 return False
