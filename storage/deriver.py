@@ -223,7 +223,6 @@ class Deriver:
         self._rollups_at = 0.0
         # refreshed every few seconds by a worker, so that readers (metrics) never wait for the database
         self.last_backlog = DeriveBacklog(calls=0, oldest_s=0.0, quarantined=0)
-        self.quarantined_total = 0   # calls put into quarantine by this process
         self.derived_total = 0
 
     def notify(self) -> None:
@@ -233,10 +232,6 @@ class Deriver:
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(worker.run(), name=f"callscope-deriver-{worker.index}")
                        for worker in self._workers]
-
-    async def derive_round(self) -> int:
-        """One claim-and-derive; return how many calls it derived."""
-        return await self._control.round()
 
     async def drain(self) -> None:
         """Derive until no call is dirty (quarantined calls whose retry is due included)."""
@@ -354,7 +349,6 @@ class _Worker:
         for call_id, error in failed.items():
             attempts = await connection.fetchval(_QUARANTINE, call_id, error, deriver._retry_base_s,
                                                  deriver._retry_max_s)
-            deriver.quarantined_total += 1
             log.error("derive.call_quarantined", extra={"call_id": call_id[:200], "attempts": attempts,
                                                         "error": error})
         await connection.execute(_RELEASE, [call_id for call_id in call_ids if call_id not in failed])
