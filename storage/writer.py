@@ -58,7 +58,16 @@ _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_spans (LIKE spans INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS stage_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS stage_tools (LIKE tool_calls INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+    # Records carry their tenant (storage/records.py); staged with them until the stored tables have the column.
+    "ALTER TABLE stage_spans ADD COLUMN IF NOT EXISTS tenant text",
+    "ALTER TABLE stage_events ADD COLUMN IF NOT EXISTS tenant text",
+    "ALTER TABLE stage_tools ADD COLUMN IF NOT EXISTS tenant text",
 )
+
+
+def _stored(columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The staged columns the stored tables have (``tenant`` is staged only, for now)."""
+    return tuple(column for column in columns if column != "tenant")
 
 # Traces that name their call (an explicit id on a span or log record): the first name a trace gets is kept.
 # ON CONFLICT probes the primary key, so a trace named already costs no write.
@@ -112,18 +121,19 @@ ORDER BY resource_id
 ON CONFLICT (resource_id) DO NOTHING
 """
 
-_INSERT_SPANS = _insert_resolved("spans", SPAN_COLUMNS, "span_count, span_calls")
-_INSERT_EVENTS = _insert_resolved("events", EVENT_COLUMNS, "event_count, event_calls")
+_INSERT_SPANS = _insert_resolved("spans", _stored(SPAN_COLUMNS), "span_count, span_calls")
+_INSERT_EVENTS = _insert_resolved("events", _stored(EVENT_COLUMNS), "event_count, event_calls")
+_TOOL_STORED = _stored(TOOL_COLUMNS)
 
 _UPSERT_TOOLS = f"""
 WITH resolved AS (
     SELECT DISTINCT ON (call_id, tool_call_id) * FROM (
-        SELECT {", ".join(_resolved("s") + " AS call_id" if c == "call_id" else "s." + c for c in TOOL_COLUMNS)}
+        SELECT {", ".join(_resolved("s") + " AS call_id" if c == "call_id" else "s." + c for c in _TOOL_STORED)}
         FROM stage_tools s
     ) r ORDER BY call_id, tool_call_id, is_error DESC, ended_at DESC NULLS LAST, span_id
 ), ins AS (
-    INSERT INTO tool_calls AS t ({", ".join(TOOL_COLUMNS)})
-    SELECT {", ".join(TOOL_COLUMNS)} FROM resolved
+    INSERT INTO tool_calls AS t ({", ".join(_TOOL_STORED)})
+    SELECT {", ".join(_TOOL_STORED)} FROM resolved
     ON CONFLICT (call_id, tool_call_id) DO UPDATE SET
         tool_name = EXCLUDED.tool_name,
         started_at = coalesce(t.started_at, EXCLUDED.started_at),
