@@ -1,6 +1,7 @@
 """The collector's lifecycle: migrate → writer + deriver → batcher → gRPC + HTTP receivers; graceful stop.
 
-Stop order follows the data: stop accepting (receivers), flush what was accepted (batcher), close the writer,
+API keys are loaded after migrating (collector/auth.py), before the receivers open; TLS files are read when the
+collector is built, so a bad certificate fails at once with its file named. Stop order follows the data: stop accepting (receivers), flush what was accepted (batcher), close the writer,
 derive what is still dirty (deriver).
 """
 
@@ -12,6 +13,7 @@ import signal
 
 import asyncpg
 
+from collector.auth import Authenticator
 from collector.batcher import Batcher
 from collector.cost import PriceTable, configure_prices
 from collector.health import DatabaseHealth
@@ -21,6 +23,7 @@ from collector.otlp.grpc import GrpcReceiver
 from collector.otlp.http import HttpReceiver
 from collector.settings import Settings
 from collector.telemetry import Metrics
+from collector.tls import ServerTls
 from storage.migrate import migrate
 from storage.deriver import Deriver
 from storage.writer import WriterPool
@@ -50,9 +53,13 @@ class Collector:
         limits = ItemLimits(max_attributes=settings.max_attributes, max_value_length=settings.max_value_length,
                             max_value_depth=settings.max_value_depth, max_id_length=settings.max_id_length,
                             max_json_depth=settings.max_json_depth)
+        self.tls = ServerTls.from_settings(settings)
+        self.authenticator = Authenticator(settings.database_url, required=settings.auth_required,
+                                           refresh_s=settings.auth_refresh_s)
         self.ingest = Ingest(self.batcher, limits=limits, metrics=self.metrics,
                              max_concurrent_requests=settings.max_concurrent_requests,
-                             retry_after_s=settings.retry_after_s)
+                             retry_after_s=settings.retry_after_s, authenticator=self.authenticator,
+                             privacy=settings.pii_policy())
         self.health = DatabaseHealth(settings.database_url, self.batcher,
                                      probe_interval_s=settings.health_probe_interval_s)
         # Numbers only storage/ knows reach the metrics through callbacks (storage never imports collector/):
@@ -100,11 +107,13 @@ class Collector:
         await self.writer.start()
         await self.deriver.start()
         await self.batcher.start()
+        await self.authenticator.start()
         self.grpc = GrpcReceiver(self.ingest, host=settings.bind_address, port=settings.grpc_port,
                                  max_message_bytes=settings.max_message_bytes,
-                                 max_concurrent_requests=settings.max_concurrent_requests)
+                                 max_concurrent_requests=settings.max_concurrent_requests, tls=self.tls)
         self.http = HttpReceiver(self.ingest, host=settings.bind_address, port=settings.http_port,
-                                 max_message_bytes=settings.max_message_bytes, health=self.health.check)
+                                 max_message_bytes=settings.max_message_bytes, health=self.health.check,
+                                 tls=self.tls)
         await self.grpc.start()
         try:
             await self.http.start()
@@ -112,7 +121,11 @@ class Collector:
             await self.grpc.stop(0)
             raise
         log.info("receiver.started", extra={"grpc_port": self.grpc.port, "http_port": self.http.port,
-                                            "bind_address": settings.bind_address})
+                                            "bind_address": settings.bind_address, "auth": settings.auth,
+                                            "tls": "mutual" if self.tls is not None and self.tls.mutual else
+                                            "on" if self.tls is not None else "off",
+                                            "pii": {k: v for k, v in self.ingest.privacy.actions.items()
+                                                    if v != "keep"}})
 
     async def close(self, grace_s: float = 10.0) -> None:
         """Stop accepting, flush what was accepted (in-flight Exports get their answer), close the database."""
@@ -123,6 +136,7 @@ class Collector:
         # commit, and waiting for its age timer could outlast the grace period.
         await self.batcher.close()
         await receivers
+        await self.authenticator.close()
         await self.writer.close()
         await self.deriver.close()
         log.info("collector.stopped", extra=self.metrics.snapshot())
