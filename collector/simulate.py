@@ -75,7 +75,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest, ExportLogsServiceResponse,
@@ -89,6 +89,9 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+if TYPE_CHECKING:
+    from collector.tls import ClientTls
 
 __all__ = [
     "STATUSES", "WINDOW", "SimulatedCall", "SimulationReport", "generate_calls", "encode_requests",
@@ -1548,7 +1551,8 @@ def _retry_after(value: str | None) -> float | None:
 class _GrpcTransport:
     name = "grpc"
 
-    def __init__(self, target: str, *, insecure: bool, timeout: float) -> None:
+    def __init__(self, target: str, *, insecure: bool, timeout: float, tls: ClientTls | None = None,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
         import grpc
         from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
@@ -1556,8 +1560,12 @@ class _GrpcTransport:
         self._grpc = grpc
         options = [("grpc.max_send_message_length", 64 * 1024 * 1024),
                    ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        self.channel = (grpc.aio.insecure_channel(target, options=options) if insecure
-                        else grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options))
+        if tls is not None:
+            self.channel = tls.grpc_channel(target, options)
+        else:
+            self.channel = (grpc.aio.insecure_channel(target, options=options) if insecure
+                            else grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options))
+        self.metadata = metadata
         self.traces = trace_service_pb2_grpc.TraceServiceStub(self.channel)
         self.logs = logs_service_pb2_grpc.LogsServiceStub(self.channel)
         self.timeout = timeout
@@ -1566,7 +1574,7 @@ class _GrpcTransport:
 
     async def _call(self, method: Any, request: Any) -> Any:
         try:
-            return await method(request, timeout=self.timeout)
+            return await method(request, timeout=self.timeout, metadata=self.metadata)
         except self._grpc.aio.AioRpcError as exc:
             message = f"{exc.code().name}: {exc.details()}"
             if exc.code() not in self.retryable:
@@ -1592,20 +1600,24 @@ class _GrpcTransport:
 class _HttpTransport:
     name = "http"
 
-    def __init__(self, base: str, *, timeout: float, concurrency: int) -> None:
+    def __init__(self, base: str, *, timeout: float, concurrency: int, tls: ClientTls | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         import aiohttp
 
         self._aiohttp = aiohttp
         self.base = base.rstrip("/")
+        self.headers = {"Content-Type": "application/x-protobuf", **(headers or {})}
+        self.server_hostname = tls.server_name if tls is not None else None
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(1, concurrency)),
+            connector=aiohttp.TCPConnector(limit=max(1, concurrency),
+                                           ssl=tls.ssl_context() if tls is not None else True),
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
 
     async def _post(self, path: str, body: bytes) -> bytes:
         try:
-            async with self.session.post(self.base + path, data=body,
-                                         headers={"Content-Type": "application/x-protobuf"}) as resp:
+            async with self.session.post(self.base + path, data=body, headers=self.headers,
+                                         server_hostname=self.server_hostname) as resp:
                 payload = await resp.read()
                 if resp.status == 200:
                     return payload
@@ -1637,7 +1649,8 @@ def _request_key(request: Any) -> int:
 
 
 async def run_simulation(endpoint: str, *, calls: int, concurrency: int = 8, seed: int = 1, insecure: bool = True,
-                         progress: Callable[[int], None] | None = None, timeout: float = 30.0) -> SimulationReport:
+                         progress: Callable[[int], None] | None = None, timeout: float = 30.0,
+                         tls: ClientTls | None = None, api_key: str | None = None) -> SimulationReport:
     """Generate ``calls`` calls and send them to an OTLP receiver, ``concurrency`` calls at a time.
 
     ``endpoint`` is ``host:port`` (or ``grpc://host:port``) for OTLP/gRPC, ``http(s)://host:port`` for
@@ -1645,14 +1658,19 @@ async def run_simulation(endpoint: str, *, calls: int, concurrency: int = 8, see
     RESOURCE_EXHAUSTED / UNAVAILABLE / DEADLINE_EXCEEDED and HTTP 429/502/503/504 are retried with
     exponential backoff (0.5 s doubling to 30 s, ±20 % jitter), waiting at least the server's RetryInfo /
     Retry-After, for up to 120 s per request. ``progress`` gets the number of calls finished so far.
+    ``tls`` talks TLS to the collector (gRPC, or HTTP at ``https://``); ``api_key`` is sent as
+    ``Authorization: Bearer <key>``.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
     transport: _GrpcTransport | _HttpTransport
+    authorization = {"authorization": f"Bearer {api_key}"} if api_key else {}
     if endpoint.startswith(("http://", "https://")):
-        transport = _HttpTransport(endpoint, timeout=timeout, concurrency=concurrency)
+        transport = _HttpTransport(endpoint, timeout=timeout, concurrency=concurrency, tls=tls,
+                                   headers=authorization)
     else:
-        transport = _GrpcTransport(endpoint.removeprefix("grpc://"), insecure=insecure, timeout=timeout)
+        transport = _GrpcTransport(endpoint.removeprefix("grpc://"), insecure=insecure, timeout=timeout, tls=tls,
+                                   metadata=tuple(authorization.items()))
     stats = {"spans": 0, "logs": 0, "requests": 0, "retries": 0, "rejected_spans": 0, "rejected_logs": 0,
              "failed": 0, "calls": 0}
     errors: list[str] = []
