@@ -91,11 +91,14 @@ class HttpReceiver:
         if server is not None and server.sockets:
             self.port = server.sockets[0].getsockname()[1]
 
+    def reload_certificates(self) -> bool:
+        """Load renewed certificate files for new connections (checked every ``RELOAD_CHECK_S``)."""
+        return self._tls.reload_if_changed() if self._tls is not None else False
+
     async def _reload_certificates(self) -> None:
-        assert self._tls is not None
         while True:
             await asyncio.sleep(RELOAD_CHECK_S)
-            self._tls.reload_if_changed()
+            self.reload_certificates()
 
     async def stop(self, grace_s: float) -> None:
         if self._reload_task is not None:
