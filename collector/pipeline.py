@@ -180,14 +180,15 @@ def severity_level(severity_number: int, severity_text: str = "") -> str:
 
 def _event_row(*, time_ns: int, event: str, call_id: str, explicit: bool, trace_id: str | None,
                span_id: str | None, level: str | None, message: str | None, data: Any, source: str,
-               identity: str, tenant: str, privacy: PiiPolicy, turn_number: int | None = None) -> EventRow:
+               identity: str, tenant: str, privacy: PiiPolicy, turn_number: int | None = None,
+               tool_span: bool = False) -> EventRow:
     event_type = lookup(event)
     category = event_type.category if event_type else "other"
     if event_type and (level is None or level_rank(event_type.default_level) > level_rank(level)):
         level = event_type.default_level
     event_id = hashlib.blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
     if privacy.active:   # after the identity: a retried record gets the same id whatever the policy hides
-        message, data = privacy.event(event, message, data)
+        message, data = privacy.event(event, message, data, tool_span=tool_span)
     return EventRow(
         time=_time(time_ns), event_id=event_id, call_id=call_id, call_id_explicit=explicit,
         trace_id=trace_id, span_id=span_id, category=category, event=event, level=level or "INFO",
@@ -238,7 +239,7 @@ def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, batch: Mappe
         span_events = privacy.span_events(span.events, tool_span=tool_span)
         facts = privacy.facts(facts)
         span_name = privacy.text(span_name)
-        status_message = privacy.text(status_message) if status_message else status_message
+        status_message = privacy.status(status_message, tool_span=tool_span) if status_message else status_message
         tool_calls = tuple(privacy.tool_call(tool) for tool in tool_calls)
         derived_events = tuple(privacy.derived(derived) for derived in derived_events)
     rows: list[Record] = []
@@ -291,7 +292,7 @@ def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, batch: Mappe
             explicit=explicit, trace_id=span.trace_id, span_id=span.span_id, level=level, message=message,
             data=attributes or None, source="span_event", turn_number=mapping.turn_number,
             identity=f"e|{span.trace_id}|{span.span_id}|{index}|{name}|{span_event['time_unix_nano']}",
-            tenant=tenant, privacy=privacy,
+            tenant=tenant, privacy=privacy, tool_span=mapping.stage in ("tool", "transfer"),
         ))
     out.extend(rows)  # all of the span's rows or none: a failure above leaves nothing half-mapped
 

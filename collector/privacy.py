@@ -199,6 +199,8 @@ class PiiPolicy:
         self._keys_matter = bool(self._exact or self._prefixes or self._marked)
 
     def _matters(self, cls: str) -> bool:
+        if cls == _TOOL_ERROR:
+            return self.actions["tool"] != "keep"
         if cls in (_EITHER, "transcript") or cls.startswith("messages:"):
             # transcripts too when only tools are hidden: chat messages hold tool calls and results
             return self.actions["transcript"] != "keep" or self.actions["tool"] != "keep"
@@ -226,6 +228,10 @@ class PiiPolicy:
             digits = _NON_DIGITS.sub("", text)
             return f"[phone …{digits[-2:]}]" if len(digits) >= 4 else "[phone]"
         return f"[{label}]"
+
+    def status(self, text: str, *, tool_span: bool = False) -> str:
+        """A span's status message: on a tool span the tool's error (tool class), elsewhere free text."""
+        return self._payload("tool", text) if tool_span else self.text(text)
 
     def pair_key(self, text: str) -> str:
         """A turn pairing key (LiveKit user and agent turns repeat the user's words): kept with the transcript,
@@ -367,6 +373,8 @@ class PiiPolicy:
             cls = "personal"
         if cls == _EITHER:
             cls = "tool" if tool_span else "transcript"
+        elif cls == _TOOL_ERROR:
+            cls = "tool" if tool_span else None
         return cls
 
     def _value(self, cls: str | None, key: str, value: Any) -> Any:
@@ -451,18 +459,19 @@ class PiiPolicy:
                        error=self._payload("tool", draft.error) if draft.error else draft.error,
                        tool_name=self.scan(draft.tool_name))
 
-    def event(self, event: str, message: str | None, data: Any) -> tuple[str | None, Any]:
+    def event(self, event: str, message: str | None, data: Any, *, tool_span: bool = False
+              ) -> tuple[str | None, Any]:
         """(message, data) of a call-log event, derived or sent as a log record, under the policy.
 
         The message and body of an event that carries what someone said (``user.message_received``, GenAI
         message events…) follow the transcript class, those of tool events the tool class; data keys follow
-        their attribute's class.
+        their attribute's class. On a tool span (``tool_span``) an event's message is the tool's (an exception).
         """
         if not self.active:
             return message, data
         cls = _EVENT_CLASSES.get(event)
         if message:
-            message = self._payload(cls, message) if cls is not None else self.text(message)
+            message = self._payload(cls, message) if cls is not None else self.status(message, tool_span=tool_span)
         if isinstance(data, dict):
             out = {}
             for key, value in data.items():
@@ -472,7 +481,7 @@ class PiiPolicy:
                 elif key in _EVENT_DATA_CLASSES and (key != "error" or cls == "tool"):
                     out[key] = self._value(_EVENT_DATA_CLASSES[key], key, value)
                 else:
-                    found = self._class_of(key, data, cls == "tool") if self._keys_matter else None
+                    found = self._class_of(key, data, tool_span or cls == "tool") if self._keys_matter else None
                     out[key] = self._value(found, key, value)
             data = out
         elif data is not None:
@@ -519,6 +528,7 @@ def _flattened_class(key: str, prefix: str, family: str, attributes: Mapping[str
 
 
 _EITHER = "either"   # the class depends on the span: tool payload on a tool span, transcript elsewhere
+_TOOL_ERROR = "tool error"   # a tool's error text on a tool span (it often quotes the payload); elsewhere free text
 
 # Attributes whose value is personal by what it is, per convention (research/otel-voice-conventions.md).
 _BUILTIN_KEYS: dict[str, str] = {
@@ -548,6 +558,10 @@ _BUILTIN_KEYS: dict[str, str] = {
     # OpenInference / OpenLLMetry: inputs and outputs are tool payloads on tool spans, texts elsewhere
     "input.value": _EITHER, "output.value": _EITHER, "traceloop.entity.input": _EITHER,
     "traceloop.entity.output": _EITHER, "tool_call.function.arguments": "tool",
+    "message.content": "transcript", "message.contents": "transcript", "llm.prompts": "transcript",
+    "llm.prompt_template.variables": "transcript", "message.contents.*": "transcript",
+    "exception.message": _TOOL_ERROR, "exception.stacktrace": _TOOL_ERROR, "frame.error.message": _TOOL_ERROR,
+    "error.message": _TOOL_ERROR,
     # OpenTelemetry general conventions
     "user.email": "email", "user.full_name": "personal", "user.name": "personal",
     "recording.url": "recording",
