@@ -6,7 +6,9 @@ and — in the same run, on the same rows — the raw asyncpg COPY ceiling, so t
 
 Starts ``callscope serve`` as a subprocess against a fresh database (or drives ``--endpoint`` if given),
 sends pre-encoded simulator requests over gRPC (``--spans-per-request`` spans each, like an SDK's
-BatchSpanProcessor), and counts a span only when its Export returned OK (= committed).
+BatchSpanProcessor), and counts a span only when its Export returned OK (= committed). The collector runs as
+shipped (auth required): the benchmark creates an API key and sends it with every Export (an ``--endpoint``
+gets ``CALLSCOPE_API_KEY``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from collector.pipeline import map_spans
 from collector.progress import draw_progress
 from storage.records import SpanRow, columns_of
 from collector.simulate import encode_requests, generate_calls
+from storage.keys import create_key
 from storage.migrate import migrate
 
 RESULTS = Path(__file__).with_name("results")
@@ -106,14 +109,26 @@ async def start_collector(database_url: str) -> tuple[subprocess.Popen, str]:
     return process, endpoint
 
 
+def authorization(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata carrying an API key, as an OTel SDK sends it."""
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
 async def collector_for(endpoint: str | None, admin_url: str, database: str,
-                        database_url: str) -> tuple[subprocess.Popen | None, str]:
-    """The given endpoint, or a fresh database with a ``callscope serve`` of its own on it."""
+                        database_url: str) -> tuple[subprocess.Popen | None, str, str | None]:
+    """(process, endpoint, API key): the given endpoint (key from ``CALLSCOPE_API_KEY``), or a fresh database
+    with a key and a ``callscope serve`` of its own on it."""
     if endpoint is not None:
-        return None, endpoint
+        return None, endpoint, os.environ.get("CALLSCOPE_API_KEY")
     await _recreate(admin_url, database)
     await migrate(database_url)
-    return await start_collector(database_url)
+    connection = await asyncpg.connect(database_url)
+    try:
+        _, api_key, _ = await create_key(connection, "default", "bench")
+    finally:
+        await connection.close()
+    process, endpoint = await start_collector(database_url)
+    return process, endpoint, api_key
 
 
 def _progress(done: int, total: int, started: float) -> None:
@@ -122,7 +137,7 @@ def _progress(done: int, total: int, started: float) -> None:
 
 
 async def _drive(endpoint: str, trace_bodies: list[bytes], log_bodies: list[bytes], concurrency: int,
-                 span_counts: list[int]) -> tuple[float, list[float], int]:
+                 span_counts: list[int], api_key: str | None = None) -> tuple[float, list[float], int]:
     channel = grpc.aio.insecure_channel(endpoint, options=[("grpc.max_send_message_length", 64 << 20)])
     # Pre-encoded bytes go straight on the wire: the client costs no protobuf work during the run.
     export_traces = channel.unary_unary(
@@ -150,7 +165,8 @@ async def _drive(endpoint: str, trace_bodies: list[bytes], log_bodies: list[byte
             while True:
                 sent = time.perf_counter()
                 try:
-                    await (export_traces if kind == "traces" else export_logs)(body, timeout=60)
+                    await (export_traces if kind == "traces" else export_logs)(body, timeout=60,
+                                                                               metadata=authorization(api_key))
                 except grpc.aio.AioRpcError as error:
                     if error.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
                         retries += 1
@@ -181,6 +197,7 @@ async def _copy_ceiling(database_url: str, trace_bodies: list[bytes]) -> tuple[f
     connection = await asyncpg.connect(database_url)
     try:
         await connection.execute("CREATE TABLE copy_ceiling (LIKE spans INCLUDING DEFAULTS)")
+        await connection.execute("ALTER TABLE copy_ceiling ADD COLUMN IF NOT EXISTS tenant text")   # as staged
         started = time.perf_counter()
         for i in range(0, len(tuples), 5000):
             await connection.copy_records_to_table("copy_ceiling", records=tuples[i:i + 5000], columns=columns)
@@ -202,9 +219,10 @@ async def run(args: argparse.Namespace) -> BenchResult:
     span_counts = [sum(len(ss.spans) for rs in trace_service_pb2.ExportTraceServiceRequest.FromString(b).resource_spans
                        for ss in rs.scope_spans) for b in trace_bodies]
     log_records = sum(call.log_count for call in calls) if log_bodies else 0
-    process, endpoint = await collector_for(args.endpoint, admin_url, args.database, database_url)
+    process, endpoint, api_key = await collector_for(args.endpoint, admin_url, args.database, database_url)
     try:
-        elapsed, latencies, retries = await _drive(endpoint, trace_bodies, log_bodies, args.concurrency, span_counts)
+        elapsed, latencies, retries = await _drive(endpoint, trace_bodies, log_bodies, args.concurrency, span_counts,
+                                                   api_key)
         rss = _peak_rss_mib(process.pid) if process else None
     finally:
         if process is not None:
