@@ -100,6 +100,7 @@ class ServerTls:
         if stamp == self._stamp:
             return False
         try:
+            self._new_context()   # the files load together (key matches certificate) before the live context sees them
             self._load_chain(self._context)
             if self.client_ca_file:
                 self._context.load_verify_locations(cafile=self.client_ca_file)
