@@ -8,7 +8,8 @@ Starts ``callscope serve`` as a subprocess against a fresh database (or drives `
 sends pre-encoded simulator requests over gRPC (``--spans-per-request`` spans each, like an SDK's
 BatchSpanProcessor), and counts a span only when its Export returned OK (= committed). The collector runs as
 shipped (auth required): the benchmark creates an API key and sends it with every Export (an ``--endpoint``
-gets ``CALLSCOPE_API_KEY``).
+gets ``CALLSCOPE_API_KEY``). The PII policy is the collector's (``CALLSCOPE_PII``, default ``card=mask``); the
+in-process mapping rate uses the same one, e.g. ``CALLSCOPE_PII=mask python -m bench.ingest``.
 """
 
 from __future__ import annotations
@@ -186,11 +187,16 @@ async def _drive(endpoint: str, trace_bodies: list[bytes], log_bodies: list[byte
 
 
 async def _copy_ceiling(database_url: str, trace_bodies: list[bytes]) -> tuple[float, float]:
-    """(mapping spans/s, COPY spans/s): decode+map in-process, then COPY the same rows, nothing else."""
+    """(mapping spans/s, COPY spans/s): decode+map in-process (with the collector's PII policy), then COPY the
+    same rows, nothing else."""
+    from collector.settings import build_settings
+
+    policy = build_settings().pii_policy()   # CALLSCOPE_PII* from the environment, as the collector reads them
     started = time.perf_counter()
     rows: list[SpanRow] = []
     for body in trace_bodies:
-        rows.extend(r for r in map_spans(iter_spans(parse_traces(body))).records if type(r) is SpanRow)
+        rows.extend(r for r in map_spans(iter_spans(parse_traces(body)), privacy=policy).records
+                    if type(r) is SpanRow)
     mapping_rate = len(rows) / (time.perf_counter() - started)
     columns = columns_of(SpanRow)
     tuples = rows  # records are tuples in COPY order

@@ -187,7 +187,8 @@ def _event_row(*, time_ns: int, event: str, call_id: str, explicit: bool, trace_
     if event_type and (level is None or level_rank(event_type.default_level) > level_rank(level)):
         level = event_type.default_level
     event_id = hashlib.blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
-    if privacy.active:   # after the identity: a retried record gets the same id whatever the policy hides
+    # after the identity: a retried record gets the same id whatever the policy hides
+    if privacy.active and privacy.needs(lambda: _dumps((message, data)), data if isinstance(data, dict) else {}):
         message, data = privacy.event(event, message, data, tool_span=tool_span)
     return EventRow(
         time=_time(time_ns), event_id=event_id, call_id=call_id, call_id_explicit=explicit,
@@ -202,6 +203,23 @@ def _check_length(value: str | None, what: str, limit: int) -> None:
     if value is not None and len(value) > limit:
         raise RejectedSpan(f"{what} is {len(value)} characters long, at most {limit} are accepted "
                            f"({shorten(value, 40)!r})", reason="id_too_long")
+
+
+def _probe(attributes_json: str, span: SpanIn, facts: dict[str, Any], mapping: SpanMapping) -> str:
+    """The text a span's rows would hold, in one string, for the PII detectors' quick search: its attributes
+    and events, and the texts mappers made of them (numbers in facts are times and counts, left out)."""
+    texts = [attributes_json, span.name, span.status_message or ""]
+    if span.events:
+        texts.append(_dumps(span.events))
+    texts.extend(value for value in facts.values() if type(value) is str)
+    for tool in mapping.tool_calls:
+        texts.extend(text for text in (tool.arguments, tool.result, tool.error) if text)
+    for derived in mapping.events:
+        if derived.message:
+            texts.append(derived.message)
+        if derived.data:
+            texts.append(_dumps(derived.data))
+    return "\n".join(texts)
 
 
 def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, batch: MappedBatch, tenant: str,
@@ -231,7 +249,11 @@ def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, batch: Mappe
     span_name, status_message, span_events = span.name, span.status_message, span.events
     attributes_json = _dumps(span.attributes)
     tool_calls, derived_events = mapping.tool_calls, mapping.events
-    if privacy.active:   # the policy's one place: everything below is built from what it lets through
+    redact = privacy.needs(lambda: _probe(attributes_json, span, facts, mapping), span.attributes,
+                           *(event["attributes"] for event in span.events))
+    if not redact:
+        privacy = KEEP_ALL   # nothing of this span to hide: its event rows skip the policy too
+    else:   # the policy's one place: everything below is built from what it lets through
         tool_span = mapping.stage in ("tool", "transfer")
         redacted = privacy.attributes(span.attributes, tool_span=tool_span, serialized=attributes_json)
         if redacted is not span.attributes:
