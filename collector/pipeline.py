@@ -187,14 +187,16 @@ def _event_row(*, time_ns: int, event: str, call_id: str, explicit: bool, trace_
     if event_type and (level is None or level_rank(event_type.default_level) > level_rank(level)):
         level = event_type.default_level
     event_id = hashlib.blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+    data_json = None if data is None else _dumps(data)
     # after the identity: a retried record gets the same id whatever the policy hides
-    if privacy.active and privacy.needs(lambda: _dumps((message, data)), data if isinstance(data, dict) else {}):
+    if privacy.active and privacy.needs(lambda: f"{message or ''}\n{data_json or ''}",
+                                        data if isinstance(data, dict) else {}):
         message, data = privacy.event(event, message, data, tool_span=tool_span)
+        data_json = None if data is None else _dumps(data)
     return EventRow(
         time=_time(time_ns), event_id=event_id, call_id=call_id, call_id_explicit=explicit,
         trace_id=trace_id, span_id=span_id, category=category, event=event, level=level or "INFO",
-        message=message, data=None if data is None else _dumps(data), source=source, turn_number=turn_number,
-        tenant=tenant,
+        message=message, data=data_json, source=source, turn_number=turn_number, tenant=tenant,
     )
 
 
