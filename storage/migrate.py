@@ -274,6 +274,10 @@ async def check_schema(connection: asyncpg.Connection, *, routine_version: int =
                 f"and its routines (version {routine_version}: {wanted}) are no longer installed; "
                 f"upgrade the collector")
         return SchemaState(revision=current, head=head, routine_versions=versions, newer=True)
+    if not own and versions and max(versions) > routine_version:
+        raise SchemaMismatch(
+            f"this collector is older than the database: its routines (version {routine_version}: {wanted}) are no "
+            f"longer installed, only version {', '.join(map(str, versions))}; upgrade the collector")
     if not own:
         raise SchemaMismatch(f"the database has no routines of version {routine_version} ({wanted}), which this "
                              f"collector calls: run `callscope migrate` of this release first")

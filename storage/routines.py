@@ -55,15 +55,17 @@ STABLE_ROUTINES = (
 _NAMES = re.compile(r"\b(" + "|".join(sorted(VERSIONED_ROUTINES, key=len, reverse=True)) + r")\b")
 
 
-def routine_name(name: str, version: int = ROUTINE_VERSION) -> str:
-    """``callscope_derive`` → ``callscope_derive_v1`` (version 0: the bare name)."""
+def routine_name(name: str, version: int | None = None) -> str:
+    """``callscope_derive`` → ``callscope_derive_v1`` (default: this release's version; 0: the bare name)."""
     if name not in VERSIONED_ROUTINES:
         raise ValueError(f"{name} is not a versioned routine")
+    version = ROUTINE_VERSION if version is None else version
     return name if version == 0 else f"{name}_v{version}"
 
 
-def versioned_sql(sql: str, version: int = ROUTINE_VERSION) -> str:
+def versioned_sql(sql: str, version: int | None = None) -> str:
     """``sql`` with every versioned routine's name (definitions and calls alike) given ``version``."""
+    version = ROUTINE_VERSION if version is None else version
     if version == 0:
         return sql
     return _NAMES.sub(lambda match: f"{match.group(1)}_v{version}", sql)
