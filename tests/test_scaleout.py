@@ -177,6 +177,20 @@ async def _send_items(pools: list[Pool], items: list[tuple[int, str, bytes]], *,
     await asyncio.gather(*(worker(pool) for pool in pools))
 
 
+def _merged(pools: list[Pool]) -> AckLedger:
+    ledger = AckLedger()
+    for pool in pools:
+        part = pool.merged()
+        ledger.sent |= part.sent
+        ledger.acked |= part.acked
+        ledger.acked_logs += part.acked_logs
+        ledger.exports += part.exports
+        ledger.refusals += part.refusals
+        ledger.failures += part.failures
+        ledger.partial += part.partial
+    return ledger
+
+
 def _assert_same_ledger(baseline: dict[str, list[dict]], after: dict[str, list[dict]], test: str) -> None:
     differences = _differences(baseline, after)
     _print_rounding(test)
@@ -212,20 +226,14 @@ async def test_three_collectors_every_trace_split_three_ways_twice_shuffled_give
         await wait_derived(private_db, [c.call_id for c in ledger_calls])
         after = await snapshot(private_db)
         stored = await stored_span_counts(private_db)
-        received = [await _metric(c.http_port, "callscope_received_items_total", signal="traces")
+        received = [await _metric(c.http_port, "callscope_received_items_total", signal="spans")
                     for c in collectors]
         derived = [await _metric(c.http_port, "callscope_derived_calls_total") for c in collectors]
     finally:
         for pool in pools:
             await pool.close()
         await asyncio.gather(*(c.stop() for c in collectors))
-    ledger = AckLedger()
-    for pool in pools:
-        part = pool.merged()
-        ledger.sent |= part.sent
-        ledger.acked |= part.acked
-        ledger.failures += part.failures
-        ledger.partial += part.partial
+    ledger = _merged(pools)
     print(f"\n[three collectors] {len(items)} Exports (the corpus split three ways, twice, shuffled); spans received "
           f"per collector {received}; calls derived per collector {derived}")
     assert not ledger.failures and not ledger.partial, ledger.summary()
@@ -285,13 +293,7 @@ async def test_sigkill_one_sigterm_another_while_the_third_writes_loses_nothing_
         for pool in pools:
             await pool.close()
         await survivor.stop()
-    ledger = AckLedger()
-    for pool in pools:
-        part = pool.merged()
-        ledger.sent |= part.sent
-        ledger.acked |= part.acked
-        ledger.failures += part.failures
-        ledger.partial += part.partial
+    ledger = _merged(pools)
     log = stopped.log_path.read_text(errors="replace")
     print(f"\n[kill + term] {len(items)} Exports; SIGKILL after {figures['killed_at']}, SIGTERM after "
           f"{figures['stopped_at']}; the SIGTERMed collector exited {code} after {figures['shutdown_s']:.2f} s "
@@ -343,14 +345,39 @@ async def test_previous_routine_version_keeps_ingesting_while_migrate_installs_t
     current = CollectorProcess(private_db, tmp_path, name="current")
     pools = [Pool([previous]) for _ in range(2)]
     deadline = time.monotonic() + 120
-    migrated: tuple[int, str, str] | None = None
+    window: list[float] = []
+
+    async def run_migrate() -> tuple[int, str, str]:
+        window.append(time.monotonic())
+        try:
+            return await _cli("migrate", url=private_db)
+        finally:
+            window.append(time.monotonic())
+
+    queue = list(reversed(first))
+    migration: asyncio.Task[tuple[int, str, str]] | None = None
+
+    async def previous_release_writes(pool: Pool) -> None:
+        """The first half through the previous release, paced, with a few requests held back until migrate
+        finished: it writes before, while and after migrate runs."""
+        nonlocal migration
+        while queue:
+            if migration is not None and not migration.done() and len(queue) <= 4:
+                await asyncio.wait([migration])
+                continue
+            kind, body = queue.pop()
+            await pool.send(body, kind=kind, prefer=0, deadline=deadline)
+            if migration is None and pool.acked_bodies >= 3:
+                migration = asyncio.create_task(run_migrate())
+            if migration is not None and not migration.done():
+                await asyncio.sleep(0.1)
+
     try:
-        sending = asyncio.create_task(_send_items(pools, [(0, kind, body) for kind, body in first],
-                                                  deadline=deadline, pace_s=0.05))
-        await asyncio.sleep(0.3)
-        migrated = await _cli("migrate", url=private_db)          # while the previous release writes
-        migrated_during_load = not sending.done()
-        await sending
+        await asyncio.gather(*(previous_release_writes(pool) for pool in pools))
+        assert migration is not None
+        migrated = await migration
+        acks_while_migrating = sum(1 for ledger in (p.ledgers[0] for p in pools) for t in ledger.ack_times
+                                   if window[0] <= t <= window[1])
         await current.start()
         both = [Pool([previous, current]) for _ in range(2)]
         pools += both
@@ -367,17 +394,13 @@ async def test_previous_routine_version_keeps_ingesting_while_migrate_installs_t
         for pool in pools:
             await pool.close()
         await asyncio.gather(previous.stop(), current.stop())
-    ledger = AckLedger()
-    for pool in pools:
-        part = pool.merged()
-        ledger.sent |= part.sent
-        ledger.acked |= part.acked
-        ledger.failures += part.failures
-        ledger.partial += part.partial
+    ledger = _merged(pools)
     code, out, err = migrated
-    print(f"\n[rolling upgrade] migrate while the previous release wrote (still sending: {migrated_during_load}): "
-          f"{out.strip()}; routine versions installed {versions_after_migrate}; {ledger.summary()}")
+    print(f"\n[rolling upgrade] {acks_while_migrating} Exports acknowledged by the previous release while migrate ran "
+          f"({window[1] - window[0]:.1f} s): {out.strip()}; routine versions installed {versions_after_migrate}; "
+          f"{ledger.summary()}")
     assert code == 0, err
+    assert acks_while_migrating > 0, "the previous release was not writing while migrate ran"
     assert versions_after_migrate == (ROUTINE_VERSION, ROUTINE_VERSION - 1)
     previous_log = previous.log_path.read_text(errors="replace")
     assert "batch.failed" not in previous_log and "derive.failed" not in previous_log, previous.log_tail()
@@ -606,7 +629,7 @@ async def test_envoy_from_the_repository_balances_each_export_over_three_collect
         # compose's healthcheck of the lb service, against this Envoy's admin port
         check = COMPOSE["services"]["lb"]["healthcheck"]["test"][1:]
         check = [part.replace("127.0.0.1/9901", f"127.0.0.1/{admin_port}") for part in check]
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while subprocess.run(check, capture_output=True, timeout=10).returncode != 0:
             assert process.returncode is None, (tmp_path / "envoy.log").read_text()
             assert time.monotonic() < deadline, "Envoy never became ready"
