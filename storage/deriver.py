@@ -334,9 +334,12 @@ class Deriver:
                 worker.terminate()
 
     async def _drain_own(self) -> None:
-        """Derive the calls this process marked until none is claimable (held marks belong to other workers)."""
+        """Derive the calls this process marked until none is claimable (held marks belong to other workers),
+        then forget those that have no mark left (derived meanwhile, by any collector)."""
         while self._owed and await self._control.round(only=list(self._owed)):
             pass
+        if self._owed:
+            await self._control.prune_owed()
 
     async def prune_owed(self) -> None:
         """Forget owed calls that have no mark any more (another collector derived them)."""
