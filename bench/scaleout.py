@@ -157,7 +157,10 @@ async def run_one(args: argparse.Namespace, count: int, items: list[tuple[str, b
     window = drained - state["started"]
     other_ticks = sum(ticks - pg_before.get(pid, 0) for pid, ticks in others.last.items() if pid in pg_before) + \
         sum(ticks for pid, ticks in others.last.items() if pid not in pg_before)
-    pg_ticks = sum(v - pg_before.get(k, 0) for k, v in pg_after.items()) - other_ticks if server else None
+    # A backend that exited during the run moved its whole lifetime into the postmaster's reaped-children time
+    # (key -1): take off what it had used before the run.
+    exited = sum(ticks for pid, ticks in pg_before.items() if pid != -1 and pid not in pg_after)
+    pg_ticks = sum(v - pg_before.get(k, 0) for k, v in pg_after.items()) - exited - other_ticks if server else None
     elapsed = state["last_ok"] - state["started"]
     quantiles = statistics.quantiles(state["latencies"], n=100)
     return {
