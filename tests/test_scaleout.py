@@ -680,3 +680,17 @@ def _one_span_request(call_id: str) -> ExportTraceServiceRequest:
     attribute.key, attribute.value.string_value = "call.id", call_id
     return request
 
+
+
+def test_grafana_can_read_a_replica_by_a_generator_option(tmp_path, capsys):
+    """docs/scaling.md: `callscope dashboards --db-host replica…` points the data source (only it) at a replica."""
+    from collector.cli import main
+
+    assert main(["dashboards", "--out", str(tmp_path), "--db-host", "replica.db.internal:5432",
+                 "--db-sslmode", "require"]) == 0
+    (source,) = yaml.safe_load((tmp_path / "datasources" / "callscope.yaml").read_text())["datasources"]
+    assert source["url"] == "replica.db.internal:5432" and source["jsonData"]["sslmode"] == "require"
+    assert source["user"] == "callscope_reader"
+    shipped = {p.relative_to(ROOT / "provisioning"): p.read_text() for p in (ROOT / "provisioning").rglob("*.json")}
+    written = {p.relative_to(tmp_path): p.read_text() for p in tmp_path.rglob("*.json")}
+    assert written == shipped, "dashboards name the data source by uid: a replica changes nothing in them"
