@@ -482,7 +482,7 @@ WITH ids AS (
             -- an explicit queued / ringing, said last and by the time the session ended, wins over
             -- "ended → completed" (design §4) for a call that had no conversation
             CASE WHEN latest IN ('queued', 'ringing') AND turn_count = 0
-                      AND latest_at <= coalesce(session_end, latest_at) THEN latest END,
+                      AND latest_at <= coalesce(session_end, latest_at) + interval '1 second' THEN latest END,
             CASE WHEN session_end IS NOT NULL THEN
                  CASE WHEN session_error IS NOT NULL THEN 'failed' ELSE 'completed' END END,
             live, 'active') AS status
