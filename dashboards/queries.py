@@ -863,6 +863,7 @@ CAMPAIGN_SLOWEST_TURNS = f"""SELECT t.started_at AS "time", c.campaign, c.call_i
 FROM calls c
 CROSS JOIN LATERAL (
   SELECT * FROM turns t WHERE t.call_id = c.call_id AND t.voice_to_voice_ms IS NOT NULL
+  OFFSET 0  -- kept a subquery: a join planned without statistics may read every turn
 ) t
 WHERE $__timeFilter(c.started_at)
   AND {multi_filter('campaign', 'c.campaign')}
@@ -907,7 +908,8 @@ def alert_campaign_latency_p95(metric: str, *, min_samples: int) -> str:
   c.campaign,
   percentile_cont(0.95) WITHIN GROUP (ORDER BY t.{metric}) AS p95_ms
 FROM calls c
-CROSS JOIN LATERAL (SELECT t.{metric} FROM turns t WHERE t.call_id = c.call_id AND t.{metric} IS NOT NULL) t
+CROSS JOIN LATERAL (SELECT t.{metric} FROM turns t WHERE t.call_id = c.call_id AND t.{metric} IS NOT NULL
+                    OFFSET 0) t
 WHERE $__timeFilter(c.started_at)
   AND c.campaign IS NOT NULL
 GROUP BY 2

@@ -56,7 +56,8 @@ FROM (
     -- spans whose parent never arrived
     (SELECT count(*) FROM callscope_call_spans(c.call_id) s
      WHERE s.parent_span_id IS NOT NULL
-       AND NOT EXISTS (SELECT 1 FROM spans p WHERE p.trace_id = s.trace_id AND p.span_id = s.parent_span_id)
+       -- a scalar subquery, not NOT EXISTS: an anti-join planned without statistics may read all spans
+       AND (SELECT 1 FROM spans p WHERE p.trace_id = s.trace_id AND p.span_id = s.parent_span_id LIMIT 1) IS NULL
     )::int AS orphan_spans,
     (SELECT count(*) FROM callscope_call_spans(c.call_id) s WHERE s.end_time < s.start_time)::int
         AS spans_ending_before_start,
@@ -76,7 +77,7 @@ FROM (
     -- log records that name no call and whose trace has no span: nothing ties them to a conversation
     (SELECT count(*) FROM callscope_call_events(c.call_id) e
      WHERE e.source = 'log' AND NOT e.call_id_explicit
-       AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = e.trace_id))::int AS uncorrelated_log_records
+       AND (SELECT 1 FROM spans s WHERE s.trace_id = e.trace_id LIMIT 1) IS NULL)::int AS uncorrelated_log_records
   FROM calls c
 ) q
 """
@@ -94,13 +95,14 @@ SELECT (c.started_at AT TIME ZONE 'UTC')::date AS day,
        (count(*) FILTER (WHERE c.status = 'failed'))::int AS failed,
        (count(*) FILTER (WHERE c.status = 'declined'))::int AS declined,
        (count(*) FILTER (WHERE c.status = 'missed'))::int AS missed,
-       (count(*) FILTER (WHERE EXISTS (
+       -- scalar subqueries with LIMIT (not EXISTS, which may become a hashed scan of the whole table)
+       (count(*) FILTER (WHERE (
             SELECT 1 FROM tool_calls tc
-            WHERE tc.call_id = c.call_id AND NOT tc.is_error AND tc.tool_name ILIKE '%transfer%')
-         OR EXISTS (
+            WHERE tc.call_id = c.call_id AND NOT tc.is_error AND tc.tool_name ILIKE '%transfer%' LIMIT 1) IS NOT NULL
+         OR (
             SELECT 1 FROM callscope_call_events(c.call_id) e
-            WHERE e.event IN ('transfer.completed', 'tool.transfer.completed', 'transfer.human_answered'))))::int
-           AS transferred,
+            WHERE e.event IN ('transfer.completed', 'tool.transfer.completed', 'transfer.human_answered')
+            LIMIT 1) IS NOT NULL))::int AS transferred,
        sum(c.cost_total) AS cost,
        (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY t.voice_to_voice_ms)
         FROM turns t WHERE t.call_id = ANY (array_agg(c.call_id))) AS p95_voice_to_voice_ms
