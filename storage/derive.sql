@@ -561,7 +561,8 @@ WHERE (c.trace_ids, c.started_at, c.ended_at, c.last_seen_at, c.duration_s, c.st
 DELETE FROM events e
 WHERE e.ctid = ANY (ARRAY(
     SELECT found.row_id FROM derive_events d
-    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
+    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time
+                        OFFSET 0) found
     WHERE d.source = 'derived' AND d.event = 'user.message_received' AND d.event_id LIKE 'um-%'
       AND (NOT EXISTS (
           SELECT 1 FROM turns t
