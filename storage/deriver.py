@@ -107,6 +107,10 @@ _WORK_TABLES = """
     CREATE TEMP TABLE IF NOT EXISTS derive_greetings (
         call_id text, time timestamptz, turn_number int, agent_text text
     ) ON COMMIT DELETE ROWS;
+    -- who spoke when (collect_speech): one interval per speaking span, side user | agent
+    CREATE TEMP TABLE IF NOT EXISTS derive_speech (
+        call_id text, turn_number int, side text, s timestamptz, e timestamptz
+    ) ON COMMIT DELETE ROWS;
     -- identity lookups into the work tables (store_turn_numbers, store_event_turns)
     CREATE INDEX IF NOT EXISTS derive_spans_identity_idx ON derive_spans (trace_id, span_id, start_time);
     CREATE INDEX IF NOT EXISTS derive_events_identity_idx ON derive_events (event_id, time);
@@ -114,6 +118,7 @@ _WORK_TABLES = """
     DELETE FROM derive_spans;
     DELETE FROM derive_events;
     DELETE FROM derive_greetings;
+    DELETE FROM derive_speech;
 """
 
 # All derive statements in one routine: one round trip per claimed set. $1 is the routine's argument.
