@@ -101,8 +101,9 @@ def _target(uid: str, panel_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def test_committed_provisioning_files_are_up_to_date() -> None:
+    # provisioning/envoy/ is the compose file's load balancer, written by hand (tests/test_scaleout.py checks it)
     on_disk = {str(p.relative_to(PROVISIONING)): p.read_text(encoding="utf-8")
-               for p in PROVISIONING.rglob("*") if p.is_file()}
+               for p in PROVISIONING.rglob("*") if p.is_file() and p.relative_to(PROVISIONING).parts[0] != "envoy"}
     stale = sorted(rel for rel in FILES if on_disk.get(rel) != FILES[rel])
     extra = sorted(set(on_disk) - set(FILES))
     assert not stale and not extra, (
