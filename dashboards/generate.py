@@ -15,7 +15,7 @@ import yaml
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-from dashboards import alerts, call_detail, calls, events, latency
+from dashboards import alerts, call_detail, calls, campaigns, events, latency, quality
 from dashboards.common import DASHBOARD_UIDS
 from dashboards.datasource import datasource_provisioning
 from dashboards.sql import register
@@ -35,12 +35,22 @@ class AlertThresholds:
     failed_call_ratio: float = 0.2
     failed_ratio_min_calls: int = 5
     no_telemetry_minutes: int = 10
+    #: p95 of turns.barge_in_stop_ms (user barges in → agent audio stops)
+    barge_in_stop_p95_ms: float = 800.0
+    #: per-campaign rules (one alert series per campaign)
+    campaign_failed_ratio: float = 0.25
+    campaign_v2v_p95_ms: float = 2000.0
+    campaign_llm_ttft_p95_ms: float = 1200.0
+    campaign_min_calls: int = 5
 
     def __post_init__(self) -> None:
-        if self.v2v_p95_ms <= 0 or self.llm_ttft_p95_ms <= 0:
+        if min(self.v2v_p95_ms, self.llm_ttft_p95_ms, self.barge_in_stop_p95_ms, self.campaign_v2v_p95_ms,
+               self.campaign_llm_ttft_p95_ms) <= 0:
             raise ValueError("latency thresholds must be positive milliseconds")
-        if not 0 < self.failed_call_ratio <= 1:
-            raise ValueError("failed_call_ratio must be in (0, 1]")
+        if not 0 < self.failed_call_ratio <= 1 or not 0 < self.campaign_failed_ratio <= 1:
+            raise ValueError("failed_call_ratio and campaign_failed_ratio must be in (0, 1]")
+        if self.campaign_min_calls < 1:
+            raise ValueError("campaign_min_calls must be >= 1")
         if self.latency_min_samples < 1 or self.failed_ratio_min_calls < 1 or self.no_telemetry_minutes < 1:
             raise ValueError("sample counts and no_telemetry_minutes must be >= 1")
 
@@ -77,8 +87,11 @@ def build_dashboards(options: DashboardOptions) -> dict[str, dash.Dashboard]:
     return {
         "calls": calls.build(**common),
         "call-detail": call_detail.build(**common),
-        "latency": latency.build(**common, v2v_threshold_ms=t.v2v_p95_ms, llm_ttft_threshold_ms=t.llm_ttft_p95_ms),
+        "latency": latency.build(**common, v2v_threshold_ms=t.v2v_p95_ms, llm_ttft_threshold_ms=t.llm_ttft_p95_ms,
+                                 barge_in_threshold_ms=t.barge_in_stop_p95_ms),
         "events": events.build(**common),
+        "quality": quality.build(**common),
+        "campaigns": campaigns.build(**common),
     }
 
 
@@ -89,9 +102,16 @@ def _dashboard_json(builder: dash.Dashboard) -> str:
 def _latency_panel_ids(board: dict[str, Any]) -> dict[str, int]:
     """Panel ids of the "p95 by …" latency panels the alert rules annotate."""
     wanted = {"voice_to_voice_ms": "Voice-to-voice: p95 by agent",
-              "llm_ttft_ms": "LLM time to first token: p95 by agent"}
+              "llm_ttft_ms": "LLM time to first token: p95 by agent",
+              "barge_in_stop_ms": latency.BARGE_IN_TITLE}
     by_title = {p["title"]: p["id"] for p in board["panels"]}
     return {metric: by_title[title] for metric, title in wanted.items()}
+
+
+def _campaign_panel_ids(board: dict[str, Any]) -> dict[str, int]:
+    """The Campaigns dashboard's slowest-turns panel, which the per-campaign rules link to."""
+    by_title = {p["title"]: p["id"] for p in board["panels"]}
+    return {"campaign_slowest_turns": by_title[campaigns.SLOWEST_TURNS_TITLE]}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -138,7 +158,9 @@ def render_provisioning(options: DashboardOptions) -> dict[str, str]:
     files["dashboards/callscope.yaml"] = _yaml(_provider(options))
     files["datasources/callscope.yaml"] = _yaml(datasource_provisioning(options))
 
-    groups, links = alerts.alert_rule_groups(options, _latency_panel_ids(json.loads(rendered["latency"])))
+    panel_ids = {**_latency_panel_ids(json.loads(rendered["latency"])),
+                 **_campaign_panel_ids(json.loads(rendered["campaigns"]))}
+    groups, links = alerts.alert_rule_groups(options, panel_ids)
     files["alerting/callscope-rules.yaml"] = _yaml(
         alerts.to_file_provisioning(groups, links=links, folder_title=options.folder_title))
     files["alerting/callscope-contact-points.yaml"] = _yaml(alerts.contact_points(options))

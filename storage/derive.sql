@@ -21,6 +21,9 @@
 --          prompt_text (the user message an LLM span answered; lowest-priority user text)
 --          turn_role (user | agent) turn_pair_key: sibling user and agent turn spans (LiveKit user_turn /
 --          agent_turn) are paired into one turn, see number_implicit_turns
+--   speech: speech_side (user | agent) speech_start_us speech_end_us: a span that is one side speaking;
+--          agent_speech_end_us: when the agent's audio of the turn stopped (its start: agent_started_us or
+--          tts_first_audio_us), for frameworks with no agent speaking span (Pipecat)
 --   cost:  llm_cached_tokens stt_audio_seconds tts_characters (inputs; collector/cost.py turns them into cost_*)
 
 -- name: load_spans
@@ -198,6 +201,29 @@ WHERE e.ctid = ANY (ARRAY(
     CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
     WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number));
 
+-- name: collect_speech
+-- Who spoke when, for dead air and barge-in (design §10): each speaking span is an interval of its side;
+-- a turn whose agent speech is known only by its first audio and the moment its audio stopped (Pipecat)
+-- gets that interval.
+INSERT INTO derive_speech (call_id, turn_number, side, s, e)
+SELECT call_id, turn_number, facts->>'speech_side',
+       callscope_us_ts(callscope_float(facts->>'speech_start_us')),
+       callscope_us_ts(callscope_float(facts->>'speech_end_us'))
+FROM derive_spans
+WHERE facts->>'speech_side' IN ('user', 'agent')
+  AND callscope_float(facts->>'speech_end_us') >= callscope_float(facts->>'speech_start_us')
+UNION ALL
+SELECT call_id, turn_number, 'agent',
+       callscope_us_ts(min(coalesce(callscope_float(facts->>'agent_started_us'),
+                                    callscope_float(facts->>'tts_first_audio_us')))),
+       callscope_us_ts(max(callscope_float(facts->>'agent_speech_end_us')))
+FROM derive_spans
+WHERE turn_number IS NOT NULL
+GROUP BY call_id, turn_number
+HAVING NOT coalesce(bool_or(facts->>'speech_side' = 'agent'), false)
+   AND max(callscope_float(facts->>'agent_speech_end_us'))
+       >= min(coalesce(callscope_float(facts->>'agent_started_us'), callscope_float(facts->>'tts_first_audio_us')));
+
 -- name: delete_vanished_turns
 DELETE FROM turns t
 WHERE t.call_id = ANY($1::text[])
@@ -240,14 +266,36 @@ WITH f AS (
         callscope_int4(sum(output_tokens) FILTER (WHERE stage = 'llm')) AS output_tokens
     FROM f GROUP BY call_id, turn_number
 ), m AS (
-    SELECT t.*, coalesce(agent_started_at, tts_first_audio_at) AS agent_audio_at FROM t
+    -- voice-to-voice from the best anchors the telemetry carries (docs/conventions.md, per framework): the
+    -- agent's audio (else its first TTS byte, else the TTS request) after the user stopped (else the final
+    -- transcript)
+    SELECT t.*, coalesce(agent_started_at, tts_first_audio_at) AS agent_audio_at,
+           extract(epoch FROM coalesce(agent_started_at, tts_first_audio_at, tts_request_at)
+                              - coalesce(user_stopped_at, stt_final_at)) * 1000 AS v2v_anchored_ms
+    FROM t
+), gap AS (
+    SELECT call_id, turn_number, side,
+           extract(epoch FROM s - max(e) OVER (PARTITION BY call_id, turn_number ORDER BY s, e
+                                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) * 1000 AS gap_ms
+    FROM derive_speech WHERE turn_number IS NOT NULL
+), dead AS (
+    SELECT call_id, turn_number, greatest(coalesce(max(gap_ms), 0), 0) AS dead_air_ms,
+           bool_or(side = 'user') AS user_spoke, bool_or(side = 'agent') AS agent_spoke
+    FROM gap GROUP BY call_id, turn_number
+), barge AS (
+    -- a turn's agent speech and the first user speech that started inside it (the barge-in)
+    SELECT a.call_id, a.turn_number, max(extract(epoch FROM a.e - u.s) * 1000) AS barge_in_stop_ms
+    FROM derive_speech a
+    JOIN derive_speech u ON u.call_id = a.call_id AND u.side = 'user' AND u.s > a.s AND u.s < a.e
+    WHERE a.side = 'agent' AND a.turn_number IS NOT NULL
+    GROUP BY a.call_id, a.turn_number
 )
 INSERT INTO turns (call_id, turn_number, started_at, ended_at, user_text, agent_text, interrupted,
     user_stopped_at, stt_final_at, llm_request_at, llm_first_token_at, tts_request_at, tts_first_audio_at,
     agent_started_at, eou_ms, stt_ms, stt_to_llm_ms, llm_ttft_ms, llm_to_tts_ms, tts_ttfb_ms,
     voice_to_voice_ms, reported_v2v_ms, llm_provider, llm_model, stt_provider, tts_provider,
-    input_tokens, output_tokens, agent)
-SELECT m.call_id, turn_number,
+    input_tokens, output_tokens, agent, dead_air_ms, barge_in_stop_ms)
+SELECT m.call_id, m.turn_number,
     coalesce(turn_start, first_start), coalesce(turn_end, last_end),
     coalesce(turn_user_text, stage_user_text, prompt_text), coalesce(turn_agent_text, spoken_text, llm_text),
     interrupted,
@@ -259,10 +307,19 @@ SELECT m.call_id, turn_number,
     extract(epoch FROM llm_first_token_at - llm_request_at) * 1000,
     extract(epoch FROM tts_request_at - llm_first_token_at) * 1000,
     extract(epoch FROM tts_first_audio_at - tts_request_at) * 1000,
-    extract(epoch FROM agent_audio_at - user_stopped_at) * 1000,
+    CASE WHEN agent_audio_at IS NOT NULL AND user_stopped_at IS NOT NULL
+         THEN extract(epoch FROM agent_audio_at - user_stopped_at) * 1000
+         WHEN v2v_anchored_ms >= 0 THEN v2v_anchored_ms END,
     reported_v2v_ms, llm_provider, llm_model, stt_provider, tts_provider, input_tokens, output_tokens,
-    (SELECT c.agent FROM calls c WHERE c.call_id = m.call_id)
+    (SELECT c.agent FROM calls c WHERE c.call_id = m.call_id),
+    -- NULL unless both sides' speech is known (a turn with no user part needs the agent's only)
+    CASE WHEN d.agent_spoke AND (d.user_spoke OR (coalesce(turn_user_text, stage_user_text, prompt_text) IS NULL
+                                                  AND user_stopped_at IS NULL AND stt_final_at IS NULL))
+         THEN d.dead_air_ms END,
+    CASE WHEN interrupted THEN b.barge_in_stop_ms END
 FROM m
+LEFT JOIN dead d ON d.call_id = m.call_id AND d.turn_number = m.turn_number
+LEFT JOIN barge b ON b.call_id = m.call_id AND b.turn_number = m.turn_number
 ON CONFLICT (call_id, turn_number) DO UPDATE SET
     started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at, user_text = EXCLUDED.user_text,
     agent_text = EXCLUDED.agent_text, interrupted = EXCLUDED.interrupted,
@@ -275,13 +332,14 @@ ON CONFLICT (call_id, turn_number) DO UPDATE SET
     voice_to_voice_ms = EXCLUDED.voice_to_voice_ms, reported_v2v_ms = EXCLUDED.reported_v2v_ms,
     llm_provider = EXCLUDED.llm_provider, llm_model = EXCLUDED.llm_model,
     stt_provider = EXCLUDED.stt_provider, tts_provider = EXCLUDED.tts_provider,
-    input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens
+    input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
+    dead_air_ms = EXCLUDED.dead_air_ms, barge_in_stop_ms = EXCLUDED.barge_in_stop_ms
 WHERE (turns.started_at, turns.ended_at, turns.user_text, turns.agent_text, turns.interrupted,
        turns.user_stopped_at, turns.stt_final_at, turns.llm_request_at, turns.llm_first_token_at,
        turns.tts_request_at, turns.tts_first_audio_at, turns.agent_started_at, turns.eou_ms, turns.stt_ms,
        turns.stt_to_llm_ms, turns.llm_ttft_ms, turns.llm_to_tts_ms, turns.tts_ttfb_ms, turns.voice_to_voice_ms,
        turns.reported_v2v_ms, turns.llm_provider, turns.llm_model, turns.stt_provider, turns.tts_provider,
-       turns.input_tokens, turns.output_tokens)
+       turns.input_tokens, turns.output_tokens, turns.dead_air_ms, turns.barge_in_stop_ms)
       IS DISTINCT FROM
       (EXCLUDED.started_at, EXCLUDED.ended_at, EXCLUDED.user_text, EXCLUDED.agent_text, EXCLUDED.interrupted,
        EXCLUDED.user_stopped_at, EXCLUDED.stt_final_at, EXCLUDED.llm_request_at, EXCLUDED.llm_first_token_at,
@@ -289,7 +347,7 @@ WHERE (turns.started_at, turns.ended_at, turns.user_text, turns.agent_text, turn
        EXCLUDED.stt_ms, EXCLUDED.stt_to_llm_ms, EXCLUDED.llm_ttft_ms, EXCLUDED.llm_to_tts_ms,
        EXCLUDED.tts_ttfb_ms, EXCLUDED.voice_to_voice_ms, EXCLUDED.reported_v2v_ms, EXCLUDED.llm_provider,
        EXCLUDED.llm_model, EXCLUDED.stt_provider, EXCLUDED.tts_provider, EXCLUDED.input_tokens,
-       EXCLUDED.output_tokens);
+       EXCLUDED.output_tokens, EXCLUDED.dead_air_ms, EXCLUDED.barge_in_stop_ms);
 
 -- name: delete_vanished_calls
 -- A call whose rows all moved to another call id (its trace named its call later) disappears.
@@ -366,11 +424,25 @@ WITH ids AS (
         (array_agg(status ORDER BY at DESC, status)
             FILTER (WHERE status IN ('completed', 'failed', 'declined', 'missed')))[1] AS terminal,
         (array_agg(status ORDER BY at DESC, status)
-            FILTER (WHERE status IN ('queued', 'ringing', 'active')))[1] AS live
+            FILTER (WHERE status IN ('queued', 'ringing', 'active')))[1] AS live,
+        (array_agg(status ORDER BY at DESC, status))[1] AS latest,
+        max(at) AS latest_at
     FROM said GROUP BY call_id
 ), tu AS (
-    SELECT call_id, count(*) AS turns, count(*) FILTER (WHERE interrupted) AS interruptions
+    SELECT call_id, count(*) AS turns, count(*) FILTER (WHERE interrupted) AS interruptions,
+           count(barge_in_stop_ms) AS barge_ins
     FROM turns WHERE call_id = ANY($1::text[]) GROUP BY call_id
+), cgap AS (
+    SELECT call_id, side,
+           extract(epoch FROM s - max(e) OVER (PARTITION BY call_id ORDER BY s, e
+                                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) * 1000 AS gap_ms
+    FROM derive_speech
+), sil AS (
+    -- stretches where neither side speaks, between the call's first and last speech (both sides known)
+    SELECT call_id, coalesce(sum(greatest(gap_ms, 0)), 0) / 1000 AS dead_air_total_s,
+           greatest(coalesce(max(gap_ms), 0), 0) AS longest_silence_ms
+    FROM cgap GROUP BY call_id
+    HAVING bool_or(side = 'user') AND bool_or(side = 'agent')
 ), tc AS (
     SELECT call_id, count(*) AS tools FROM tool_calls WHERE call_id = ANY($1::text[]) GROUP BY call_id
 ), base AS (
@@ -378,11 +450,12 @@ WITH ids AS (
         least(sp.first_at, ev.first_at) AS started_at,
         greatest(sp.last_at, ev.last_at) AS last_seen_at,
         coalesce(sp.sip_code, ev.sip_code) AS sip_code,
-        sp.session_end, sp.session_error, ev.terminal_at, st.terminal, st.live,
+        sp.session_end, sp.session_error, ev.terminal_at, st.terminal, st.live, st.latest, st.latest_at,
         coalesce(sp.direction, ev.direction) AS direction,
         coalesce(sp.campaign, ev.campaign) AS campaign,
         coalesce(sp.agent, ev.agent) AS agent,
-        sp.framework,
+        sp.framework, sil.dead_air_total_s, sil.longest_silence_ms,
+        CASE WHEN sil.call_id IS NOT NULL THEN coalesce(tu.barge_ins, 0) END AS barge_in_count,
         coalesce(sp.from_number, ev.from_number) AS from_number,
         coalesce(sp.to_number, ev.to_number) AS to_number,
         coalesce(tu.turns, 0) AS turn_count, coalesce(tu.interruptions, 0) AS interruption_count,
@@ -397,6 +470,7 @@ WITH ids AS (
     LEFT JOIN st ON st.call_id = ids.call_id
     LEFT JOIN tu ON tu.call_id = ids.call_id
     LEFT JOIN tc ON tc.call_id = ids.call_id
+    LEFT JOIN sil ON sil.call_id = ids.call_id
     WHERE sp.call_id IS NOT NULL OR ev.call_id IS NOT NULL
 ), decided AS (
     SELECT base.*,
@@ -405,6 +479,10 @@ WITH ids AS (
             CASE WHEN sip_code IN (486, 600, 603) THEN 'declined'
                  WHEN sip_code IN (408, 480, 487) THEN 'missed'
                  WHEN sip_code >= 400 THEN 'failed' END,
+            -- an explicit queued / ringing, said last and by the time the session ended, wins over
+            -- "ended → completed" (design §4) for a call that had no conversation
+            CASE WHEN latest IN ('queued', 'ringing') AND turn_count = 0
+                      AND latest_at <= coalesce(session_end, latest_at) + interval '1 second' THEN latest END,
             CASE WHEN session_end IS NOT NULL THEN
                  CASE WHEN session_error IS NOT NULL THEN 'failed' ELSE 'completed' END END,
             live, 'active') AS status
@@ -427,7 +505,8 @@ WITH ids AS (
 INSERT INTO calls AS c (call_id, trace_ids, started_at, ended_at, last_seen_at, duration_s, status,
     status_reason, direction, campaign, agent, framework, from_number, to_number, turn_count,
     interruption_count, tool_call_count, error_count, cost_total, cost_stt, cost_llm, cost_tts,
-    cost_telephony, currency, summary, tags, extracted, recording_url, attributes, updated_at)
+    cost_telephony, currency, summary, tags, extracted, recording_url, attributes, dead_air_total_s,
+    longest_silence_ms, barge_in_count, updated_at)
 SELECT call_id, coalesce(trace_ids, '{}'), started_at, ended_at, last_seen_at,
     extract(epoch FROM ended_at - started_at),
     status,
@@ -445,7 +524,7 @@ SELECT call_id, coalesce(trace_ids, '{}'), started_at, ended_at, last_seen_at,
          WHEN num_nonnulls(cost_reported, cost_stt, cost_llm, cost_tts, cost_phone) > 0 THEN 'USD' END,
     summary,
     CASE WHEN jsonb_typeof(tags) = 'array' THEN ARRAY(SELECT jsonb_array_elements_text(tags)) END,
-    extracted, recording_url, session_attributes, now()
+    extracted, recording_url, session_attributes, dead_air_total_s, longest_silence_ms, barge_in_count, now()
 FROM priced
 ON CONFLICT (call_id) DO UPDATE SET
     trace_ids = EXCLUDED.trace_ids, started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at,
@@ -458,18 +537,57 @@ ON CONFLICT (call_id) DO UPDATE SET
     cost_llm = EXCLUDED.cost_llm, cost_tts = EXCLUDED.cost_tts, cost_telephony = EXCLUDED.cost_telephony,
     currency = EXCLUDED.currency, summary = EXCLUDED.summary, tags = EXCLUDED.tags,
     extracted = EXCLUDED.extracted, recording_url = EXCLUDED.recording_url,
-    attributes = EXCLUDED.attributes, updated_at = now(), stale = false
+    attributes = EXCLUDED.attributes, dead_air_total_s = EXCLUDED.dead_air_total_s,
+    longest_silence_ms = EXCLUDED.longest_silence_ms, barge_in_count = EXCLUDED.barge_in_count,
+    updated_at = now(), stale = false
 WHERE (c.trace_ids, c.started_at, c.ended_at, c.last_seen_at, c.duration_s, c.status, c.status_reason,
        c.direction, c.campaign, c.agent, c.framework, c.from_number, c.to_number, c.turn_count,
        c.interruption_count, c.tool_call_count, c.error_count, c.cost_total, c.cost_stt, c.cost_llm, c.cost_tts,
-       c.cost_telephony, c.currency, c.summary, c.tags, c.extracted, c.recording_url, c.attributes)
+       c.cost_telephony, c.currency, c.summary, c.tags, c.extracted, c.recording_url, c.attributes,
+       c.dead_air_total_s, c.longest_silence_ms, c.barge_in_count)
       IS DISTINCT FROM
       (EXCLUDED.trace_ids, EXCLUDED.started_at, EXCLUDED.ended_at, EXCLUDED.last_seen_at, EXCLUDED.duration_s,
        EXCLUDED.status, EXCLUDED.status_reason, EXCLUDED.direction, EXCLUDED.campaign, EXCLUDED.agent,
        EXCLUDED.framework, EXCLUDED.from_number, EXCLUDED.to_number, EXCLUDED.turn_count,
        EXCLUDED.interruption_count, EXCLUDED.tool_call_count, EXCLUDED.error_count, EXCLUDED.cost_total,
        EXCLUDED.cost_stt, EXCLUDED.cost_llm, EXCLUDED.cost_tts, EXCLUDED.cost_telephony, EXCLUDED.currency,
-       EXCLUDED.summary, EXCLUDED.tags, EXCLUDED.extracted, EXCLUDED.recording_url, EXCLUDED.attributes);
+       EXCLUDED.summary, EXCLUDED.tags, EXCLUDED.extracted, EXCLUDED.recording_url, EXCLUDED.attributes,
+       EXCLUDED.dead_air_total_s, EXCLUDED.longest_silence_ms, EXCLUDED.barge_in_count);
+
+-- name: drop_changed_message_events
+-- A turn whose user text no span reported as a final transcript (OpenInference's barge-in turn, a GenAI
+-- invocation, …) gets its user.message_received from the turn (event id 'um-' + hash of call and turn):
+-- such an event whose turn no longer needs it, or whose time or text changed, goes first.
+DELETE FROM events e
+WHERE e.ctid = ANY (ARRAY(
+    SELECT found.row_id FROM derive_events d
+    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time
+                        OFFSET 0) found
+    WHERE d.source = 'derived' AND d.event = 'user.message_received' AND d.event_id LIKE 'um-%'
+      AND (NOT EXISTS (
+          SELECT 1 FROM turns t
+          WHERE t.call_id = d.call_id AND t.turn_number = d.turn_number AND t.user_text IS NOT NULL
+            AND d.event_id = 'um-' || md5(t.call_id || '|' || t.turn_number)
+            AND d.time = coalesce(t.stt_final_at, t.user_stopped_at, t.llm_request_at, t.started_at)
+            AND d.message IS NOT DISTINCT FROM left(t.user_text, 500))
+           OR EXISTS (SELECT 1 FROM derive_events o
+                      WHERE o.call_id = d.call_id AND o.turn_number = d.turn_number
+                        AND o.event = 'user.message_received' AND o.event_id NOT LIKE 'um-%'))));
+
+-- name: turn_message_events
+INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, span_id, category, event, level,
+                    message, data, source, turn_number)
+SELECT coalesce(t.stt_final_at, t.user_stopped_at, t.llm_request_at, t.started_at),
+       'um-' || md5(t.call_id || '|' || t.turn_number), t.call_id, true, NULL, NULL, 'user',
+       'user.message_received', 'INFO', left(t.user_text, 500), jsonb_build_object('text', t.user_text),
+       'derived', t.turn_number
+FROM turns t
+WHERE t.call_id = ANY ($1::text[]) AND t.user_text IS NOT NULL
+  AND coalesce(t.stt_final_at, t.user_stopped_at, t.llm_request_at, t.started_at) IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM derive_events d
+                  WHERE d.call_id = t.call_id AND d.turn_number = t.turn_number
+                    AND d.event = 'user.message_received' AND d.event_id NOT LIKE 'um-%')
+ON CONFLICT DO NOTHING;
 
 -- name: copy_agent_to_turns
 UPDATE turns t SET agent = (SELECT c.agent FROM calls c WHERE c.call_id = t.call_id)

@@ -11,6 +11,11 @@ import asyncio
 import json
 import logging
 import os
+import random
+import signal
+import time
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -18,6 +23,7 @@ import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
+import yaml
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
@@ -29,6 +35,8 @@ from tests.conftest import collector_settings
 from tests.otel_sdk import MS, SdkAgent
 from tests.tls_certs import Authority, Pair, authority
 
+ROOT = Path(__file__).resolve().parent.parent
+ENVOY, ENVOY_TLS = ROOT / "provisioning" / "envoy" / "envoy.yaml", ROOT / "provisioning" / "envoy" / "envoy-tls.yaml"
 KINDS = ("grpc", "http")
 STORED, FAILED = ("SUCCESS", "SUCCESS"), ("FAILURE", "FAILURE")   # (span export, log export) results
 
@@ -357,3 +365,89 @@ async def test_keys_commands_refuse_an_unknown_tenant_and_never_show_a_key_twice
                                     "--database-url", database_url, env={"OPERATOR_KEY": "x" * 40})
         assert code == 0, err
         assert out.startswith("registered" if attempt == 0 else "already registered") and "x" * 40 not in out
+
+
+# --- TLS at the compose stack's load balancer (provisioning/envoy/envoy-tls.yaml) ------------------------------------
+
+def _without_tls(config: dict) -> dict:
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            chain.pop("transport_socket", None)
+    return config
+
+
+def test_the_tls_load_balancer_is_the_plain_one_plus_tls():
+    """envoy-tls.yaml cannot drift from envoy.yaml: they differ by the two listeners' TLS blocks, which read the
+    certificate compose mounts at /certs."""
+    tls = yaml.safe_load(ENVOY_TLS.read_text())
+    for listener in tls["static_resources"]["listeners"]:
+        (chain,) = listener["filter_chains"]
+        context = chain["transport_socket"]["typed_config"]["common_tls_context"]
+        assert context["tls_certificates"] == [{"certificate_chain": {"filename": "/certs/collector.crt"},
+                                                "private_key": {"filename": "/certs/collector.key"}}]
+        assert "h2" in context["alpn_protocols"]
+    assert _without_tls(tls) == yaml.safe_load(ENVOY.read_text())
+
+
+def _certificates_at(node: Any, pair: Pair) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "filename" and value == "/certs/collector.crt":
+                node[key] = pair.cert_file
+            elif key == "filename" and value == "/certs/collector.key":
+                node[key] = pair.key_file
+            else:
+                _certificates_at(value, pair)
+    elif isinstance(node, list):
+        for item in node:
+            _certificates_at(item, pair)
+
+
+async def test_envoy_terminates_tls_and_passes_the_api_key_to_the_collector(database_url, db, pki, tmp_path):
+    """The compose path with TLS: agents → Envoy (envoy-tls.yaml) over TLS → a collector requiring keys."""
+    from tests.pg_instance import free_port
+    from tests.test_scaleout import _envoy, _local_envoy_config
+
+    envoy = _envoy()
+    ca, server, _ = pki
+    running = Collector(collector_settings(database_url, auth="required"), run_migrations=False)
+    await running.start()
+    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
+    config = _local_envoy_config(grpc_port, http_port, admin_port,
+                                 [SimpleNamespace(grpc_port=running.grpc.port, http_port=running.http.port)],
+                                 source=ENVOY_TLS)
+    _certificates_at(config, server)
+    config_path = tmp_path / "envoy-tls.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log = open(tmp_path / "envoy.log", "wb")
+    process = await asyncio.create_subprocess_exec(
+        envoy, "-c", str(config_path), "--log-level", "warning", "--disable-hot-restart",
+        "--base-id", str(random.randint(1000, 60000)), stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL)
+    edge = SimpleNamespace(grpc=SimpleNamespace(port=grpc_port), http=SimpleNamespace(port=http_port))
+    try:
+        deadline = time.monotonic() + 90
+        async with aiohttp.ClientSession() as session:
+            while True:   # listening, and the collector passed Envoy's gRPC and HTTP health checks
+                try:
+                    async with session.get(f"http://127.0.0.1:{admin_port}/clusters") as response:
+                        if (await response.text()).count("::health_flags::healthy") >= 2:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert process.returncode is None, (tmp_path / "envoy.log").read_text()
+                assert time.monotonic() < deadline, "Envoy never became ready"
+                await asyncio.sleep(0.2)
+        _, key = await _key(db, "edge")
+        for kind in KINDS:
+            assert await _export(kind, edge, ca.cert_file, None, f"edge-none-{kind}") == FAILED
+            assert await _export(kind, edge, ca.cert_file, key, f"edge-plain-{kind}", plaintext=True) == FAILED
+            assert await _export(kind, edge, ca.cert_file, key, f"edge-{kind}") == STORED
+        await running.settle()
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
+        log.close()
+        await running.close(grace_s=1)
+    assert await db.fetchval("SELECT count(DISTINCT call_id) FROM spans") == 2
+    assert await _stored(db, "edge-grpc") == (2, 1) and await _stored(db, "edge-http") == (2, 1)

@@ -94,11 +94,15 @@ class LiveKitMapper:
         if name in _AGENT_TURNS:
             return self._agent_turn(span, call_id)
         if name == "user_speaking":
-            return SpanMapping(stage="other", call_id=call_id, facts={"user_stopped_us": us(span.end_ns)},
+            return SpanMapping(stage="other", call_id=call_id,
+                               facts={"user_stopped_us": us(span.end_ns), "speech_side": "user",
+                                      "speech_start_us": us(span.start_ns), "speech_end_us": us(span.end_ns)},
                                events=(DerivedEvent(span.start_ns, "user.started_speaking"),
                                        DerivedEvent(span.end_ns, "user.stopped_speaking")))
         if name == "agent_speaking":
-            return SpanMapping(stage="other", call_id=call_id, facts={"agent_started_us": us(span.start_ns)},
+            return SpanMapping(stage="other", call_id=call_id,
+                               facts={"agent_started_us": us(span.start_ns), "speech_side": "agent",
+                                      "speech_start_us": us(span.start_ns), "speech_end_us": us(span.end_ns)},
                                events=(DerivedEvent(span.start_ns, "agent.started_speaking"),
                                        DerivedEvent(span.end_ns, "agent.ended_speaking")))
         if name in _LLM_REQUESTS:

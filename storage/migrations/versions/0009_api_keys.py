@@ -8,7 +8,7 @@
 * Neither table is readable by ``callscope_reader`` (the schema's default privileges would grant it).
 
 Revision ID: 0009_api_keys
-Revises: 0006_turn_rollup
+Revises: 0011_quality_silence_campaigns
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_api_keys"
-down_revision = "0006_turn_rollup"
+down_revision = "0011_quality_silence_campaigns"
 branch_labels = None
 depends_on = None
 
