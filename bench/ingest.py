@@ -16,9 +16,7 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -29,12 +27,11 @@ import asyncpg
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from bench.harness import collector_for, draw_span_progress, peak_rss_mib
 from collector.otlp.codec import iter_spans, parse_traces
 from collector.pipeline import map_spans
-from collector.progress import draw_progress
-from storage.records import SpanRow, columns_of
 from collector.simulate import encode_requests, generate_calls
-from storage.migrate import migrate
+from storage.records import SpanRow, columns_of
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -59,66 +56,6 @@ class BenchResult:
     mapping_spans_per_s: float
     machine: str
     when: str
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _peak_rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-async def _recreate(admin_url: str, name: str) -> None:
-    connection = await asyncpg.connect(admin_url)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-
-
-async def start_collector(database_url: str) -> tuple[subprocess.Popen, str]:
-    """``callscope serve`` as a subprocess on free loopback ports; returns (process, gRPC endpoint) once ready."""
-    grpc_port, http_port = _free_port(), _free_port()
-    env = {**os.environ, "CALLSCOPE_DATABASE_URL": database_url, "CALLSCOPE_GRPC_PORT": str(grpc_port),
-           "CALLSCOPE_HTTP_PORT": str(http_port), "CALLSCOPE_BIND_ADDRESS": "127.0.0.1",
-           "CALLSCOPE_LOG_LEVEL": "warning"}
-    process = subprocess.Popen([sys.executable, "-m", "collector.cli", "serve"], env=env)
-    endpoint = f"127.0.0.1:{grpc_port}"
-    channel = grpc.aio.insecure_channel(endpoint)
-    try:
-        await asyncio.wait_for(channel.channel_ready(), 30)
-    except BaseException:
-        process.terminate()
-        process.wait(30)
-        raise
-    finally:
-        await channel.close()
-    return process, endpoint
-
-
-async def collector_for(endpoint: str | None, admin_url: str, database: str,
-                        database_url: str) -> tuple[subprocess.Popen | None, str]:
-    """The given endpoint, or a fresh database with a ``callscope serve`` of its own on it."""
-    if endpoint is not None:
-        return None, endpoint
-    await _recreate(admin_url, database)
-    await migrate(database_url)
-    return await start_collector(database_url)
-
-
-def _progress(done: int, total: int, started: float) -> None:
-    rate = done / max(time.perf_counter() - started, 1e-9)
-    draw_progress(done, total, "spans", f"  {rate:,.0f} spans/s")
 
 
 async def _drive(endpoint: str, trace_bodies: list[bytes], log_bodies: list[bytes], concurrency: int,
@@ -159,7 +96,7 @@ async def _drive(endpoint: str, trace_bodies: list[bytes], log_bodies: list[byte
                     raise
                 latencies.append((time.perf_counter() - sent) * 1000)
                 done += count
-                _progress(done, total, started)
+                draw_span_progress(done, total, started)
                 break
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -205,7 +142,7 @@ async def run(args: argparse.Namespace) -> BenchResult:
     process, endpoint = await collector_for(args.endpoint, admin_url, args.database, database_url)
     try:
         elapsed, latencies, retries = await _drive(endpoint, trace_bodies, log_bodies, args.concurrency, span_counts)
-        rss = _peak_rss_mib(process.pid) if process else None
+        rss = peak_rss_mib(process.pid) if process else None
     finally:
         if process is not None:
             process.terminate()

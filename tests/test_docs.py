@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from collector.cli import _parser
+from collector.cli.commands import _parser
 from collector.mappers import MAPPERS
 from collector.settings import SETTINGS, settings_table_markdown
 from storage.catalogue import CATALOGUE

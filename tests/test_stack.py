@@ -27,7 +27,7 @@ import jsonschema
 import pytest
 import yaml
 
-from collector.cli import _parser
+from collector.cli.commands import _parser
 from tests.conftest import drop_database, url_for
 from tests.otlp_client import GrpcClient
 from tests.test_receiver import request_of, span

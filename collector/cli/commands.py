@@ -8,9 +8,9 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-from collector.doctor import default_health_endpoint, describe_failure
+from collector.cli.doctor import default_health_endpoint, describe_failure
 from collector.logs import configure_logging
-from collector.progress import draw_progress
+from collector.cli.progress import draw_progress
 from collector.settings import SETTINGS, Settings, build_settings, parse_bool
 
 __all__ = ["main"]
@@ -138,7 +138,7 @@ def _cmd_dashboards(args: argparse.Namespace) -> int:
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
-    from collector.doctor import health
+    from collector.cli.doctor import health
 
     status = health(args.endpoint, timeout=args.timeout)
     print(f"{args.endpoint}: {status}")
@@ -148,7 +148,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from collector.doctor import run_checks
+    from collector.cli.doctor import run_checks
 
     checks = asyncio.run(run_checks(_settings(args), provisioning=Path(args.provisioning), timeout=args.timeout))
     for check in checks:
@@ -226,7 +226,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _friendly(exc: BaseException, args: argparse.Namespace) -> str | None:
-    """One clear line for the failures users meet, instead of a traceback (collector/doctor.py knows them)."""
+    """One clear line for the failures users meet, instead of a traceback (collector/cli/doctor.py knows them)."""
     url = getattr(args, "database_url", None) or os.environ.get("CALLSCOPE_DATABASE_URL") or SETTINGS[0].default
     return describe_failure(exc, url)
 
@@ -245,7 +245,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"callscope: {message}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
