@@ -17,6 +17,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from storage import facts as F
+
 __all__ = ["PriceTable", "PRICES", "DEFAULT_PRICES_PATH", "configure_prices", "cost_facts", "current_prices"]
 
 DEFAULT_PRICES_PATH = Path(__file__).with_name("prices.yaml")
@@ -193,22 +195,22 @@ def cost_facts(stage: str, provider: str | None, model: str | None, input_tokens
     """Computed ``cost_*`` facts of one span; a cost fact already present (producer-reported) is kept."""
     table = prices or PRICES
     out: dict[str, Any] = {}
-    if stage == "llm" and "cost_llm" not in facts:
-        cached = facts.get("llm_cached_tokens")
-        cost = table.llm_cost(provider or facts.get("llm_provider"), model or facts.get("llm_model"),
+    if stage == "llm" and F.COST_LLM not in facts:
+        cached = facts.get(F.LLM_CACHED_TOKENS)
+        cost = table.llm_cost(provider or facts.get(F.LLM_PROVIDER), model or facts.get(F.LLM_MODEL),
                               input_tokens, output_tokens, cached if isinstance(cached, int) else None)
         if cost is not None:
-            out["cost_llm"] = cost
-    seconds = _number(facts.get("stt_audio_seconds"))
-    if seconds is not None and "cost_stt" not in facts:
-        cost = table.stt_cost(facts.get("stt_provider") or provider, facts.get("stt_model") or model, seconds)
+            out[F.COST_LLM] = cost
+    seconds = _number(facts.get(F.STT_AUDIO_SECONDS))
+    if seconds is not None and F.COST_STT not in facts:
+        cost = table.stt_cost(facts.get(F.STT_PROVIDER) or provider, model, seconds)
         if cost is not None:
-            out["cost_stt"] = cost
-    characters = facts.get("tts_characters")
-    if isinstance(characters, int) and "cost_tts" not in facts:
-        cost = table.tts_cost(facts.get("tts_provider") or provider, facts.get("tts_model") or model, characters)
+            out[F.COST_STT] = cost
+    characters = facts.get(F.TTS_CHARACTERS)
+    if isinstance(characters, int) and F.COST_TTS not in facts:
+        cost = table.tts_cost(facts.get(F.TTS_PROVIDER) or provider, model, characters)
         if cost is not None:
-            out["cost_tts"] = cost
-    if out and table.currency.upper() != "USD" and "currency" not in facts:
-        out["currency"] = table.currency
+            out[F.COST_TTS] = cost
+    if out and table.currency.upper() != "USD" and F.CURRENCY not in facts:
+        out[F.CURRENCY] = table.currency
     return out

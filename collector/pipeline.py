@@ -23,8 +23,9 @@ from collector.mappers import SpanMapping, select_mapper
 from collector.mappers.base import CALL_ID_KEYS, as_text, explicit_call_id
 from collector.mappers.native import call_facts
 from collector.otlp.codec import DEFAULT_LIMITS, ItemLimits, LogIn, SpanIn
-from storage.records import EventRow, Record, SpanRow, ToolCallRow
+from storage import facts as F
 from storage.catalogue import LEVELS, level_rank, lookup
+from storage.records import EventRow, Record, SpanRow, ToolCallRow
 
 __all__ = ["MappedBatch", "map_spans", "map_logs", "severity_level"]
 
@@ -205,11 +206,11 @@ def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, batch: Mappe
                             mapping.output_tokens, facts))
     turn_number = _int4(mapping.turn_number)
     if turn_number is not None:
-        facts["turn_explicit"] = True
+        facts[F.TURN_EXPLICIT] = True
     elif mapping.stage == "turn":
-        facts["turn_seq"] = True  # numbered by start time in storage/derive.sql
-    _check_length(facts.get("campaign"), "call.campaign", max_id)   # indexed columns of calls
-    _check_length(facts.get("agent"), "call.agent", max_id)
+        facts[F.TURN_SEQ] = True  # numbered by start time in storage/derive.sql
+    _check_length(facts.get(F.CAMPAIGN), "call.campaign", max_id)   # indexed columns of calls
+    _check_length(facts.get(F.AGENT), "call.agent", max_id)
     batch.dropped_values += _clean_facts(facts)
     service_name = as_text(span.resource.get("service.name"))
     resource_id, resource_json = _resource_of(span.resource)

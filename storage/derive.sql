@@ -11,17 +11,8 @@
 -- Values are read from jsonb with the callscope_* casts (storage/deriver.py), which give NULL for a value the
 -- column cannot hold instead of failing the call.
 --
--- Span facts (spans.facts, written by the mappers; times are epoch microseconds):
---   call:  direction campaign agent status status_reason from_number to_number summary recording_url currency
---          tags extracted cost_total sip_code session_start_us session_end_us session_error
---          cost_stt cost_llm cost_tts cost_telephony
---   turn:  turn_start_us turn_end_us turn_explicit turn_seq user_stopped_us eou_us eou_ms stt_final_us
---          llm_request_us llm_first_token_us tts_request_us tts_first_audio_us agent_started_us user_text
---          agent_text llm_text interrupted reported_v2v_ms stt_provider llm_provider llm_model tts_provider
---          prompt_text (the user message an LLM span answered; lowest-priority user text)
---          turn_role (user | agent) turn_pair_key: sibling user and agent turn spans (LiveKit user_turn /
---          agent_turn) are paired into one turn, see number_implicit_turns
---   cost:  llm_cached_tokens stt_audio_seconds tts_characters (inputs; collector/cost.py turns them into cost_*)
+-- Span facts (spans.facts, written by the mappers; times are epoch microseconds): storage/facts.py declares
+-- every key, who writes it and which statement here reads it (tests/test_facts.py keeps the three in step).
 
 -- name: load_spans
 -- A call's spans: those stored under its id (minus rows of a trace id whose trace has since named another
@@ -324,7 +315,6 @@ WITH ids AS (
         sum(callscope_float(facts->>'cost_stt') ORDER BY trace_id, span_id) AS cost_stt,
         sum(callscope_float(facts->>'cost_llm') ORDER BY trace_id, span_id) AS cost_llm,
         sum(callscope_float(facts->>'cost_tts') ORDER BY trace_id, span_id) AS cost_tts,
-        sum(callscope_float(facts->>'cost_telephony') ORDER BY trace_id, span_id) AS cost_telephony,
         mode() WITHIN GROUP (ORDER BY framework) FILTER (WHERE framework <> 'unknown') AS framework,
         (array_agg(session_attributes ORDER BY start_time) FILTER (WHERE stage = 'session'))[1] AS session_attributes
     FROM derive_spans GROUP BY call_id
@@ -388,7 +378,7 @@ WITH ids AS (
         coalesce(tu.turns, 0) AS turn_count, coalesce(tu.interruptions, 0) AS interruption_count,
         coalesce(tc.tools, 0) AS tool_call_count,
         (coalesce(sp.error_spans, 0) + coalesce(ev.error_events, 0))::int AS error_count,
-        sp.cost_reported, sp.cost_stt, sp.cost_llm, sp.cost_tts, sp.cost_telephony, sp.currency,
+        sp.cost_reported, sp.cost_stt, sp.cost_llm, sp.cost_tts, sp.currency,
         sp.summary, sp.tags, sp.extracted, sp.recording_url, sp.session_attributes,
         coalesce(sp.status_reason, ev.status_reason) AS status_reason
     FROM ids
@@ -415,13 +405,12 @@ WITH ids AS (
              THEN coalesce(session_end, terminal_at, last_seen_at) END AS ended_at
     FROM decided
 ), priced AS (
-    -- telephony: a producer's cost_telephony facts, else the ended call's duration × its direction's rate
-    -- (telephony_rates, filled from the price table at collector startup; a zero rate means no cost)
+    -- telephony: the ended call's duration × its direction's rate (telephony_rates, filled from the price
+    -- table at collector startup; a zero rate means no cost)
     SELECT ended.*,
-        coalesce(ended.cost_telephony,
-                 CASE WHEN ended.ended_at IS NOT NULL THEN
-                      extract(epoch FROM ended.ended_at - ended.started_at) / 60.0 * nullif(r.per_minute, 0)
-                 END) AS cost_phone
+        CASE WHEN ended.ended_at IS NOT NULL THEN
+             extract(epoch FROM ended.ended_at - ended.started_at) / 60.0 * nullif(r.per_minute, 0)
+        END AS cost_phone
     FROM ended LEFT JOIN telephony_rates r ON r.direction = ended.direction
 )
 INSERT INTO calls AS c (call_id, trace_ids, started_at, ended_at, last_seen_at, duration_s, status,
