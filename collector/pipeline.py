@@ -295,45 +295,8 @@ def _map_items(items: Iterable[Any], add_rows: Callable[[Any, list[Record], Mapp
 
 
 def map_spans(items: Iterable[SpanIn | RejectedSpan], limits: ItemLimits = DEFAULT_LIMITS) -> MappedBatch:
-    batch = _map_items(items, lambda span, out, batch: _span_rows(span, out, limits, batch),
-                       lambda span: f"span {shorten(span.name, 80)!r} ({span.span_id})")
-    _place_in_batch_turns(batch.records)
-    return batch
-
-
-def _place_in_batch_turns(records: list[Record]) -> None:
-    """Give a span the turn number of its nearest ancestor turn when that ancestor is in the same request.
-
-    storage/derive.sql does the same for every span later; doing it here for the common case (an SDK
-    exports a turn with its children) means those rows, and the events of those spans, are stored final
-    instead of updated afterwards. Only explicitly numbered turns are used: start-time numbering needs the
-    whole call.
-    """
-    by_span: dict[tuple[str, str], SpanRow] = {}
-    for record in records:
-        if type(record) is SpanRow:
-            by_span[(record.trace_id, record.span_id)] = record
-    placed: dict[tuple[str, str], int] = {}
-    for index, record in enumerate(records):
-        if type(record) is not SpanRow or record.turn_number is not None or record.stage == "turn":
-            continue
-        parent_id, hops = record.parent_span_id, 0
-        while parent_id is not None and hops < 64:
-            parent = by_span.get((record.trace_id, parent_id))
-            if parent is None:
-                break
-            if parent.stage == "turn" or parent.turn_number is not None:
-                if parent.turn_number is not None and '"turn_seq"' not in (parent.facts or ""):
-                    records[index] = record._replace(turn_number=parent.turn_number)
-                    placed[(record.trace_id, record.span_id)] = parent.turn_number
-                break
-            parent_id, hops = parent.parent_span_id, hops + 1
-    if placed:
-        for index, record in enumerate(records):
-            if type(record) is EventRow and record.turn_number is None and record.span_id is not None:
-                turn_number = placed.get((record.trace_id, record.span_id))
-                if turn_number is not None:
-                    records[index] = record._replace(turn_number=turn_number)
+    return _map_items(items, lambda span, out, batch: _span_rows(span, out, limits, batch),
+                      lambda span: f"span {shorten(span.name, 80)!r} ({span.span_id})")
 
 
 def _log_row(record: LogIn, limits: ItemLimits) -> EventRow:
