@@ -40,6 +40,7 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from bench.harness import collector_for, draw_span_progress
+from collector.cost import PriceTable
 from collector.otlp.codec import iter_spans, parse_traces
 from collector.pipeline import map_spans
 from collector.simulate import encode_requests, generate_calls
@@ -351,6 +352,7 @@ async def _ceiling(database_url: str, bodies: list[bytes], modes: tuple[str, ...
     tables = {mode: f"copy_ceiling_{mode}" for mode in modes}
     spent = {mode: 0.0 for mode in modes}
     mapping_s, rows_total = 0.0, 0
+    prices = PriceTable.load()   # the shipped table, as the collector under test prices
     try:
         for mode, table in tables.items():
             await connection.execute(f"DROP TABLE IF EXISTS {table}")
@@ -359,7 +361,8 @@ async def _ceiling(database_url: str, bodies: list[bytes], modes: tuple[str, ...
             started = time.perf_counter()
             rows: list[tuple] = []
             for body in bodies[i:i + _BODIES_PER_CEILING_CHUNK]:
-                rows.extend(r for r in map_spans(iter_spans(parse_traces(body))).records if type(r) is SpanRow)
+                rows.extend(r for r in map_spans(iter_spans(parse_traces(body)), prices=prices).records
+                            if type(r) is SpanRow)
             mapping_s += time.perf_counter() - started
             rows_total += len(rows)
             for mode, table in tables.items():

@@ -28,6 +28,7 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from bench.harness import collector_for, draw_span_progress, peak_rss_mib
+from collector.cost import PriceTable
 from collector.otlp.codec import iter_spans, parse_traces
 from collector.pipeline import map_spans
 from collector.simulate import encode_requests, generate_calls
@@ -108,10 +109,12 @@ async def _drive(endpoint: str, trace_bodies: list[bytes], log_bodies: list[byte
 
 async def _copy_ceiling(database_url: str, trace_bodies: list[bytes]) -> tuple[float, float]:
     """(mapping spans/s, COPY spans/s): decode+map in-process, then COPY the same rows, nothing else."""
+    prices = PriceTable.load()   # the shipped table, as the collector under test prices
     started = time.perf_counter()
     rows: list[SpanRow] = []
     for body in trace_bodies:
-        rows.extend(r for r in map_spans(iter_spans(parse_traces(body))).records if type(r) is SpanRow)
+        rows.extend(r for r in map_spans(iter_spans(parse_traces(body)), prices=prices).records
+                    if type(r) is SpanRow)
     mapping_rate = len(rows) / (time.perf_counter() - started)
     columns = columns_of(SpanRow)
     tuples = rows  # records are tuples in COPY order

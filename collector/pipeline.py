@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
-from collector.cost import cost_facts
+from collector.cost import PriceTable, cost_facts
 from collector.errors import RejectedSpan, shorten
 from collector.mappers import SpanMapping, select_mapper
 from collector.mappers.base import CALL_ID_KEYS, as_text, explicit_call_id
@@ -191,7 +191,7 @@ def _check_length(value: str | None, what: str, limit: int) -> None:
                            f"({shorten(value, 40)!r})", reason="id_too_long")
 
 
-def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, batch: MappedBatch) -> None:
+def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, prices: PriceTable, batch: MappedBatch) -> None:
     mapper = select_mapper(span)
     mapping = mapper.map_span(span) if mapper is not None else _UNCLAIMED
     explicit_id = mapping.call_id or explicit_call_id(span)
@@ -203,7 +203,7 @@ def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, batch: Mappe
     if mapping.facts:
         facts.update(mapping.facts)
     facts.update(cost_facts(mapping.stage, mapping.provider, mapping.model, mapping.input_tokens,
-                            mapping.output_tokens, facts))
+                            mapping.output_tokens, facts, prices))
     turn_number = _int4(mapping.turn_number)
     if turn_number is not None:
         facts[F.TURN_EXPLICIT] = True
@@ -294,8 +294,10 @@ def _map_items(items: Iterable[Any], add_rows: Callable[[Any, list[Record], Mapp
     return batch
 
 
-def map_spans(items: Iterable[SpanIn | RejectedSpan], limits: ItemLimits = DEFAULT_LIMITS) -> MappedBatch:
-    return _map_items(items, lambda span, out, batch: _span_rows(span, out, limits, batch),
+def map_spans(items: Iterable[SpanIn | RejectedSpan], limits: ItemLimits = DEFAULT_LIMITS, *,
+              prices: PriceTable) -> MappedBatch:
+    """Rows of the spans of one request; ``prices`` prices each span's usage (collector/cost.py)."""
+    return _map_items(items, lambda span, out, batch: _span_rows(span, out, limits, prices, batch),
                       lambda span: f"span {shorten(span.name, 80)!r} ({span.span_id})")
 
 

@@ -13,7 +13,7 @@ import signal
 import asyncpg
 
 from collector.batcher import Batcher
-from collector.cost import PriceTable, configure_prices
+from collector.cost import PriceTable
 from collector.health import DatabaseHealth
 from collector.ingest import Ingest
 from collector.otlp.codec import ItemLimits
@@ -36,6 +36,9 @@ class Collector:
     def __init__(self, settings: Settings, *, run_migrations: bool = True) -> None:
         self.settings = settings
         self._run_migrations = run_migrations
+        # The one price table of this collector (ValueError when prices_file cannot be read): every span's
+        # cost and the telephony rates the derivation reads come from it.
+        self.prices = PriceTable.load(settings.prices_file or None)
         self.metrics = Metrics()
         self.deriver = Deriver(settings.database_url, timeout=settings.derive_timeout_s,
                                workers=settings.derive_workers, max_calls=settings.derive_batch_calls,
@@ -50,7 +53,7 @@ class Collector:
         limits = ItemLimits(max_attributes=settings.max_attributes, max_value_length=settings.max_value_length,
                             max_value_depth=settings.max_value_depth, max_id_length=settings.max_id_length,
                             max_json_depth=settings.max_json_depth)
-        self.ingest = Ingest(self.batcher, limits=limits, metrics=self.metrics,
+        self.ingest = Ingest(self.batcher, prices=self.prices, limits=limits, metrics=self.metrics,
                              max_concurrent_requests=settings.max_concurrent_requests,
                              retry_after_s=settings.retry_after_s)
         self.health = DatabaseHealth(settings.database_url, self.batcher,
@@ -68,7 +71,6 @@ class Collector:
             self.metrics.register_gauge_callback(name, help_text, read)
         self.grpc: GrpcReceiver | None = None
         self.http: HttpReceiver | None = None
-        self.prices: PriceTable | None = None
 
     async def _store_telephony_rates(self, prices: PriceTable) -> None:
         """Replace the ``telephony_rates`` rows (read by storage/derive.sql) with the loaded price table's."""
@@ -95,7 +97,6 @@ class Collector:
         if self._run_migrations:
             await migrate(settings.database_url, retention_days=settings.retention_days,
                           compress_after_days=settings.compress_after_days)
-        self.prices = configure_prices(settings.prices_file)
         await self._store_telephony_rates(self.prices)
         await self.writer.start()
         await self.deriver.start()

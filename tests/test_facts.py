@@ -14,6 +14,7 @@ import orjson
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from collector.cost import PriceTable
 from collector.mappers import MAPPERS, select_mapper
 from collector.mappers.native import call_facts
 from collector.otlp.codec import SpanIn, iter_spans
@@ -183,7 +184,7 @@ def test_mappers_emit_declared_facts_of_the_declared_type(corpus):
                 if key in FACTS and not _type_ok(value, FACTS[key].type):
                     wrong_type.add((writer, key, type(value).__name__))
     stored = defaultdict(set)
-    for row in map_spans(corpus).records:
+    for row in map_spans(corpus, prices=PriceTable.load()).records:
         if type(row) is SpanRow and row.facts:
             for key, value in orjson.loads(row.facts).items():
                 stored[key].add(type(value).__name__)
