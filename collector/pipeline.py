@@ -208,7 +208,7 @@ def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, prices: Pric
     if turn_number is not None:
         facts[F.TURN_EXPLICIT] = True
     elif mapping.stage == "turn":
-        facts[F.TURN_SEQ] = True  # numbered by start time in storage/derive.sql
+        facts[F.TURN_SEQ] = True  # numbered by start time in storage/derive/turns.sql
     _check_length(facts.get(F.CAMPAIGN), "call.campaign", max_id)   # indexed columns of calls
     _check_length(facts.get(F.AGENT), "call.agent", max_id)
     batch.dropped_values += _clean_facts(facts)

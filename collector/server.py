@@ -73,7 +73,7 @@ class Collector:
         self.http: HttpReceiver | None = None
 
     async def _store_telephony_rates(self, prices: PriceTable) -> None:
-        """Replace the ``telephony_rates`` rows (read by storage/derive.sql) with the loaded price table's."""
+        """Replace the ``telephony_rates`` rows (read by storage/derive/calls.sql) with the loaded price table's."""
         try:
             connection = await asyncpg.connect(self.settings.database_url, timeout=10)
         except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:

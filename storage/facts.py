@@ -1,7 +1,7 @@
 """The facts contract: every fact a span may contribute to its call and its turn (``spans.facts``, jsonb).
 
 A mapper (collector/mappers/) turns one span into a few facts — "the user stopped speaking at t", "this call is
-outbound" — and the derivation (storage/derive.sql) combines the facts of all of a call's spans into its
+outbound" — and the derivation (storage/derive/*.sql) combines the facts of all of a call's spans into its
 ``turns`` and ``calls`` rows. This module is the one list of them both sides use: mappers write facts with
 the constants below (``facts[F.USER_TEXT] = …``), the derivation reads the same keys, and
 tests/test_facts.py checks that every key the SQL reads is declared here and written by a mapper, that every
@@ -13,7 +13,7 @@ span.
 
 Each fact says who emits it (``emitted_by``: a mapper's ``name``, or one of the other writers in
 ``EMITTERS``) and which statements of the derivation read it (``read_by``: the ``-- name:`` of a statement in
-storage/derive.sql, or ``cost`` for collector/cost.py, which turns usage facts into cost facts).
+storage/derive/, or ``cost`` for collector/cost.py, which turns usage facts into cost facts).
 """
 
 from __future__ import annotations

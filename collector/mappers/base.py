@@ -6,7 +6,7 @@ rows from it, so the raw span is kept whatever the mapper says.
 
 Contract (like the OTel SDK's SpanProcessor hooks): ``map_span`` is pure — no I/O, no clock, no logging,
 never mutates its input — and raises only ``RejectedSpan``. Anything that depends on other spans (turn
-numbers inherited from a parent, call status, turn latencies) is recomputed in storage/derive.sql from the
+numbers inherited from a parent, call status, turn latencies) is recomputed in storage/derive/ from the
 ``facts`` each span contributes; storage/facts.py declares them (write them with its constants).
 """
 

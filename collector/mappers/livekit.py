@@ -1,7 +1,7 @@
 """Map stage: LiveKit Agents tracing (tracer ``livekit-agents``; livekit-agents 1.2 → 1.8).
 
 ``agent_session`` (+ ``job_entrypoint``) → session; ``user_turn`` and ``agent_turn`` (≤ 1.2:
-``assistant_turn``) → turn spans with no index: they are siblings, so storage/derive.sql pairs them into one
+``assistant_turn``) → turn spans with no index: they are siblings, so storage/derive/turns.sql pairs them into one
 turn (``turn_role`` / ``turn_pair_key`` facts: the user's transcript, which the agent turn repeats as its
 user input). ``llm_node`` / ``llm_request`` → llm, ``tts_node`` / ``tts_request`` → tts, ``function_tool`` →
 tool; ``user_speaking`` / ``agent_speaking`` give when each side really spoke. Content keys moved to

@@ -136,7 +136,7 @@ class PipecatMapper:
         events = list(mapping.events)
         for tool in tools:
             # The tool ran between the LLM step that asked for it and this one: its end is this span's start;
-            # its start is recovered in storage/derive.sql (the previous llm span's end).
+            # its start is recovered in storage/derive/tool_calls.sql (the previous llm span's end).
             drafts.append(ToolCallDraft(tool_call_id=tool.tool_call_id, tool_name=tool.name, start_ns=None,
                                         end_ns=span.start_ns, arguments=tool.arguments, result=tool.result,
                                         is_error=tool.error is not None, error=tool.error))

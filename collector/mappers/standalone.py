@@ -1,7 +1,7 @@
 """Map stage helper: a root LLM span with no voice framework around it is one exchange, a turn of its own.
 
 Bare LLM instrumentations (OTel openai-v2, OpenLLMetry, OpenInference's OpenAI instrumentor) export each
-request as its own trace: no call, no turn span. Such a root span asks storage/derive.sql for a turn number
+request as its own trace: no call, no turn span. Such a root span asks storage/derive/turns.sql for a turn number
 (``turn_seq``), bounds the turn, names the user message it answers (``prompt_text``), flags a reply cut
 short, and reports the tool calls its input shows were answered since the last user message.
 """

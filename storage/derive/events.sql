@@ -1,0 +1,66 @@
+-- Derive, 5 of 5 — the call log: events take their span's turn, the greeting event is derived from the first
+-- turn, and a derived event the producer also sent itself is dropped.
+
+-- name: link_events
+-- An event takes its span's turn. Most are stored with it already (the span's turn was known when both were
+-- mapped); only the others are written.
+UPDATE derive_events e SET turn_number = s.turn_number
+FROM derive_spans s
+WHERE e.span_id IS NOT NULL AND s.trace_id = e.trace_id AND s.span_id = e.span_id AND s.call_id = e.call_id
+  AND e.turn_number IS DISTINCT FROM s.turn_number;
+
+-- name: store_event_turns
+UPDATE events e
+SET turn_number = (SELECT d.turn_number FROM derive_events d WHERE d.event_id = e.event_id AND d.time = e.time)
+WHERE e.ctid = ANY (ARRAY(
+    SELECT found.row_id FROM derive_events d
+    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
+    WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number));
+
+-- name: greeting_candidates
+-- An agent turn before any user speech is the greeting (design §5 (c)); one derived event per call.
+-- Per call, its turns in order through the primary key (never a scan of other calls' turns).
+INSERT INTO derive_greetings
+SELECT ids.call_id, coalesce(g.agent_started_at, g.started_at), g.turn_number, g.agent_text
+FROM unnest($1::text[]) AS ids(call_id)
+CROSS JOIN LATERAL (
+    SELECT t.* FROM turns t
+    WHERE t.call_id = ids.call_id AND (t.user_text IS NOT NULL OR t.agent_text IS NOT NULL)
+    ORDER BY t.turn_number LIMIT 1
+) g
+WHERE g.user_text IS NULL AND g.started_at IS NOT NULL;
+
+-- name: drop_changed_greeting_events
+DELETE FROM events e
+WHERE e.ctid = ANY (ARRAY(
+    SELECT found.row_id FROM derive_events d
+    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
+    WHERE d.event = 'agent.greeting_sent' AND d.source = 'derived' AND d.event_id = md5('greeting|' || d.call_id)
+      AND NOT EXISTS (SELECT 1 FROM derive_greetings g
+                      WHERE g.call_id = d.call_id AND g.time = d.time
+                        AND g.turn_number IS NOT DISTINCT FROM d.turn_number
+                        AND left(g.agent_text, 500) IS NOT DISTINCT FROM d.message)));
+
+-- name: greeting_events
+INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, span_id, category, event, level,
+                    message, data, source, turn_number)
+SELECT g.time, md5('greeting|' || g.call_id), g.call_id, true, NULL, NULL, 'agent', 'agent.greeting_sent', 'INFO',
+       left(g.agent_text, 500), jsonb_build_object('text', g.agent_text), 'derived', g.turn_number
+FROM derive_greetings g
+WHERE NOT EXISTS (SELECT 1 FROM derive_events d
+                  WHERE d.call_id = g.call_id AND d.event_id = md5('greeting|' || g.call_id) AND d.time = g.time
+                    AND d.turn_number IS NOT DISTINCT FROM g.turn_number
+                    AND d.message IS NOT DISTINCT FROM left(g.agent_text, 500))
+ON CONFLICT DO NOTHING;
+
+-- name: drop_shadowed_derived_events
+-- A derived event repeats what the producer said itself (e.g. call.completed or agent.interrupted sent as a
+-- log record too): the producer's own event wins, so the call log shows it once.
+DELETE FROM events x
+WHERE x.ctid = ANY (ARRAY(
+    SELECT found.row_id FROM derive_events d
+    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
+    WHERE d.source = 'derived'
+      AND EXISTS (SELECT 1 FROM derive_events e
+                  WHERE e.source <> 'derived' AND e.call_id = d.call_id AND e.event = d.event
+                    AND e.turn_number IS NOT DISTINCT FROM d.turn_number)));
