@@ -55,6 +55,7 @@ class BenchResult:
     copy_ceiling_spans_per_s: float
     ratio_to_copy_ceiling: float
     mapping_spans_per_s: float
+    simulator_spans_per_s: float   # generate_calls + encode_requests (client side, before the clock starts)
     machine: str
     when: str
 
@@ -135,8 +136,10 @@ async def run(args: argparse.Namespace) -> BenchResult:
     admin_url = args.admin_url
     database_url = admin_url.rsplit("/", 1)[0] + "/" + args.database
     sys.stderr.write(f"generating {args.calls} calls ...\n")
+    started = time.perf_counter()
     calls = generate_calls(args.calls, seed=args.seed)
     trace_bodies, log_bodies = encode_requests(calls, spans_per_request=args.spans_per_request)
+    simulator_s = time.perf_counter() - started
     if args.no_logs:
         log_bodies = []
     span_counts = [sum(len(ss.spans) for rs in trace_service_pb2.ExportTraceServiceRequest.FromString(b).resource_spans
@@ -162,6 +165,7 @@ async def run(args: argparse.Namespace) -> BenchResult:
         collector_peak_rss_mib=None if rss is None else round(rss, 1),
         copy_ceiling_spans_per_s=round(copy_rate), ratio_to_copy_ceiling=round(rate / copy_rate, 3),
         mapping_spans_per_s=round(mapping_rate),
+        simulator_spans_per_s=round(sum(call.span_count for call in calls) / simulator_s),
         machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         when=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
