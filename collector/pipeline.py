@@ -22,7 +22,7 @@ from collector.errors import RejectedSpan, shorten
 from collector.mappers import SpanMapping, select_mapper
 from collector.mappers.base import CALL_ID_KEYS, as_text, explicit_call_id
 from collector.mappers.native import call_facts
-from collector.otlp.codec import DEFAULT_LIMITS, ItemLimits, LogIn, SpanIn
+from collector.items import DEFAULT_LIMITS, ItemLimits, LogIn, SpanIn
 from storage import facts as F
 from storage.catalogue import LEVELS, level_rank, lookup
 from storage.records import EventRow, Record, SpanRow, ToolCallRow

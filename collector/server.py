@@ -15,10 +15,10 @@ import asyncpg
 from collector.batcher import Batcher
 from collector.cost import PriceTable
 from collector.health import DatabaseHealth
-from collector.ingest import Ingest
-from collector.otlp.codec import ItemLimits
+from collector.items import ItemLimits
 from collector.otlp.grpc import GrpcReceiver
 from collector.otlp.http import HttpReceiver
+from collector.otlp.ingest import Ingest
 from collector.settings import Settings
 from collector.telemetry import Metrics
 from storage.migrate import migrate

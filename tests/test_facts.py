@@ -17,7 +17,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from collector.cost import PriceTable
 from collector.mappers import MAPPERS, select_mapper
 from collector.mappers.native import call_facts
-from collector.otlp.codec import SpanIn, iter_spans
+from collector.items import SpanIn
+from collector.otlp.codec import iter_spans
 from collector.pipeline import map_spans
 from collector.simulate import generate_calls
 from storage.facts import EMITTERS, FACTS

@@ -1,4 +1,4 @@
-"""Imports point down: collector/cli (the command line, on top) → collector/ (receivers, processing) → storage/;
+"""Imports point down: collector/cli (the command line, on top) → collector/ (receivers → processing) → storage/;
 dashboards/ stands alone and only the command line imports it. No module takes part in an import cycle.
 
 storage/ holds what both sides need (records, storage errors, the facts contract) and never imports the
@@ -61,6 +61,25 @@ def test_the_check_sees_imports() -> None:
     assert "dashboards" in _project_imports(ROOT / "collector" / "cli" / "commands.py")
     assert _allowed(ROOT / "collector" / "cli" / "commands.py", ALLOWED["collector"]) == TOP["collector/cli"]
     assert _allowed(ROOT / "collector" / "server.py", ALLOWED["collector"]) == ALLOWED["collector"]
+
+
+# Inside collector/, the same direction: receivers (otlp/) → processing (pipeline, mappers, cost, items, batcher).
+PROCESSING = ("collector/pipeline.py", "collector/mappers", "collector/cost.py", "collector/items.py",
+              "collector/batcher.py")
+ABOVE_PROCESSING = ("collector.otlp", "collector.server", "collector.cli")
+
+
+def test_processing_does_not_import_the_receivers() -> None:
+    wrong = []
+    for place in PROCESSING:
+        target = ROOT / place
+        for path in sorted(target.rglob("*.py") if target.is_dir() else [target]):
+            for node in _imports(path):
+                names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""])
+                wrong += [f"{path.relative_to(ROOT)} imports {name}" for name in names
+                          if name.startswith(ABOVE_PROCESSING)]
+    assert not wrong, "\n".join(wrong)
 
 
 # --- import cycles -----------------------------------------------------------------------------------------------

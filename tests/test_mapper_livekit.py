@@ -8,7 +8,7 @@ import time
 import pytest
 
 from collector.mappers.livekit import LiveKitMapper
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
 from tests.replay import TRANSPORTS, event_keys, ledger, replay, send, settle, trace_request
 
 MS = 1_000_000

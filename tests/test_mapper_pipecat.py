@@ -8,7 +8,7 @@ import pytest
 
 from collector.mappers import select_mapper
 from collector.mappers.pipecat import PipecatMapper
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
 from tests.replay import TRANSPORTS, event_keys, ledger, replay, settle
 
 CALL = "call-fixture-0001"

@@ -15,7 +15,7 @@ from collector.mappers.native import NativeMapper
 from collector.mappers.openinference import OpenInferenceMapper
 from collector.mappers.openllmetry import OpenLLMetryMapper
 from collector.mappers.pipecat import PipecatMapper
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
 
 __all__ = ["MAPPERS", "Mapper", "SpanMapping", "select_mapper"]
 

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
 
 __all__ = [
     "Mapper", "SpanMapping", "ToolCallDraft", "DerivedEvent", "CALL_ID_KEYS",

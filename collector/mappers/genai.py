@@ -14,7 +14,7 @@ from collector.mappers.base import (
     parse_json, seconds_to_us, us,
 )
 from collector.mappers.standalone import CUT_SHORT, finish_reasons, standalone_turn
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
 from storage import facts as F
 
 __all__ = ["GenAIMapper", "llm_mapping", "tool_mapping", "session_mapping", "tts_mapping", "message_text", "provider_of", "model_of"]

@@ -18,7 +18,7 @@ from collector.mappers.base import (
 from collector.mappers.genai import llm_mapping, tool_mapping
 from collector.mappers.messages import result_error
 from collector.mappers.standalone import CUT_SHORT, finish_reasons, standalone_turn
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
 from storage import facts as F
 
 __all__ = ["OpenInferenceMapper"]

@@ -17,7 +17,7 @@ from collector.mappers.base import CALL_ID_KEYS, SpanMapping, as_int, as_text, e
 from collector.mappers.genai import llm_mapping, session_mapping, tool_mapping
 from collector.mappers.messages import result_error
 from collector.mappers.standalone import CUT_SHORT, finish_reasons, standalone_turn
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
 from storage import facts as F
 
 __all__ = ["OpenLLMetryMapper"]

@@ -18,7 +18,7 @@ from collector.mappers.base import (
 )
 from collector.mappers.genai import llm_mapping, model_of, provider_of, session_mapping, tool_mapping, tts_mapping
 from collector.mappers.messages import last_user_text, recover_tools, result_error
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
 from storage import facts as F
 
 __all__ = ["PipecatMapper"]

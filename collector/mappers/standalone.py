@@ -13,7 +13,7 @@ from typing import Any
 
 from collector.mappers.base import DerivedEvent, SpanMapping, ToolCallDraft, us
 from collector.mappers.messages import last_user_text, messages_of, recover_tools
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
 from storage import facts as F
 
 __all__ = ["standalone_turn", "finish_reasons", "CUT_SHORT"]

@@ -22,9 +22,8 @@ from collector.errors import (
     MAX_MESSAGE_CHARS, CallscopeError, InvalidRequest, Overloaded, StorageRejected, StorageUnavailable, shorten,
 )
 from collector.logs import ThrottledLog
-from collector.otlp.codec import (
-    DEFAULT_LIMITS, DecodeStats, ItemLimits, ValueDecoder, count_items, iter_logs, iter_spans,
-)
+from collector.items import DEFAULT_LIMITS, ItemLimits
+from collector.otlp.codec import DecodeStats, ValueDecoder, count_items, iter_logs, iter_spans
 from collector.pipeline import MappedBatch, map_logs, map_spans
 from collector.telemetry import Metrics
 
