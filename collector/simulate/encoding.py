@@ -141,28 +141,25 @@ class _Batch:
         self.groups[resource[0]] = (resource[1], scopes)
 
 
-def _trace_body(batch: _Batch) -> bytes:
-    request = ExportTraceServiceRequest()
-    for resource, scopes in batch.groups.values():
-        resource_spans = request.resource_spans.add()
-        resource_spans.resource.CopyFrom(resource)
-        for scope, spans in scopes.values():
-            scope_spans = resource_spans.scope_spans.add()
-            scope_spans.scope.CopyFrom(scope)
-            scope_spans.spans.extend(spans)
+def _body(request: Any, batch: _Batch, resources: str, scopes: str, records: str) -> bytes:
+    """``batch`` as one Export request: ``request.<resources>[].<scopes>[].<records>[]`` (traces and logs
+    differ only in these names)."""
+    for resource, by_scope in batch.groups.values():
+        resource_group = getattr(request, resources).add()
+        resource_group.resource.CopyFrom(resource)
+        for scope, items in by_scope.values():
+            scope_group = getattr(resource_group, scopes).add()
+            scope_group.scope.CopyFrom(scope)
+            getattr(scope_group, records).extend(items)
     return request.SerializeToString()
+
+
+def _trace_body(batch: _Batch) -> bytes:
+    return _body(ExportTraceServiceRequest(), batch, "resource_spans", "scope_spans", "spans")
 
 
 def _log_body(batch: _Batch) -> bytes:
-    request = ExportLogsServiceRequest()
-    for resource, scopes in batch.groups.values():
-        resource_logs = request.resource_logs.add()
-        resource_logs.resource.CopyFrom(resource)
-        for scope, records in scopes.values():
-            scope_logs = resource_logs.scope_logs.add()
-            scope_logs.scope.CopyFrom(scope)
-            scope_logs.log_records.extend(records)
-    return request.SerializeToString()
+    return _body(ExportLogsServiceRequest(), batch, "resource_logs", "scope_logs", "log_records")
 
 
 def _keyed(message: Any) -> tuple[bytes, Any]:
