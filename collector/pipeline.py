@@ -199,9 +199,8 @@ def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, prices: Pric
     _check_length(explicit_id, "call id", max_id)
     call_id = explicit_id or span.trace_id
     explicit = explicit_id is not None
-    facts = call_facts(span)
-    if mapping.facts:
-        facts.update(mapping.facts)
+    # the native call attributes a user added (call.agent, call.direction, …) win over what a framework says
+    facts = {**mapping.facts, **call_facts(span)} if mapping.facts else call_facts(span)
     facts.update(cost_facts(mapping.stage, mapping.provider, mapping.model, mapping.input_tokens,
                             mapping.output_tokens, facts, prices))
     turn_number = _int4(mapping.turn_number)

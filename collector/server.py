@@ -1,7 +1,13 @@
-"""The collector's lifecycle: migrate → writer + deriver → batcher → gRPC + HTTP receivers; graceful stop.
+"""The collector's lifecycle: check the schema → writer + deriver → batcher → gRPC + HTTP receivers; bounded stop.
 
-Stop order follows the data: stop accepting (receivers), flush what was accepted (batcher), close the writer,
-derive what is still dirty (deriver).
+``serve`` never changes the schema or the routines (``callscope migrate`` does): it checks that the database is
+at a revision this release runs on and refuses to start otherwise (storage/migrate.py ``check_schema``). The
+telephony rates of its price table are written only when they differ from the stored ones.
+
+Stop order follows the data, within ``shutdown_timeout_s`` whatever other collectors do: stop accepting
+(receivers), flush what was accepted (batcher), close the writer, finish the claimed calls and derive the calls
+this process marked (deriver). What the deadline cuts off was not acknowledged (batches) or stays marked for
+any other collector (derivation).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collector.otlp.http import HttpReceiver
 from collector.otlp.ingest import Ingest
 from collector.settings import Settings
 from collector.telemetry import Metrics
-from storage.migrate import migrate
+from storage.migrate import check_schema, migrate, store_telephony_rates
 from storage.deriver import Deriver
 from storage.writer import WriterPool
 
@@ -31,9 +37,12 @@ log = logging.getLogger("callscope.collector")
 
 
 class Collector:
-    """All running parts of ``callscope serve``; ``async with Collector(settings)`` in tests."""
+    """All running parts of ``callscope serve``; ``async with Collector(settings)`` in tests.
 
-    def __init__(self, settings: Settings, *, run_migrations: bool = True) -> None:
+    ``run_migrations``: migrate before starting (for tools that own their database); ``serve`` never does.
+    """
+
+    def __init__(self, settings: Settings, *, run_migrations: bool = False) -> None:
         self.settings = settings
         self._run_migrations = run_migrations
         # The one price table of this collector (ValueError when prices_file cannot be read): every span's
@@ -72,32 +81,28 @@ class Collector:
         self.grpc: GrpcReceiver | None = None
         self.http: HttpReceiver | None = None
 
-    async def _store_telephony_rates(self, prices: PriceTable) -> None:
-        """Replace the ``telephony_rates`` rows (read by storage/derive/calls.sql) with the loaded price table's."""
+    async def _check_database(self, prices: PriceTable) -> None:
+        """Refuse a database this release does not run on (``SchemaMismatch``), then store the price table's
+        telephony rates (read by storage/derive/calls.sql) if they differ from the stored ones."""
+        connection = await asyncpg.connect(self.settings.database_url, timeout=10)
         try:
-            connection = await asyncpg.connect(self.settings.database_url, timeout=10)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
-            log.warning("prices.not_stored", extra={"error": f"{type(exc).__name__}: {exc}"})
-            return
-        try:
-            async with connection.transaction():
-                await connection.execute("DELETE FROM telephony_rates")
-                await connection.executemany(
-                    "INSERT INTO telephony_rates (direction, per_minute, currency, price_version) "
-                    "VALUES ($1, $2, $3, $4)",
-                    [(*row, prices.version) for row in prices.telephony_rows()])
-        except asyncpg.PostgresError as exc:   # e.g. a database not migrated to 0003 yet
-            log.warning("prices.not_stored", extra={"error": f"{type(exc).__name__}: {exc}"})
+            state = await check_schema(connection)
+            if state.newer:
+                log.warning("schema.newer", extra={
+                    "revision": state.revision, "head": state.head, "routine_versions": list(state.routine_versions),
+                    "note": "migrated by a newer release that kept this release's routines: upgrade this collector"})
+            changed = await store_telephony_rates(connection, prices.telephony_rows(), prices.version)
         finally:
             await connection.close()
-        log.info("prices.loaded", extra={"version": prices.version, "source": prices.source})
+        log.info("prices.loaded", extra={"version": prices.version, "source": prices.source,
+                                         "telephony_rates_written": changed})
 
     async def start(self) -> None:
         settings = self.settings
         if self._run_migrations:
             await migrate(settings.database_url, retention_days=settings.retention_days,
                           compress_after_days=settings.compress_after_days)
-        await self._store_telephony_rates(self.prices)
+        await self._check_database(self.prices)
         await self.writer.start()
         await self.deriver.start()
         await self.batcher.start()
@@ -116,16 +121,47 @@ class Collector:
                                             "bind_address": settings.bind_address})
 
     async def close(self, grace_s: float = 10.0) -> None:
-        """Stop accepting, flush what was accepted (in-flight Exports get their answer), close the database."""
-        stopping = [receiver.stop(grace_s) for receiver in (self.grpc, self.http) if receiver is not None]
+        """Stop accepting, flush what was accepted (in-flight Exports get their answer), finish the claimed and
+        own calls' derivation, close the database; all within ``shutdown_timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_timeout_s
+
+        def left() -> float:
+            return max(0.0, deadline - loop.time())
+
+        cut_short: list[str] = []
+        stopping = [receiver.stop(min(grace_s, left())) for receiver in (self.grpc, self.http) if receiver is not None]
         receivers = asyncio.ensure_future(asyncio.gather(*stopping))
         await asyncio.sleep(0)  # the receivers refuse new calls from here on
         # Flush now rather than after the receivers stop: in-flight Exports wait for their batch's
         # commit, and waiting for its age timer could outlast the grace period.
-        await self.batcher.close()
-        await receivers
-        await self.writer.close()
-        await self.deriver.close()
+        flushing = asyncio.ensure_future(self.batcher.close())
+        try:
+            await asyncio.wait_for(asyncio.shield(flushing), left())
+        except asyncio.TimeoutError:
+            # The database does not commit in time: the waiting Exports fail (UNAVAILABLE, never acknowledged;
+            # clients retry them at another collector) and the connections go.
+            cut_short.append(f"{self.batcher.queued_records} records not committed")
+            self.batcher.terminate()
+            self.writer.terminate()
+            await asyncio.wait([flushing], timeout=1.0)
+            if flushing.done() and not flushing.cancelled():
+                flushing.exception()   # retrieved: the batches were failed on purpose
+        try:
+            await asyncio.wait_for(receivers, max(left(), 0.5))
+        except asyncio.TimeoutError:
+            cut_short.append("receivers")
+        try:
+            await asyncio.wait_for(self.writer.close(), max(left(), 0.5))
+        except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            self.writer.terminate()
+        owed = self.deriver.owed_calls
+        await self.deriver.close(timeout=left())
+        if self.deriver.owed_calls:
+            cut_short.append(f"{self.deriver.owed_calls} of {owed} own calls left to derive to other collectors")
+        if cut_short:
+            log.warning("collector.shutdown_deadline", extra={"shutdown_timeout_s": self.settings.shutdown_timeout_s,
+                                                              "cut_short": cut_short})
         log.info("collector.stopped", extra=self.metrics.snapshot())
 
     async def settle(self) -> None:

@@ -90,13 +90,22 @@ SETTINGS: tuple[Setting, ...] = (
             "is quarantined (call_quarantine) and retried with backoff.", float),
     Setting("retry_after_s", 1.0, "Retry hint sent with a refusal (RetryInfo / Retry-After), seconds.", float),
     Setting("write_timeout_s", 30.0, "A batch that cannot be committed within this time fails with UNAVAILABLE.", float),
-    Setting("retention_days", 30, "TimescaleDB only: spans and events older than this are dropped (0 = keep).", int),
-    Setting("compress_after_days", 2, "TimescaleDB only: span and event chunks older than this are compressed.", int),
+    Setting("shutdown_timeout_s", 20.0,
+            "On SIGTERM the collector stops accepting, commits what it accepted, finishes the calls it is deriving "
+            "and derives the calls it wrote, then exits, within this time whatever other collectors do; what is "
+            "cut off was not acknowledged (clients retry) or stays for another collector to derive. Keep it below "
+            "the orchestrator's grace period (Kubernetes terminationGracePeriodSeconds, compose stop_grace_period).",
+            float),
+    Setting("retention_days", 30, "TimescaleDB only: spans and events older than this are dropped (0 = keep); "
+            "applied by `callscope migrate`.", int),
+    Setting("compress_after_days", 2, "TimescaleDB only: span and event chunks older than this are compressed; "
+            "applied by `callscope migrate`.", int),
     Setting("idle_timeout_s", 300,
             "A call with no end and no telemetry for this long is shown as stale (it stays active).", int),
     Setting("log_level", "info", "Log level: debug, info, warning, error."),
     Setting("log_format", "json", "Log format: json (one object per line) or text."),
-    Setting("prices_file", "", "YAML price table that overrides the shipped defaults (optional)."),
+    Setting("prices_file", "", "YAML price table that overrides the shipped defaults (optional); its telephony rates "
+            "are stored by `callscope migrate`, and by `serve` when they differ from the stored ones."),
 )
 
 
@@ -125,6 +134,7 @@ class Settings:
     derive_timeout_s: float
     retry_after_s: float
     write_timeout_s: float
+    shutdown_timeout_s: float
     retention_days: int
     compress_after_days: int
     idle_timeout_s: int
@@ -152,6 +162,8 @@ class Settings:
             problems.append("derive_workers and derive_batch_calls must be ≥ 1")
         if self.derive_timeout_s <= 0:
             problems.append("derive_timeout_s must be > 0")
+        if self.shutdown_timeout_s <= 0:
+            problems.append("shutdown_timeout_s must be > 0")
         if self.writer_connections < 1:
             problems.append("writer_connections must be ≥ 1")
         if self.max_wait_ms < 0:

@@ -27,6 +27,7 @@ EXPR_DS = DataSourceRef(type_val="__expr__", uid="__expr__")
 FOLDER_UID = "callscope"
 GROUP_LATENCY = "callscope-latency"
 GROUP_CALLS = "callscope-calls"
+GROUP_CAMPAIGNS = "callscope-campaigns"
 LABELS = {"service": "callscope"}
 
 RULE_UIDS = {
@@ -35,7 +36,15 @@ RULE_UIDS = {
     "failed_ratio": "callscope-failed-call-ratio",
     "webhook_exhausted": "callscope-webhook-retry-exhausted",
     "no_telemetry": "callscope-no-telemetry",
+    "barge_in": "callscope-barge-in-stop-p95",
+    "campaign_failed_ratio": "callscope-campaign-failed-ratio",
+    "campaign_v2v": "callscope-campaign-v2v-p95",
+    "campaign_llm_ttft": "callscope-campaign-llm-ttft-p95",
 }
+
+# The notification of a campaign rule links to the slowest turns of the firing campaign.
+_CAMPAIGN_LINK = (f"/d/{DASHBOARD_UIDS['campaigns']}/{DASHBOARD_UIDS['campaigns']}"
+                  "?var-campaign={{ $labels.campaign }}&viewPanel={panel}&from=now-6h&to=now")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +63,7 @@ class _Spec:
     description: str
     dashboard_uid: str
     panel_id: int | None = None
+    link: str | None = None   # annotation slowest_turns_url
 
 
 def _rule(spec: _Spec, options: DashboardOptions) -> alerting.Rule:
@@ -90,14 +100,56 @@ def _rule(spec: _Spec, options: DashboardOptions) -> alerting.Rule:
         .no_data_state(spec.no_data)  # type: ignore[arg-type]
         .exec_err_state("Error")
         .labels({**LABELS, "severity": spec.severity})
-        .annotations({"summary": spec.summary, "description": spec.description})
+        .annotations({"summary": spec.summary, "description": spec.description,
+                      **({"slowest_turns_url": spec.link} if spec.link else {})})
     )
     return rule
+
+
+def _campaign_specs(options: DashboardOptions, panel_ids: dict[str, int]) -> list[_Spec]:
+    """One rule per measure; each campaign is a series of its own (label ``campaign``)."""
+    t = options.thresholds
+    panel = panel_ids.get("campaign_slowest_turns")
+    link = _CAMPAIGN_LINK.replace("{panel}", str(panel)) if panel is not None else None
+    common = {"group": GROUP_CAMPAIGNS, "dashboard_uid": DASHBOARD_UIDS["campaigns"], "panel_id": panel,
+              "link": link, "no_data": "OK"}
+    see = " The slowest turns of the campaign: {{ $annotations.slowest_turns_url }}"
+    return [
+        _Spec(key="campaign_failed_ratio", title=f"Campaign failed-call ratio above {t.campaign_failed_ratio:.0%}",
+              sql=q.alert_campaign_failed_ratio(min_calls=t.campaign_min_calls),
+              window_s=3600, op="gt", threshold=t.campaign_failed_ratio, for_="0s", severity="critical",
+              summary="{{ humanizePercentage $values.B.Value }} of the ended calls of campaign "
+                      "{{ $labels.campaign }} failed in the last hour",
+              description="Calls of this campaign end with status failed." + see, **common),
+        _Spec(key="campaign_v2v", title=f"Campaign p95 voice-to-voice above {t.campaign_v2v_p95_ms:g} ms",
+              sql=q.alert_campaign_latency_p95("voice_to_voice_ms", min_samples=t.latency_min_samples),
+              window_s=900, op="gt", threshold=t.campaign_v2v_p95_ms, for_="5m", severity="warning",
+              summary="p95 voice-to-voice of campaign {{ $labels.campaign }} is {{ humanize $values.B.Value }} ms "
+                      f"(threshold {t.campaign_v2v_p95_ms:g} ms, last 15 min)",
+              description="Callers of this campaign wait too long for the agent." + see, **common),
+        _Spec(key="campaign_llm_ttft", title=f"Campaign p95 LLM TTFT above {t.campaign_llm_ttft_p95_ms:g} ms",
+              sql=q.alert_campaign_latency_p95("llm_ttft_ms", min_samples=t.latency_min_samples),
+              window_s=900, op="gt", threshold=t.campaign_llm_ttft_p95_ms, for_="5m", severity="warning",
+              summary="p95 LLM TTFT of campaign {{ $labels.campaign }} is {{ humanize $values.B.Value }} ms "
+                      f"(threshold {t.campaign_llm_ttft_p95_ms:g} ms, last 15 min)",
+              description="The LLM of this campaign's agent is slow to start answering." + see, **common),
+    ]
 
 
 def _specs(options: DashboardOptions, latency_panel_ids: dict[str, int]) -> list[_Spec]:
     t = options.thresholds
     return [
+        _Spec(
+            key="barge_in", group=GROUP_LATENCY,
+            title=f"p95 barge-in stop above {t.barge_in_stop_p95_ms:g} ms",
+            sql=q.alert_barge_in_p95(min_samples=t.latency_min_samples),
+            window_s=900, op="gt", threshold=t.barge_in_stop_p95_ms, for_="5m", no_data="OK", severity="warning",
+            summary="p95 barge-in stop of agent {{ $labels.agent }} is {{ humanize $values.B.Value }} ms "
+                    f"(threshold {t.barge_in_stop_p95_ms:g} ms, last 15 min)",
+            description="When callers interrupt, the agent keeps talking over them: check interruption "
+                        "handling (VAD, interruption settings) on the Latency dashboard's barge-in panel.",
+            dashboard_uid=DASHBOARD_UIDS["latency"], panel_id=latency_panel_ids.get("barge_in_stop_ms"),
+        ),
         _Spec(
             key="v2v", group=GROUP_LATENCY,
             title=f"p95 voice-to-voice above {t.v2v_p95_ms:g} ms",
@@ -160,9 +212,9 @@ def alert_rule_groups(
     options: DashboardOptions, latency_panel_ids: dict[str, int]
 ) -> tuple[list[alerting.RuleGroup], RuleLinks]:
     """The rule groups, and per rule uid the dashboard (uid, panel id) it annotates."""
-    specs = _specs(options, latency_panel_ids)
+    specs = _specs(options, latency_panel_ids) + _campaign_specs(options, latency_panel_ids)
     groups: list[alerting.RuleGroup] = []
-    for name in (GROUP_LATENCY, GROUP_CALLS):
+    for name in (GROUP_LATENCY, GROUP_CALLS, GROUP_CAMPAIGNS):
         group = alerting.RuleGroup(name).folder_uid(FOLDER_UID).interval(options.alert_interval_s)
         for spec in specs:
             if spec.group == name:
@@ -231,7 +283,7 @@ def notification_policies(options: DashboardOptions, *, org_id: int = 1) -> dict
         alerting.NotificationPolicy()
         .receiver(options.contact_point_name)
         .object_matchers([["service", "=", "callscope"]])
-        .group_by(["grafana_folder", "alertname", "agent"])
+        .group_by(["grafana_folder", "alertname", "agent", "campaign"])
         .group_wait("30s")
         .group_interval("5m")
         .repeat_interval("4h")

@@ -29,6 +29,8 @@ DASHBOARD_UIDS = {
     "call_detail": "callscope-call-detail",
     "latency": "callscope-latency",
     "events": "callscope-events",
+    "quality": "callscope-quality",
+    "campaigns": "callscope-campaigns",
 }
 TAGS = ["callscope", "voice", "generated"]
 

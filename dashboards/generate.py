@@ -14,7 +14,7 @@ import yaml
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-from dashboards import alerts, call_detail, calls, events, latency
+from dashboards import alerts, call_detail, calls, campaigns, events, latency, quality
 from dashboards.common import DASHBOARD_UIDS
 from dashboards.datasource import datasource_provisioning
 from dashboards.options import AlertThresholds, DashboardOptions
@@ -33,8 +33,11 @@ def build_dashboards(options: DashboardOptions) -> dict[str, dash.Dashboard]:
     return {
         "calls": calls.build(**common),
         "call-detail": call_detail.build(**common),
-        "latency": latency.build(**common, v2v_threshold_ms=t.v2v_p95_ms, llm_ttft_threshold_ms=t.llm_ttft_p95_ms),
+        "latency": latency.build(**common, v2v_threshold_ms=t.v2v_p95_ms, llm_ttft_threshold_ms=t.llm_ttft_p95_ms,
+                                 barge_in_threshold_ms=t.barge_in_stop_p95_ms),
         "events": events.build(**common),
+        "quality": quality.build(**common),
+        "campaigns": campaigns.build(**common),
     }
 
 
@@ -45,9 +48,16 @@ def _dashboard_json(builder: dash.Dashboard) -> str:
 def _latency_panel_ids(board: dict[str, Any]) -> dict[str, int]:
     """Panel ids of the "p95 by …" latency panels the alert rules annotate."""
     wanted = {"voice_to_voice_ms": "Voice-to-voice: p95 by agent",
-              "llm_ttft_ms": "LLM time to first token: p95 by agent"}
+              "llm_ttft_ms": "LLM time to first token: p95 by agent",
+              "barge_in_stop_ms": latency.BARGE_IN_TITLE}
     by_title = {p["title"]: p["id"] for p in board["panels"]}
     return {metric: by_title[title] for metric, title in wanted.items()}
+
+
+def _campaign_panel_ids(board: dict[str, Any]) -> dict[str, int]:
+    """The Campaigns dashboard's slowest-turns panel, which the per-campaign rules link to."""
+    by_title = {p["title"]: p["id"] for p in board["panels"]}
+    return {"campaign_slowest_turns": by_title[campaigns.SLOWEST_TURNS_TITLE]}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -94,7 +104,9 @@ def render_provisioning(options: DashboardOptions) -> dict[str, str]:
     files["dashboards/callscope.yaml"] = _yaml(_provider(options))
     files["datasources/callscope.yaml"] = _yaml(datasource_provisioning(options))
 
-    groups, links = alerts.alert_rule_groups(options, _latency_panel_ids(json.loads(rendered["latency"])))
+    panel_ids = {**_latency_panel_ids(json.loads(rendered["latency"])),
+                 **_campaign_panel_ids(json.loads(rendered["campaigns"]))}
+    groups, links = alerts.alert_rule_groups(options, panel_ids)
     files["alerting/callscope-rules.yaml"] = _yaml(
         alerts.to_file_provisioning(groups, links=links, folder_title=options.folder_title))
     files["alerting/callscope-contact-points.yaml"] = _yaml(alerts.contact_points(options))

@@ -70,8 +70,11 @@ def _p95_stat(title: str, metric: str, threshold_ms: float | None) -> stat.Panel
     )
 
 
+BARGE_IN_TITLE = "Barge-in: agent audio stop p50 / p95 / p99"
+
+
 def build(*, datasource_name: str, datasource_uid: str, v2v_threshold_ms: float,
-          llm_ttft_threshold_ms: float) -> dash.Dashboard:
+          llm_ttft_threshold_ms: float, barge_in_threshold_ms: float) -> dash.Dashboard:
     limits = {"voice_to_voice_ms": v2v_threshold_ms, "llm_ttft_ms": llm_ttft_threshold_ms}
     layout = Layout()
     for metric, (title, _, _) in BREAKDOWNS.items():
@@ -118,6 +121,32 @@ def build(*, datasource_name: str, datasource_uid: str, v2v_threshold_ms: float,
     for col in ("voice_to_voice_ms", "stt_ms", "llm_ttft_ms", "tts_ttfb_ms"):
         slow = slow.override_by_name(col, [unit("ms")])
     layout.add(slow, w=24, h=12)
+
+    layout.row("Silence and barge-in")
+    layout.add(
+        _ts(BARGE_IN_TITLE, q.turn_percentiles_raw("barge_in_stop_ms"), barge_in_threshold_ms)
+        .description("turns.barge_in_stop_ms: the user starts speaking during the agent's speech → the agent's "
+                     "audio stops. Only frameworks that report both sides' speech (docs/conventions.md)."),
+        w=12, h=8,
+    )
+    layout.add(
+        _ts("Dead air per turn p50 / p95 / p99", q.turn_percentiles_raw("dead_air_ms"), None)
+        .description("turns.dead_air_ms: the longest stretch inside a turn where neither side speaks."),
+        w=12, h=8,
+    )
+    silent = (
+        table.Panel()
+        .title("Longest silences (calls)")
+        .description("calls.longest_silence_ms: the longest stretch of the call where nobody spoke. Click a call "
+                     "id to open the call.")
+        .datasource(datasource_ref())
+        .with_target(sql_target(q.SILENT_CALLS))
+        .override_by_name("call_id", [call_link()])
+        .override_by_name("longest_silence_ms", [unit("ms")])
+        .override_by_name("dead_air_total_s", [unit("s")])
+        .override_by_name("duration_s", [unit("s")])
+    )
+    layout.add(silent, w=24, h=10)
 
     board = (
         base_dashboard("latency", "Callscope / Latency",

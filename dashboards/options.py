@@ -21,12 +21,22 @@ class AlertThresholds:
     failed_call_ratio: float = 0.2
     failed_ratio_min_calls: int = 5
     no_telemetry_minutes: int = 10
+    #: p95 of turns.barge_in_stop_ms (user barges in → agent audio stops)
+    barge_in_stop_p95_ms: float = 800.0
+    #: per-campaign rules (one alert series per campaign)
+    campaign_failed_ratio: float = 0.25
+    campaign_v2v_p95_ms: float = 2000.0
+    campaign_llm_ttft_p95_ms: float = 1200.0
+    campaign_min_calls: int = 5
 
     def __post_init__(self) -> None:
-        if self.v2v_p95_ms <= 0 or self.llm_ttft_p95_ms <= 0:
+        if min(self.v2v_p95_ms, self.llm_ttft_p95_ms, self.barge_in_stop_p95_ms, self.campaign_v2v_p95_ms,
+               self.campaign_llm_ttft_p95_ms) <= 0:
             raise ValueError("latency thresholds must be positive milliseconds")
-        if not 0 < self.failed_call_ratio <= 1:
-            raise ValueError("failed_call_ratio must be in (0, 1]")
+        if not 0 < self.failed_call_ratio <= 1 or not 0 < self.campaign_failed_ratio <= 1:
+            raise ValueError("failed_call_ratio and campaign_failed_ratio must be in (0, 1]")
+        if self.campaign_min_calls < 1:
+            raise ValueError("campaign_min_calls must be >= 1")
         if self.latency_min_samples < 1 or self.failed_ratio_min_calls < 1 or self.no_telemetry_minutes < 1:
             raise ValueError("sample counts and no_telemetry_minutes must be >= 1")
 

@@ -309,10 +309,25 @@ _KIND = """CASE s.kind::text
     WHEN '4' THEN 'producer' WHEN '5' THEN 'consumer'
     ELSE lower(replace(s.kind::text, 'SPAN_KIND_', '')) END"""
 
-DETAIL_TRACE = f"""SELECT
-  first_value(s.trace_id) OVER (ORDER BY s.start_time, s.span_id) AS "traceID",
+# One tree per call: when the call spans several traces (OpenInference makes one per turn), a call-level root
+# span holds each trace's roots (and spans whose parent never arrived); one trace id labels every row.
+_CALL_ROOT_ID = f"left(md5('callscope.call|' || {CALL_ID}), 16)"
+
+DETAIL_TRACE = f"""WITH s AS (
+  SELECT * FROM callscope_call_spans({CALL_ID})
+), k AS (
+  SELECT (array_agg(s.trace_id ORDER BY s.start_time, s.span_id))[1] AS trace_id,
+         count(DISTINCT s.trace_id) > 1 AS several, min(s.start_time) AS first_start, max(s.end_time) AS last_end,
+         count(DISTINCT s.trace_id) AS traces
+  FROM s
+)
+SELECT
+  k.trace_id AS "traceID",
   s.span_id AS "spanID",
-  NULLIF(s.parent_span_id, '') AS "parentSpanID",
+  CASE WHEN k.several AND (NULLIF(s.parent_span_id, '') IS NULL
+                           OR NOT EXISTS (SELECT 1 FROM s p WHERE p.trace_id = s.trace_id
+                                                              AND p.span_id = s.parent_span_id))
+       THEN {_CALL_ROOT_ID} ELSE NULLIF(s.parent_span_id, '') END AS "parentSpanID",
   s.name AS "operationName",
   coalesce(s.service_name, s.stage, 'unknown') AS "serviceName",
   coalesce((SELECT jsonb_agg(jsonb_build_object('key', r.key, 'value', r.value) ORDER BY r.key)
@@ -345,8 +360,17 @@ DETAIL_TRACE = f"""SELECT
   s.status_code AS "statusCode",
   s.status_message AS "statusMessage",
   s.scope_name AS "instrumentationLibraryName"
-FROM callscope_call_spans({CALL_ID}) s
-ORDER BY s.start_time, s.span_id"""
+FROM s CROSS JOIN k
+UNION ALL
+SELECT k.trace_id, {_CALL_ROOT_ID}, NULL, 'call ' || {CALL_ID}, 'callscope',
+  '[]', extract(epoch FROM k.first_start) * 1000,
+  extract(epoch FROM k.last_end - k.first_start)::float8 * 1000,
+  jsonb_build_array(jsonb_build_object('key', 'callscope.stage', 'value', 'call'),
+                    jsonb_build_object('key', 'callscope.traces', 'value', k.traces))::text,
+  '[]', 'internal', 0::smallint, NULL, 'callscope'
+FROM k
+WHERE k.several
+ORDER BY 7, 2"""
 
 _LATENCY_STAGES = (
     ("stt_ms", "STT"),
@@ -739,3 +763,166 @@ WHERE $__timeFilter(e.time)
 ALERT_NO_TELEMETRY = """SELECT now() AS "time",
   (EXISTS (SELECT 1 FROM spans s WHERE $__timeFilter(s.start_time))
    OR EXISTS (SELECT 1 FROM events e WHERE $__timeFilter(e.time)))::int AS telemetry_seen"""
+
+# ---------------------------------------------------------------------------------------------------------
+# Telemetry quality (view call_quality: one row per call, a column per finding; docs/dashboards.md)
+# ---------------------------------------------------------------------------------------------------------
+
+#: finding column → (panel title, what it means, the extra column shown beside it)
+QUALITY_FINDINGS = {
+    "turns_missing_stage": ("Turns missing a stage", "Turns without the STT, LLM or TTS stage other turns of the "
+                            "same call have.", None),
+    "orphan_spans": ("Orphan spans", "Spans whose parent never arrived (not exported, dropped, or still open).",
+                     None),
+    "spans_ending_before_start": ("Spans ending before they start", "End time earlier than start time.", None),
+    "clock_skew_spans": ("Clock skew", "Child spans starting more than 1 s before their parent: the clocks of two "
+                         "services disagree.", "max_child_lead_ms"),
+    "gone_silent": ("Active calls gone silent", "Active calls with no telemetry for 5 minutes (or flagged stale "
+                    "by the collector).", "silent_for_s"),
+    "uncorrelated_log_records": ("Uncorrelated log records", "Log records that name no call and whose trace has "
+                                 "no span.", None),
+}
+
+
+def quality_finding(column: str) -> str:
+    """The calls of the range with one finding, worst first."""
+    extra = QUALITY_FINDINGS[column][2]
+    condition = f"q.{column}" if column == "gone_silent" else f"q.{column} > 0"
+    order = f"q.{extra} DESC NULLS LAST" if extra else f"q.{column} DESC"
+    return f"""SELECT q.started_at AS "time", q.call_id, q.status, q.framework, q.agent,
+  q.{column}{f", q.{extra}" if extra else ""}
+FROM call_quality q
+WHERE $__timeFilter(q.started_at)
+  AND {multi_filter('agent', 'q.agent')}
+  AND {condition}
+ORDER BY {order}, q.started_at DESC
+LIMIT 200"""
+
+
+QUALITY_SUMMARY = f"""SELECT
+  count(*) AS "Calls",
+  count(*) FILTER (WHERE q.findings > 0) AS "With findings",
+  count(*) FILTER (WHERE q.turns_missing_stage > 0) AS "Missing stage",
+  count(*) FILTER (WHERE q.orphan_spans > 0) AS "Orphan spans",
+  count(*) FILTER (WHERE q.spans_ending_before_start > 0) AS "End before start",
+  count(*) FILTER (WHERE q.clock_skew_spans > 0) AS "Clock skew",
+  count(*) FILTER (WHERE q.gone_silent) AS "Gone silent",
+  count(*) FILTER (WHERE q.uncorrelated_log_records > 0) AS "Uncorrelated logs"
+FROM call_quality q
+WHERE $__timeFilter(q.started_at)
+  AND {multi_filter('agent', 'q.agent')}"""
+
+QUALITY_CALLS = f"""SELECT q.started_at AS "time", q.call_id, q.status, q.framework, q.agent, q.findings,
+  q.turns_missing_stage, q.orphan_spans, q.spans_ending_before_start, q.clock_skew_spans, q.gone_silent,
+  q.uncorrelated_log_records
+FROM call_quality q
+WHERE $__timeFilter(q.started_at)
+  AND {multi_filter('agent', 'q.agent')}
+ORDER BY q.findings DESC, q.started_at DESC
+LIMIT 500"""
+
+# ---------------------------------------------------------------------------------------------------------
+# Campaigns (view campaign_funnel: per campaign and UTC day; its day filter uses calls_day_campaign_idx)
+# ---------------------------------------------------------------------------------------------------------
+
+_DAYS = ("f.day >= ($__timeFrom()::timestamptz AT TIME ZONE 'UTC')::date\n"
+         "  AND f.day <= ($__timeTo()::timestamptz AT TIME ZONE 'UTC')::date")
+FUNNEL_OUTCOMES = ("queued", "ringing", "answered", "completed", "failed", "declined", "missed", "transferred")
+
+CAMPAIGN_FUNNEL = f"""SELECT coalesce(f.campaign, '(none)') AS campaign,
+  sum(f.calls)::bigint AS calls,
+  {", ".join(f"sum(f.{o})::bigint AS {o}" for o in FUNNEL_OUTCOMES)},
+  sum(f.failed)::float8 / NULLIF(sum(f.calls), 0) AS failed_ratio,
+  sum(f.cost) AS cost,
+  max(f.p95_voice_to_voice_ms) AS worst_day_p95_v2v_ms
+FROM campaign_funnel f
+WHERE {_DAYS}
+  AND {multi_filter('campaign', 'f.campaign')}
+GROUP BY 1
+ORDER BY calls DESC"""
+
+CAMPAIGN_DAYS = f"""SELECT f.day, coalesce(f.campaign, '(none)') AS campaign, f.calls,
+  {", ".join(f"f.{o}" for o in FUNNEL_OUTCOMES)}, f.cost, f.p95_voice_to_voice_ms
+FROM campaign_funnel f
+WHERE {_DAYS}
+  AND {multi_filter('campaign', 'f.campaign')}
+ORDER BY f.day DESC, f.calls DESC"""
+
+CAMPAIGN_OUTCOMES_PER_DAY = f"""SELECT (f.day::timestamp AT TIME ZONE 'UTC') AS "time",
+  {", ".join(f"sum(f.{o})::bigint AS {o}" for o in ("answered", "completed", "failed", "transferred"))}
+FROM campaign_funnel f
+WHERE {_DAYS}
+  AND {multi_filter('campaign', 'f.campaign')}
+GROUP BY 1
+ORDER BY 1"""
+
+# The slowest turns of the selected campaigns: their calls by campaign and start time, each call's turns by
+# its key (a LATERAL, so the plan is a nested loop whatever the estimates).
+CAMPAIGN_SLOWEST_TURNS = f"""SELECT t.started_at AS "time", c.campaign, c.call_id, t.turn_number AS turn, c.agent,
+  t.voice_to_voice_ms, t.stt_ms, t.llm_ttft_ms, t.tts_ttfb_ms, t.llm_model
+FROM calls c
+CROSS JOIN LATERAL (
+  SELECT * FROM turns t WHERE t.call_id = c.call_id AND t.voice_to_voice_ms IS NOT NULL
+  OFFSET 0  -- kept a subquery: a join planned without statistics may read every turn
+) t
+WHERE $__timeFilter(c.started_at)
+  AND {multi_filter('campaign', 'c.campaign')}
+ORDER BY t.voice_to_voice_ms DESC
+LIMIT 50"""
+
+# ---------------------------------------------------------------------------------------------------------
+# Silence and barge-in (turns.dead_air_ms, turns.barge_in_stop_ms, calls.longest_silence_ms; raw turns)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def turn_percentiles_raw(metric: str) -> str:
+    """p50 / p95 / p99 of a per-turn column over time, from the turns of the range (no rollup)."""
+    return f"""SELECT $__timeGroupAlias(t.started_at, $__interval),
+  percentile_cont(0.5) WITHIN GROUP (ORDER BY t.{metric}) AS "p50",
+  percentile_cont(0.95) WITHIN GROUP (ORDER BY t.{metric}) AS "p95",
+  percentile_cont(0.99) WITHIN GROUP (ORDER BY t.{metric}) AS "p99"
+FROM turns t
+WHERE {_turn_filter()}
+  AND t.{metric} IS NOT NULL
+GROUP BY 1
+ORDER BY 1"""
+
+
+SILENT_CALLS = f"""SELECT c.started_at AS "time", c.call_id, c.agent, c.campaign, c.longest_silence_ms,
+  c.dead_air_total_s, c.barge_in_count, c.duration_s
+FROM calls c
+WHERE $__timeFilter(c.started_at)
+  AND {multi_filter('agent', 'c.agent')}
+  AND c.longest_silence_ms IS NOT NULL
+ORDER BY c.longest_silence_ms DESC
+LIMIT 50"""
+
+
+def alert_barge_in_p95(*, min_samples: int) -> str:
+    return alert_latency_p95("barge_in_stop_ms", min_samples=min_samples)
+
+
+def alert_campaign_latency_p95(metric: str, *, min_samples: int) -> str:
+    """Exact p95 per campaign over the rule's window: the window's calls by start time, their turns by key."""
+    return f"""SELECT now() AS "time",
+  c.campaign,
+  percentile_cont(0.95) WITHIN GROUP (ORDER BY t.{metric}) AS p95_ms
+FROM calls c
+CROSS JOIN LATERAL (SELECT t.{metric} FROM turns t WHERE t.call_id = c.call_id AND t.{metric} IS NOT NULL
+                    OFFSET 0) t
+WHERE $__timeFilter(c.started_at)
+  AND c.campaign IS NOT NULL
+GROUP BY 2
+HAVING count(*) >= {int(min_samples)}"""
+
+
+def alert_campaign_failed_ratio(*, min_calls: int) -> str:
+    return f"""SELECT now() AS "time",
+  c.campaign,
+  (count(*) FILTER (WHERE c.status = 'failed'))::float8 / count(*) AS failed_ratio
+FROM calls c
+WHERE $__timeFilter(c.started_at)
+  AND c.campaign IS NOT NULL
+  AND c.status IN ({_in_list(TERMINAL_STATUSES)})
+GROUP BY 2
+HAVING count(*) >= {int(min_calls)}"""

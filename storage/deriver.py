@@ -7,6 +7,12 @@ advisory lock it gets (so one call is derived by one worker at a time), deletes 
 the same transaction. A batch that marks a call again while it is being derived leaves a new mark, so the call
 is derived again after its last write; a call touched by many batches between two rounds is derived once.
 
+Shutdown is bounded whatever other collectors do (``close``): no new claims, the rounds in progress finish (or
+are rolled back when the time is up, which returns their marks), then the calls this process's own batches
+marked and nobody has derived yet are derived, until the deadline. Marks left over stay for any other collector.
+
+The routines are called under this release's versioned names (storage/routines.py).
+
 A failure never holds up other calls: the claimed calls are derived together inside a savepoint, and when that
 fails they are derived one by one; a call that still fails is quarantined (``call_quarantine``: error,
 attempts, next retry with exponential backoff) and its marks are consumed, so it costs nothing until it is
@@ -27,7 +33,8 @@ import asyncpg
 
 from storage.errors import StorageUnavailable
 from storage.rollup import MARK_CALL_BUCKETS, MARK_TURN_BUCKETS, refresh_rollups
-from storage.writer import SERVER_SETTINGS, storage_errors
+from storage.routines import routine_name
+from storage.writer import SERVER_SETTINGS, WriteResult, storage_errors
 
 __all__ = ["Deriver", "DeriveBacklog", "read_backlog", "DERIVE_FILES", "DERIVE_STATEMENTS", "DERIVE_ROUTINE",
            "SAFE_CASTS"]
@@ -111,6 +118,10 @@ _WORK_TABLES = """
     CREATE TEMP TABLE IF NOT EXISTS derive_greetings (
         call_id text, time timestamptz, turn_number int, agent_text text
     ) ON COMMIT DELETE ROWS;
+    -- who spoke when (collect_speech): one interval per speaking span, side user | agent
+    CREATE TEMP TABLE IF NOT EXISTS derive_speech (
+        call_id text, turn_number int, side text, s timestamptz, e timestamptz
+    ) ON COMMIT DELETE ROWS;
     -- identity lookups into the work tables (store_turn_numbers, store_event_turns)
     CREATE INDEX IF NOT EXISTS derive_spans_identity_idx ON derive_spans (trace_id, span_id, start_time);
     CREATE INDEX IF NOT EXISTS derive_events_identity_idx ON derive_events (event_id, time);
@@ -118,6 +129,7 @@ _WORK_TABLES = """
     DELETE FROM derive_spans;
     DELETE FROM derive_events;
     DELETE FROM derive_greetings;
+    DELETE FROM derive_speech;
 """
 
 # All derive statements in one routine: one round trip per claimed set. $1 is the routine's argument.
@@ -141,10 +153,10 @@ _DERIVE_SETTINGS = {**SERVER_SETTINGS, "enable_seqscan": "off", "jit": "off"}
 # derived at the same moment.
 _LOCK_NAMESPACE = 0x63616C6C  # "call"
 
-_CLAIM = """
+_CLAIM_FROM = """
 WITH candidates AS (
     SELECT DISTINCT call_id FROM (
-        SELECT call_id FROM dirty_calls ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) marks
+        SELECT call_id FROM dirty_calls {only} ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) marks
 ), mine AS (
     SELECT call_id FROM candidates WHERE pg_try_advisory_xact_lock($2, hashtext(call_id))
 ), consumed AS (
@@ -155,6 +167,12 @@ WITH candidates AS (
 )
 SELECT call_id, min(marked_at) AS marked_at FROM consumed GROUP BY call_id ORDER BY call_id
 """
+# Any call's marks (the loops), or only those of the calls in $3 (shutdown: the calls this process marked).
+_CLAIM = _CLAIM_FROM.format(only="")
+_CLAIM_ONLY = _CLAIM_FROM.format(only="WHERE call_id = ANY($3::text[])")
+_CALL_DERIVE = f"SELECT {routine_name('callscope_derive')}($1::text[])"
+# Which of the calls in $1 still have marks (the others were derived, by any collector).
+_STILL_MARKED = "SELECT DISTINCT call_id FROM dirty_calls WHERE call_id = ANY($1::text[])"
 
 _QUARANTINE = """
 INSERT INTO call_quarantine AS q (call_id, error, retry_at)
@@ -232,13 +250,34 @@ class Deriver:
         self._housekeeping_at = 0.0
         self._backlog_at = 0.0
         self._rollups_at = 0.0
+        # Calls this process's batches marked and that may not be derived yet, with the generation of the last
+        # batch that marked them: a round forgets a call only when no batch marked it after the round began.
+        self._owed: dict[str, int] = {}
+        self._generation = 0
         # refreshed every few seconds by a worker, so that readers (metrics) never wait for the database
         self.last_backlog = DeriveBacklog(calls=0, oldest_s=0.0, quarantined=0)
         self.derived_total = 0
 
-    def notify(self) -> None:
-        """A batch marked calls dirty: derive soon (called by the writer after COMMIT)."""
+    def notify(self, result: WriteResult | None = None) -> None:
+        """A batch marked calls dirty: derive soon (called by the writer after COMMIT, with what it wrote)."""
+        if result is not None and result.touched:
+            self._generation += 1
+            for call_id in result.touched:
+                self._owed[call_id] = self._generation
         self._wakeup.set()
+
+    @property
+    def owed_calls(self) -> int:
+        """Calls this process's batches marked that no derive round of this process has consumed since."""
+        return len(self._owed)
+
+    def _forget(self, call_ids: list[str], generation: int) -> None:
+        """``call_ids`` were derived by a round that began at ``generation``: they are owed no longer, unless a
+        batch marked them again since."""
+        owed = self._owed
+        for call_id in call_ids:
+            if owed.get(call_id, generation + 1) <= generation:
+                del owed[call_id]
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(worker.run(), name=f"callscope-deriver-{worker.index}")
@@ -269,23 +308,59 @@ class Deriver:
         if self._on_derived is not None:
             self._on_derived(calls)
 
-    async def close(self) -> None:
-        """Stop the loops, then derive what this process still sees dirty (bounded by ``timeout``)."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop within ``timeout`` s (default ``timeout`` of the constructor), whatever other collectors do.
+
+        No new claims; a round in progress finishes (its claimed calls are derived); then the calls this process
+        marked are derived, skipping marks another worker holds. When the time is up, what runs is rolled back
+        (its marks come back) and stays in ``dirty_calls`` for any other collector, or the next start.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._timeout if timeout is None else max(0.0, timeout))
+
+        def left() -> float:
+            return max(0.0, deadline - loop.time())
+
         self._closing = True
         self._wakeup.set()
         if self._tasks:
+            for worker, task in zip(self._workers, self._tasks):
+                if not worker.busy:     # waiting for work: nothing claimed, stop it at once
+                    task.cancel()
+            _, unfinished = await asyncio.wait(self._tasks, timeout=left())
+            for worker, task in zip(self._workers, self._tasks):
+                if task in unfinished:
+                    task.cancel()
+                    worker.terminate()     # the server rolls the round back: its marks are claimable again
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            if unfinished:
+                log.warning("derive.round_abandoned", extra={"workers": len(unfinished)})
             self._tasks = []
         try:
-            await asyncio.wait_for(self._drain_own(), self._timeout)
+            await asyncio.wait_for(self._drain_own(), left())
+        except asyncio.TimeoutError:
+            self._control.terminate()
+            log.warning("derive.shutdown_deadline", extra={"owed_calls": len(self._owed)})
         except Exception as exc:  # marks stay in dirty_calls: any collector derives them later
-            log.warning("derive.drain_failed", extra={"error": _short(exc)})
+            log.warning("derive.drain_failed", extra={"error": _short(exc), "owed_calls": len(self._owed)})
         for worker in (*self._workers, self._control):
-            await worker.close()
+            try:
+                await asyncio.wait_for(worker.close(), max(left(), 0.5))
+            except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                worker.terminate()
 
     async def _drain_own(self) -> None:
-        while await self._control.round():
+        """Derive the calls this process marked until none is claimable (held marks belong to other workers),
+        then forget those that have no mark left (derived meanwhile, by any collector)."""
+        while self._owed and await self._control.round(only=list(self._owed)):
             pass
+        if self._owed:
+            await self._control.prune_owed()
+
+    async def prune_owed(self) -> None:
+        """Forget owed calls that have no mark any more (another collector derived them)."""
+        if self._owed:
+            await self._control.prune_owed()
 
     def terminate(self) -> None:
         self._closing = True
@@ -298,6 +373,7 @@ class Deriver:
 class _Worker:
     def __init__(self, deriver: Deriver, index: int) -> None:
         self.index = index
+        self.busy = False          # inside round(): it may hold claimed calls
         self._deriver = deriver
         self._connection: asyncpg.Connection | None = None
 
@@ -312,9 +388,11 @@ class _Worker:
             self._connection.terminate()
         self._connection = None
 
-    async def round(self) -> int:
-        """Claim up to ``max_calls`` calls and derive them; return how many were claimed."""
+    async def round(self, *, only: list[str] | None = None) -> int:
+        """Claim up to ``max_calls`` calls (any, or among ``only``) and derive them; return how many were claimed."""
         deriver = self._deriver
+        generation = deriver._generation
+        self.busy = True
         try:
             async with storage_errors():
                 connection = await self._connect()
@@ -322,7 +400,10 @@ class _Worker:
                     # a derivation that runs away (or waits on a lock) fails alone; its calls are quarantined
                     await connection.execute(
                         f"SET LOCAL statement_timeout = {int(deriver._timeout * 1000)}")
-                    claimed = await connection.fetch(_CLAIM, deriver._max_calls, _LOCK_NAMESPACE)
+                    if only is None:
+                        claimed = await connection.fetch(_CLAIM, deriver._max_calls, _LOCK_NAMESPACE)
+                    else:
+                        claimed = await connection.fetch(_CLAIM_ONLY, deriver._max_calls, _LOCK_NAMESPACE, only)
                     call_ids = [row["call_id"] for row in claimed]
                     if call_ids:
                         failed = await self._derive_isolating(connection, call_ids)
@@ -331,15 +412,27 @@ class _Worker:
             if self._connection is not None and self._connection.is_in_transaction():
                 self._reset()
             raise
+        finally:
+            self.busy = False
         if call_ids:
+            deriver._forget(call_ids, generation)
             deriver._derived(len(call_ids))
         return len(call_ids)
+
+    async def prune_owed(self) -> None:
+        deriver = self._deriver
+        generation = deriver._generation
+        owed = list(deriver._owed)
+        async with storage_errors():
+            connection = await self._connect()
+            marked = {row["call_id"] for row in await connection.fetch(_STILL_MARKED, owed)}
+        deriver._forget([call_id for call_id in owed if call_id not in marked], generation)
 
     async def _derive_isolating(self, connection: asyncpg.Connection, call_ids: list[str]) -> dict[str, str]:
         """Derive the calls together; if that fails, one by one. Return the calls that failed, with why."""
         try:
             async with connection.transaction():
-                await connection.execute("SELECT callscope_derive($1::text[])", call_ids)
+                await connection.execute(_CALL_DERIVE, call_ids)
             return {}
         except asyncpg.PostgresError as exc:
             if len(call_ids) == 1:
@@ -349,7 +442,7 @@ class _Worker:
         for call_id in call_ids:
             try:
                 async with connection.transaction():
-                    await connection.execute("SELECT callscope_derive($1::text[])", [call_id])
+                    await connection.execute(_CALL_DERIVE, [call_id])
             except asyncpg.PostgresError as exc:
                 failed[call_id] = _short(exc)
         return failed
@@ -408,6 +501,8 @@ class _Worker:
         await self.mark_stale()
         async with storage_errors():
             await connection.execute(_VACUUM_QUEUE)
+        if deriver._owed:
+            await self.prune_owed()
 
     async def run(self) -> None:
         deriver = self._deriver
@@ -423,6 +518,8 @@ class _Worker:
             try:
                 while not deriver._closing and await self.round() >= deriver._max_calls // 2:
                     pass
+                if deriver._closing:
+                    return
                 await self.housekeeping()
                 await self.refresh_rollups()
                 await self.refresh_backlog()

@@ -7,7 +7,7 @@ and HTTP statuses in collector/errors.py. Foreign exceptions (asyncpg, OS) becom
 
 from __future__ import annotations
 
-__all__ = ["CallscopeError", "StorageUnavailable", "StorageRejected"]
+__all__ = ["CallscopeError", "StorageUnavailable", "StorageRejected", "SchemaMismatch"]
 
 
 class CallscopeError(Exception):
@@ -29,3 +29,8 @@ class StorageUnavailable(CallscopeError):
 
 class StorageRejected(CallscopeError):
     """The database rejected the rows themselves (a data or constraint error), not a transient failure."""
+
+
+class SchemaMismatch(CallscopeError):
+    """The database's schema revision or routines are not the ones this release runs on (``callscope serve``
+    refuses to start); the message is one line that says which and what to run."""

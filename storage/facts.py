@@ -106,15 +106,15 @@ LLM_FIRST_TOKEN_US = _fact("llm_first_token_us", int, "the LLM's first token arr
 TTS_REQUEST_US = _fact("tts_request_us", int, "the TTS request was sent",
                        by=("genai", "livekit", "native", "openinference", "pipecat"), read=_TURN)
 TTS_FIRST_AUDIO_US = _fact("tts_first_audio_us", int, "the first audio byte came back",
-                           by=("livekit", "native", "pipecat"), read=_TURN)
+                           by=("livekit", "native", "pipecat"), read=(*_TURN, "collect_speech"))
 AGENT_STARTED_US = _fact("agent_started_us", int, "the agent's audio started playing (else first TTS audio)",
-                         by=("livekit",), read=_TURN)
+                         by=("livekit",), read=(*_TURN, "collect_speech"))
 USER_TEXT = _fact("user_text", str, "what the user said: the turn span's, else the stage spans' joined",
-                  by=("livekit", "native", "openinference", "pipecat"), read=_TURN)
+                  by=("genai", "livekit", "native", "openinference", "pipecat"), read=_TURN)
 PROMPT_TEXT = _fact("prompt_text", str, "the user message an LLM request answered (lowest-priority user text)",
                     by=(*_STANDALONE, "livekit", "pipecat"), read=_TURN)
 AGENT_TEXT = _fact("agent_text", str, "what the agent said: the turn span's, else the spoken (TTS) text",
-                   by=("livekit", "native", "openinference", "pipecat"), read=_TURN)
+                   by=("genai", "livekit", "native", "openinference", "pipecat"), read=_TURN)
 LLM_TEXT = _fact("llm_text", str, "what the LLM answered (agent text when nothing was spoken)", by=_ALL_CHAT,
                  read=_TURN)
 INTERRUPTED = _fact("interrupted", bool, "the contact interrupted the agent in this turn", by=_ALL_CHAT,
@@ -128,6 +128,17 @@ LLM_PROVIDER = _fact("llm_provider", str, "LLM provider (the first in the turn)"
 LLM_MODEL = _fact("llm_model", str, "LLM model (the first in the turn)", by=_ALL_CHAT, read=(*_TURN, "cost"))
 TTS_PROVIDER = _fact("tts_provider", str, "text-to-speech provider (the first in the turn)",
                      by=("genai", "livekit", "native", "openinference", "pipecat"), read=(*_TURN, "cost"))
+
+# --- who spoke when: speech intervals, for dead air and barge-in (design §10) -----------------------------------
+_SPEECH = ("collect_speech",)
+SPEECH_SIDE = _fact("speech_side", str, "user | agent: this span is one side speaking, from speech_start_us to "
+                    "speech_end_us", by=("livekit", "pipecat"), read=_SPEECH)
+SPEECH_START_US = _fact("speech_start_us", int, "that side started speaking", by=("livekit", "pipecat"),
+                        read=_SPEECH)
+SPEECH_END_US = _fact("speech_end_us", int, "that side stopped speaking", by=("livekit", "pipecat"), read=_SPEECH)
+AGENT_SPEECH_END_US = _fact("agent_speech_end_us", int, "the agent's audio of the turn stopped (frameworks with no "
+                            "agent speaking span: Pipecat); it started at agent_started_us or tts_first_audio_us",
+                            by=("pipecat",), read=_SPEECH)
 
 # --- which turn a span belongs to ----------------------------------------------------------------------------
 TURN_EXPLICIT = _fact("turn_explicit", bool, "the span carries its own turn number: it anchors its children",

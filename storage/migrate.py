@@ -1,13 +1,22 @@
-"""Storage: schema migrations (Alembic), TimescaleDB detection and policies, the event catalogue seed.
+"""Storage: schema migrations (Alembic), TimescaleDB detection and policies, the event catalogue seed, the
+versioned routines, the telephony rates — and the check ``callscope serve`` makes before it starts.
 
-``migrate`` is idempotent: running it twice changes nothing. It takes an advisory lock so that several
-collectors starting at once migrate one after the other.
+Schema and code change only through ``callscope migrate`` (``migrate`` here). It is idempotent: running it
+twice changes nothing, and an advisory lock keeps two runs (two Jobs, two operators) one after the other. It
+installs this release's routines next to the previous release's (storage/routines.py), so collectors of the
+previous release keep working while it runs and until they are replaced.
+
+``callscope serve`` changes nothing in the schema: ``check_schema`` refuses a database whose revision it does
+not run on (older: run migrate; newer, without this release's routines: upgrade the collector).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,13 +26,18 @@ from alembic.config import Config
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from storage.catalogue import CATALOGUE
+from storage.errors import SchemaMismatch
+from storage.routines import ROUTINE_VERSION, VERSIONED_ROUTINES, routine_name, versioned_sql
 from storage.schema import HYPERTABLES
 
-__all__ = ["migrate", "install_routines", "MigrationReport", "timescaledb_active", "sqlalchemy_url", "ensure_database"]
+__all__ = ["migrate", "install_routines", "MigrationReport", "timescaledb_active", "sqlalchemy_url", "ensure_database",
+           "check_schema", "SchemaState", "shipped_revisions", "installed_routine_versions", "store_telephony_rates",
+           "routine_sql", "routine_fingerprint"]
 
 log = logging.getLogger("callscope.storage")
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _LOCK_KEY = 0x63616C6C73636F70  # "callscop"
+_RATES_LOCK = _LOCK_KEY + 2      # (+ 1 is the rollup refresh's)
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,9 @@ class MigrationReport:
     revision: str
     timescaledb_version: str | None
     created_database: bool
+    routine_version: int = ROUTINE_VERSION
+    routine_versions: tuple[int, ...] = ()      # installed after this run, newest first
+    rates_changed: bool = False
 
 
 def sqlalchemy_url(database_url: str) -> str:
@@ -141,21 +158,136 @@ async def _seed_catalogue(connection: asyncpg.Connection) -> None:
     )
 
 
-async def install_routines(connection: asyncpg.Connection) -> None:
-    """(Re)create the write and derive routines from this version's SQL (they are code, not schema)."""
+def routine_sql() -> tuple[str, ...]:
+    """This release's routine definitions, unversioned (storage/routines.py renames them when installing)."""
     from storage.deriver import DERIVE_ROUTINE, SAFE_CASTS
     from storage.rollup import ROLLUP_ROUTINES
     from storage.writer import WRITE_ROUTINE
 
-    await connection.execute(SAFE_CASTS)
-    await connection.execute(WRITE_ROUTINE)
-    await connection.execute(DERIVE_ROUTINE)
-    for routine in ROLLUP_ROUTINES:
-        await connection.execute(routine)
+    return (SAFE_CASTS, WRITE_ROUTINE, DERIVE_ROUTINE, *ROLLUP_ROUTINES)
 
 
-async def migrate(database_url: str, *, retention_days: int = 30, compress_after_days: int = 2) -> MigrationReport:
-    """Bring the database to the newest schema; log once which storage mode is active."""
+def routine_fingerprint() -> str:
+    """sha256 (first 16 hex digits) of ``routine_sql()``: ``ROUTINE_FINGERPRINT`` records it per version."""
+    return hashlib.sha256("\n".join(routine_sql()).encode()).hexdigest()[:16]
+
+
+_ROUTINE_NAME = re.compile(r"^(" + "|".join(VERSIONED_ROUTINES) + r")(?:_v([0-9]+))?$")
+
+
+async def _versioned_functions(connection: asyncpg.Connection) -> list[tuple[int, str, str]]:
+    """(version, name, regprocedure) of every versioned routine in the current schema (bare names: version 0)."""
+    rows = await connection.fetch(
+        "SELECT p.proname, p.oid::regprocedure::text AS signature FROM pg_proc p "
+        "JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = current_schema() AND p.proname LIKE 'callscope\\_%'")
+    found = []
+    for row in rows:
+        match = _ROUTINE_NAME.match(row["proname"])
+        if match:
+            found.append((int(match.group(2) or 0), match.group(1), row["signature"]))
+    return found
+
+
+async def installed_routine_versions(connection: asyncpg.Connection) -> tuple[int, ...]:
+    """The routine versions whose every routine is installed, newest first."""
+    names: dict[int, set[str]] = {}
+    for version, name, _ in await _versioned_functions(connection):
+        names.setdefault(version, set()).add(name)
+    return tuple(sorted((v for v, present in names.items() if present >= set(VERSIONED_ROUTINES)), reverse=True))
+
+
+async def install_routines(connection: asyncpg.Connection, version: int = ROUTINE_VERSION) -> tuple[int, ...]:
+    """Create this release's routines under their ``version`` names, keep the previous version's (collectors of
+    the previous release still call them) and drop older ones; return the versions installed afterwards.
+
+    Creating functions under new names never touches the ones running collectors call, so this is safe while
+    collectors of either release write."""
+    for sql in routine_sql():
+        await connection.execute(versioned_sql(sql, version))
+    for found_version, name, signature in await _versioned_functions(connection):
+        if found_version < version - 1:
+            await connection.execute(f"DROP FUNCTION IF EXISTS {signature}")
+            log.info("storage.routine_dropped", extra={"routine": name, "version": found_version})
+    return await installed_routine_versions(connection)
+
+
+async def store_telephony_rates(connection: asyncpg.Connection, rows: list[tuple[str, float, str]],
+                                price_version: str) -> bool:
+    """Make ``telephony_rates`` hold ``rows`` ((direction, per_minute, currency), read by storage/derive/calls.sql);
+    write only when its content differs, and return whether it did. Under a lock, so that collectors starting
+    together write once."""
+    wanted = sorted((direction, float(rate), currency, price_version) for direction, rate, currency in rows)
+    read = "SELECT direction, per_minute, currency, price_version FROM telephony_rates ORDER BY direction"
+    if [tuple(row) for row in await connection.fetch(read)] == wanted:
+        return False
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", _RATES_LOCK)
+        if [tuple(row) for row in await connection.fetch(read)] == wanted:
+            return False
+        await connection.execute("DELETE FROM telephony_rates")
+        await connection.executemany(
+            "INSERT INTO telephony_rates (direction, per_minute, currency, price_version) VALUES ($1, $2, $3, $4)",
+            wanted)
+    return True
+
+
+@lru_cache(maxsize=1)
+def shipped_revisions() -> tuple[str, frozenset[str]]:
+    """(newest revision, every revision) of the migrations shipped with this release."""
+    from alembic.script import ScriptDirectory
+
+    directory = ScriptDirectory(str(_MIGRATIONS))
+    return str(directory.get_current_head()), frozenset(script.revision for script in directory.walk_revisions())
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    revision: str
+    head: str                        # this release's newest revision
+    routine_versions: tuple[int, ...]
+    newer: bool                      # migrated by a newer release that kept this release's routines
+
+
+async def check_schema(connection: asyncpg.Connection, *, routine_version: int = ROUTINE_VERSION) -> SchemaState:
+    """What ``serve`` checks before it starts; raises ``SchemaMismatch`` (one line: what is wrong, what to run).
+
+    Runs on: this release's revision with its routines installed, or a newer revision whose migrate kept this
+    release's routines (a rolling upgrade in progress). Not on an older revision, an empty database, or a newer
+    one without its routines."""
+    head, known = shipped_revisions()
+    exists = await connection.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
+    current = await connection.fetchval("SELECT version_num FROM alembic_version") if exists else None
+    if current is None:
+        raise SchemaMismatch("the database has no Callscope schema yet: run `callscope migrate` first "
+                             "(serve does not create or change the schema)")
+    versions = await installed_routine_versions(connection)
+    own = routine_version in versions
+    wanted = f"{routine_name(VERSIONED_ROUTINES[0], routine_version)} …"
+    if current in known and current != head:
+        raise SchemaMismatch(f"the database schema is at revision {current}, older than this collector's {head}: "
+                             f"run `callscope migrate` of this release first")
+    if current not in known:
+        if not own:
+            raise SchemaMismatch(
+                f"this collector is older than the database: schema revision {current} is newer than its {head} "
+                f"and its routines (version {routine_version}: {wanted}) are no longer installed; "
+                f"upgrade the collector")
+        return SchemaState(revision=current, head=head, routine_versions=versions, newer=True)
+    if not own and versions and max(versions) > routine_version:
+        raise SchemaMismatch(
+            f"this collector is older than the database: its routines (version {routine_version}: {wanted}) are no "
+            f"longer installed, only version {', '.join(map(str, versions))}; upgrade the collector")
+    if not own:
+        raise SchemaMismatch(f"the database has no routines of version {routine_version} ({wanted}), which this "
+                             f"collector calls: run `callscope migrate` of this release first")
+    return SchemaState(revision=current, head=head, routine_versions=versions, newer=False)
+
+
+async def migrate(database_url: str, *, retention_days: int = 30, compress_after_days: int = 2,
+                  telephony_rates: tuple[list[tuple[str, float, str]], str] | None = None) -> MigrationReport:
+    """Bring the database to the newest schema and this release's routines; log once which storage mode is
+    active. ``telephony_rates``: (rows, price version) of the price table, stored when they differ."""
     created = await ensure_database(database_url)
     connection = await asyncpg.connect(database_url)
     try:
@@ -167,7 +299,10 @@ async def migrate(database_url: str, *, retention_days: int = 30, compress_after
                 await _apply_timescale_policies(connection, retention_days=retention_days,
                                                 compress_after_days=compress_after_days)
             await _seed_catalogue(connection)
-            await install_routines(connection)
+            routine_versions = await install_routines(connection)
+            rates_changed = False
+            if telephony_rates is not None:
+                rates_changed = await store_telephony_rates(connection, *telephony_rates)
         finally:
             await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     finally:
@@ -181,4 +316,5 @@ async def migrate(database_url: str, *, retention_days: int = 30, compress_after
         log.info("storage.mode", extra={"mode": mode, "revision": revision,
                                          "note": "TimescaleDB not available: plain tables, no compression "
                                                  "or retention policies"})
-    return MigrationReport(mode=mode, revision=revision, timescaledb_version=version, created_database=created)
+    return MigrationReport(mode=mode, revision=revision, timescaledb_version=version, created_database=created,
+                           routine_versions=routine_versions, rates_changed=rates_changed)

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from storage.routines import ROUTINE_VERSION, routine_name
+
 __all__ = [
     "HIST_RATIO",
     "LATENCY_METRICS",
@@ -94,8 +96,9 @@ MARK_ALL_CALL_BUCKETS = f"""INSERT INTO call_rollup_dirty (bucket)
 SELECT DISTINCT date_bin('1 hour', started_at, {_ORIGIN}) FROM calls WHERE started_at IS NOT NULL
 ORDER BY 1"""
 
-REFRESH_TURN_ROLLUP = "SELECT callscope_refresh_turn_rollup($1::int)"
-REFRESH_CALL_ROLLUP = "SELECT callscope_refresh_call_rollup($1::int)"
+# This release's versions of the two refresh routines (storage/routines.py): $1 = max_buckets.
+REFRESH_TURN_ROLLUP = f"SELECT {routine_name('callscope_refresh_turn_rollup')}($1::int)"
+REFRESH_CALL_ROLLUP = f"SELECT {routine_name('callscope_refresh_call_rollup')}($1::int)"
 
 # ---------------------------------------------------------------------------------------------------------
 # Histogram functions (usable by the reader role: functions are executable by PUBLIC)
@@ -332,29 +335,38 @@ BEGIN
 END
 $$"""
 
-#: (Re)created by ``storage.migrate.install_routines`` after every migration (code, not schema).
+#: Installed by ``storage.migrate.install_routines`` (code, not schema): the refresh routines under this
+#: release's versioned names, the histogram functions and the aggregate under their stable names
+#: (storage/routines.py).
 ROLLUP_ROUTINES = (_ARRAY_CAT, _HIST_BIN, _HIST_MID, _HIST_QUANTILES_SORTED, _HIST_QUANTILES, _HIST_QUANTILE, _REFRESH_TURN_ROUTINE,
                    _REFRESH_CALL_ROUTINE)
 
 
-async def refresh_turn_rollup(connection: asyncpg.Connection, max_buckets: int = 1000) -> int:
+async def refresh_turn_rollup(connection: asyncpg.Connection, max_buckets: int = 1000, *,
+                              version: int = ROUTINE_VERSION) -> int:
     """Recompute up to ``max_buckets`` marked minutes (and their hours); return how many minutes.
 
     Runs in a transaction of its own (not the derive transaction: the marks it drains must be committed).
+    ``version``: which installed version of the routine to call (storage/routines.py).
     """
     async with connection.transaction():
-        return int(await connection.fetchval(REFRESH_TURN_ROLLUP, max_buckets))
+        return int(await connection.fetchval(
+            f"SELECT {routine_name('callscope_refresh_turn_rollup', version)}($1::int)", max_buckets))
 
 
-async def refresh_call_rollup(connection: asyncpg.Connection, max_buckets: int = 1000) -> int:
+async def refresh_call_rollup(connection: asyncpg.Connection, max_buckets: int = 1000, *,
+                              version: int = ROUTINE_VERSION) -> int:
     """Recompute up to ``max_buckets`` marked call hours; return how many hours."""
     async with connection.transaction():
-        return int(await connection.fetchval(REFRESH_CALL_ROLLUP, max_buckets))
+        return int(await connection.fetchval(
+            f"SELECT {routine_name('callscope_refresh_call_rollup', version)}($1::int)", max_buckets))
 
 
-async def refresh_rollups(connection: asyncpg.Connection, max_buckets: int = 1000) -> int:
+async def refresh_rollups(connection: asyncpg.Connection, max_buckets: int = 1000, *,
+                          version: int = ROUTINE_VERSION) -> int:
     """Both refreshes, each in its own transaction; return the buckets recomputed."""
-    return await refresh_turn_rollup(connection, max_buckets) + await refresh_call_rollup(connection, max_buckets)
+    return (await refresh_turn_rollup(connection, max_buckets, version=version)
+            + await refresh_call_rollup(connection, max_buckets, version=version))
 
 
 async def drain_rollups(connection: asyncpg.Connection, max_buckets: int = 1000) -> int:

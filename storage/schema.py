@@ -54,11 +54,17 @@ calls = Table(
     Column("updated_at", TZ, nullable=False, server_default=text("now()")),
     # ours: active, but no telemetry for longer than the collector's idle timeout (design §4)
     Column("stale", Boolean, nullable=False, server_default=text("false")),
+    # design §10: every / the longest stretch where neither side speaks; turns with a barge-in
+    Column("dead_air_total_s", Float),
+    Column("longest_silence_ms", Float),
+    Column("barge_in_count", Integer),
 )
 Index("calls_started_at_idx", calls.c.started_at.desc())
 Index("calls_status_started_idx", calls.c.status, calls.c.started_at.desc())
 Index("calls_campaign_started_idx", calls.c.campaign, calls.c.started_at.desc())
 Index("calls_agent_started_idx", calls.c.agent, calls.c.started_at.desc())
+# campaign_funnel's day (a UTC date, so the expression is immutable and indexable)
+Index("calls_day_campaign_idx", text("((started_at AT TIME ZONE 'UTC')::date)"), calls.c.campaign)
 
 turns = Table(
     "turns", metadata,
@@ -92,6 +98,9 @@ turns = Table(
     Column("output_tokens", Integer),
     # ours: the agent of the call, copied so latency panels group by agent without a join
     Column("agent", Text),
+    # design §10: the longest silence inside the turn; user speech during agent speech → agent audio stops
+    Column("dead_air_ms", Float),
+    Column("barge_in_stop_ms", Float),
     PrimaryKeyConstraint("call_id", "turn_number", name="turns_pkey"),
 )
 Index("turns_started_at_idx", turns.c.started_at)

@@ -12,7 +12,8 @@
 -- The column lists are the fields of storage/records.py in COPY order (tests/test_storage_plans.py checks
 -- that they stay the same).
 CREATE OR REPLACE FUNCTION callscope_write_staged(
-    OUT span_count bigint, OUT event_count bigint, OUT tool_count bigint, OUT calls_touched int)
+    OUT span_count bigint, OUT event_count bigint, OUT tool_count bigint, OUT calls_touched int,
+    OUT touched text[])
 LANGUAGE plpgsql
 SET enable_seqscan = off SET jit = off
 AS $routine$
@@ -23,7 +24,6 @@ DECLARE
     span_calls text[];
     event_calls text[];
     tool_calls_touched text[];
-    touched text[];
 BEGIN
     -- name: learn_traces
     -- Traces that name their call (an explicit id on a span or log record): the first name a trace gets is

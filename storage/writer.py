@@ -24,6 +24,7 @@ import asyncpg
 
 from storage.errors import StorageRejected, StorageUnavailable
 from storage.records import EventRow, Record, SpanRow, ToolCallRow, columns_of
+from storage.routines import routine_name
 
 __all__ = ["PostgresWriter", "WriterPool", "WriteResult", "storage_errors", "SERVER_SETTINGS", "WRITE_ROUTINE",
            "WRITE_STATEMENTS"]
@@ -41,6 +42,7 @@ class WriteResult:
     events: int
     tool_calls: int
     calls_touched: int
+    touched: tuple[str, ...] = ()    # the calls the batch marked dirty
 
 
 @asynccontextmanager
@@ -76,6 +78,8 @@ def _write_statements(routine: str) -> dict[str, str]:
 
 
 WRITE_STATEMENTS = _write_statements(WRITE_ROUTINE)
+_CALL_WRITE = f"SELECT * FROM {routine_name('callscope_write_staged')}()"   # this release's version
+
 # Statements take arrays of ids; a generic plan would guess their size and pick sequential scans.
 SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "application_name": "callscope"}
 
@@ -84,7 +88,7 @@ class PostgresWriter:
     """Owns one connection; ``write`` commits a batch atomically or raises ``StorageUnavailable``."""
 
     def __init__(self, database_url: str, *, timeout: float = 30.0,
-                 on_commit: Callable[[], None] | None = None) -> None:
+                 on_commit: Callable[[WriteResult], None] | None = None) -> None:
         self._database_url = database_url
         self._timeout = timeout
         self._on_commit = on_commit
@@ -126,7 +130,7 @@ class PostgresWriter:
             self.terminate()
             raise
         if result.calls_touched and self._on_commit is not None:
-            self._on_commit()
+            self._on_commit(result)
         return result
 
     async def _transaction(self, connection: asyncpg.Connection, spans: list[SpanRow], events: list[EventRow],
@@ -138,9 +142,9 @@ class PostgresWriter:
                 await connection.copy_records_to_table("stage_events", records=events, columns=EVENT_COLUMNS)
             if tools:
                 await connection.copy_records_to_table("stage_tools", records=tools, columns=TOOL_COLUMNS)
-            row = await connection.fetchrow("SELECT * FROM callscope_write_staged()")
+            row = await connection.fetchrow(_CALL_WRITE)
         return WriteResult(spans=row["span_count"], events=row["event_count"], tool_calls=row["tool_count"],
-                           calls_touched=row["calls_touched"])
+                           calls_touched=row["calls_touched"], touched=tuple(row["touched"] or ()))
 
 
 class WriterPool:
@@ -151,7 +155,7 @@ class WriterPool:
     """
 
     def __init__(self, database_url: str, *, size: int = 2, timeout: float = 30.0,
-                 on_commit: Callable[[], None] | None = None) -> None:
+                 on_commit: Callable[[WriteResult], None] | None = None) -> None:
         self._writers = [PostgresWriter(database_url, timeout=timeout, on_commit=on_commit) for _ in range(size)]
         self._idle: asyncio.Queue[PostgresWriter] = asyncio.Queue()
         for writer in self._writers:

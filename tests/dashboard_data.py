@@ -148,11 +148,35 @@ FROM e LEFT JOIN event_types et ON et.event = e.event;
 """
 
 
+# Silence, barge-in and telemetry flaws for the Latency and Telemetry quality panels: dead air on every turn,
+# a barge-in on the interrupted ones; call-0005 lost a span's parent, call-0006 has a span ending before it
+# starts and a child starting 3 s before its parent, call-0007's turn 2 has no LLM stage while its others do,
+# and a log record filed under call-0008 by a trace id that has no span.
+_FLAWS = r"""
+UPDATE turns SET dead_air_ms = 400 + (turn_number * 97) % 900,
+                 barge_in_stop_ms = CASE WHEN interrupted THEN 250 + turn_number * 40 END;
+UPDATE calls SET dead_air_total_s = 4.5, longest_silence_ms = 1800 + length(call_id) * 10,
+                 barge_in_count = interruption_count;
+UPDATE spans SET parent_span_id = 'feedfacefeedface' WHERE call_id = 'call-0005' AND stage = 'stt' AND turn_number = 1;
+UPDATE spans SET end_time = start_time - interval '5 ms' WHERE call_id = 'call-0006' AND stage = 'tts'
+  AND turn_number = 1;
+UPDATE spans SET start_time = start_time - interval '3 minutes' WHERE call_id = 'call-0006' AND stage = 'stt'
+  AND turn_number = 2;
+UPDATE turns SET llm_request_at = started_at + interval '3 seconds' WHERE call_id = 'call-0007' AND turn_number <> 2;
+INSERT INTO events (time, event_id, call_id, trace_id, category, event, level, message, source)
+VALUES ($1::timestamptz + interval '17 minutes', md5('lost-log'), 'call-0008', md5('lost-trace'), 'other',
+        'log', 'WARNING', 'retrying', 'log')
+"""
+
+
 async def fill_ledger(conn: asyncpg.Connection, *, calls: int = CALLS, base: datetime = BASE) -> None:
     """Insert ``calls`` calls with turns, spans, tool calls and events (idempotent per empty database)."""
     for statement in _SQL.format(calls=int(calls)).split(";\n\n"):
         if statement.strip():
             await conn.execute(statement, base)
+    for statement in _FLAWS.split(";\n"):
+        if statement.strip():
+            await conn.execute(statement, base) if "$1" in statement else await conn.execute(statement)
     await fill_rollups(conn)
     await conn.execute("ANALYZE")
 

@@ -60,11 +60,22 @@ def kill_leftovers() -> None:
         collector._close_log()
 
 
-class CollectorProcess:
-    """``callscope serve`` on 127.0.0.1 and free ports (kept across restarts), logging to a file."""
+# A collector of an earlier routine version (storage/routines.py): this code with ROUTINE_VERSION set before any
+# module that names a routine is imported, so it calls that version's routines, as the release that shipped
+# them would. argv: [-c, version, serve, …].
+_PINNED_ROUTINES = ("import sys, storage.routines as routines; routines.ROUTINE_VERSION = int(sys.argv.pop(1)); "
+                    "from collector.cli import main; sys.exit(main(sys.argv[1:]))")
 
-    def __init__(self, database_url: str, log_dir: Path, *, name: str = "collector", **settings: object) -> None:
+
+class CollectorProcess:
+    """``callscope serve`` on 127.0.0.1 and free ports (kept across restarts), logging to a file.
+
+    ``routine_version``: run as a collector of that routine version (see ``_PINNED_ROUTINES``)."""
+
+    def __init__(self, database_url: str, log_dir: Path, *, name: str = "collector",
+                 routine_version: int | None = None, **settings: object) -> None:
         self.database_url = database_url
+        self.routine_version = routine_version
         self.grpc_port = free_port()
         self.http_port = free_port()
         self.settings = {key.upper(): str(value) for key, value in settings.items()}
@@ -103,8 +114,10 @@ class CollectorProcess:
         self._log = open(self.log_path, "ab")
         self._log.write(f"--- start {time.strftime('%H:%M:%S')}\n".encode())
         self._log.flush()
+        command = callscope_command() if self.routine_version is None else [
+            sys.executable, "-c", _PINNED_ROUTINES, str(self.routine_version)]
         self.process = await asyncio.create_subprocess_exec(
-            *callscope_command(), "serve", env=self.env(), stdin=asyncio.subprocess.DEVNULL,
+            *command, "serve", env=self.env(), stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log, stderr=self._log)
         if self not in RUNNING:
             RUNNING.append(self)

@@ -29,11 +29,12 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 import pytest
+import pytest_asyncio
 
-__all__ = ["PgInstance", "find_pg_bin", "free_port", "private_pg"]
+__all__ = ["PgInstance", "find_pg_bin", "free_port", "private_pg", "private_template"]
 
 _SERVER_OPTIONS = (
     "-c fsync=off -c full_page_writes=off -c autovacuum=off -c max_connections=100 "
@@ -196,3 +197,15 @@ def private_pg() -> Iterator[PgInstance]:
         yield instance
     finally:
         instance.destroy()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def private_template(private_pg: PgInstance) -> AsyncIterator[str]:
+    """A database on the private server that ``callscope migrate`` brought to this release's schema; tests clone
+    it (``private_pg.create_database(name, template=…)``), because ``callscope serve`` never migrates."""
+    from storage.migrate import migrate
+
+    name = "faults_template"
+    private_pg.create_database(name)
+    await migrate(private_pg.url(name))
+    yield name

@@ -91,10 +91,31 @@ def test_rules_file_follows_grafana_file_provisioning() -> None:
             assert "$" not in json.dumps(rule["labels"])  # labels are env-expanded by Grafana
 
 
-def test_the_five_rules_exist_with_their_windows() -> None:
+def test_the_rules_exist_with_their_windows() -> None:
     windows = {uid: _window(rule) for uid, rule in RULES.items()}
     assert windows == {RULE_UIDS["v2v"]: 300, RULE_UIDS["llm_ttft"]: 300, RULE_UIDS["failed_ratio"]: 900,
-                       RULE_UIDS["webhook_exhausted"]: 300, RULE_UIDS["no_telemetry"]: 600}
+                       RULE_UIDS["webhook_exhausted"]: 300, RULE_UIDS["no_telemetry"]: 600,
+                       RULE_UIDS["barge_in"]: 900, RULE_UIDS["campaign_failed_ratio"]: 3600,
+                       RULE_UIDS["campaign_v2v"]: 900, RULE_UIDS["campaign_llm_ttft"]: 900}
+
+
+def test_campaign_rules_are_per_campaign_and_link_to_its_slowest_turns() -> None:
+    campaigns = BOARDS["callscope-campaigns"]
+    slowest = next(p for p in campaigns["panels"] if p["title"] == "Slowest turns (voice-to-voice)")
+    for key in ("campaign_failed_ratio", "campaign_v2v", "campaign_llm_ttft"):
+        rule = RULES[RULE_UIDS[key]]
+        assert "c.campaign" in _sql(rule) and "GROUP BY 2" in _sql(rule)
+        url = rule["annotations"]["slowest_turns_url"]
+        assert url.startswith("/d/callscope-campaigns/") and "var-campaign={{ $labels.campaign }}" in url
+        assert f"viewPanel={slowest['id']}" in url and rule["panelId"] == slowest["id"]
+
+
+def test_campaign_thresholds_are_generator_options() -> None:
+    rules = yaml.safe_load(render_provisioning(DashboardOptions(thresholds=AlertThresholds(
+        campaign_v2v_p95_ms=1234, barge_in_stop_p95_ms=555)))["alerting/callscope-rules.yaml"])
+    by_uid = {r["uid"]: r for g in rules["groups"] for r in g["rules"]}
+    assert _threshold(by_uid[RULE_UIDS["campaign_v2v"]]) == ("gt", 1234)
+    assert _threshold(by_uid[RULE_UIDS["barge_in"]]) == ("gt", 555)
 
 
 def test_rules_annotate_existing_dashboards_and_panels() -> None:
@@ -203,6 +224,8 @@ async def test_rule_queries_run_on_simulated_traffic(simulated_db: str) -> None:
             series = await _evaluate(conn, rule, frm=lo - timedelta(minutes=1), to=hi + timedelta(minutes=1))
             if uid == RULE_UIDS["webhook_exhausted"] or uid == RULE_UIDS["no_telemetry"]:
                 assert list(series) == [()]
+            elif uid == RULE_UIDS["barge_in"]:
+                pass   # the native convention the simulator speaks has no speaking spans: no barge-in samples
             else:
                 assert series, uid
     finally:

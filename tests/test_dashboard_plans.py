@@ -86,7 +86,7 @@ async def unanalyzed(template_database: str) -> AsyncIterator[tuple[asyncpg.Conn
 
 def _queries() -> list[Any]:
     cases = []
-    for key in ("calls", "latency", "events"):
+    for key in ("calls", "latency", "events", "quality", "campaigns"):
         board = BOARDS[DASHBOARD_UIDS[key]]
         for top in board["panels"]:
             for panel in [top, *top.get("panels", [])]:

@@ -33,7 +33,7 @@ from collector.simulate import SimulatedCall, encode_requests, generate_calls
 from tests.ledger import snapshot
 from tests.load_client import (RUNNING, AckLedger, CollectorProcess, GrpcSender, HttpSender, kill_leftovers,
                                span_keys, stored_span_counts, wait_derived)
-from tests.pg_instance import PgInstance, private_pg  # noqa: F401  (fixture)
+from tests.pg_instance import PgInstance, private_pg, private_template  # noqa: F401  (fixtures)
 
 # The call set every ledger comparison uses (generated once: trace ids and timestamps are fixed from here on).
 LEDGER_CALLS = 60
@@ -61,10 +61,10 @@ async def _no_leftover_collectors() -> Any:
 
 
 @pytest.fixture
-def fresh_db(private_pg: PgInstance) -> Iterator[str]:
-    """A new, empty database on the private server (``callscope serve`` migrates it at start)."""
+def fresh_db(private_pg: PgInstance, private_template: str) -> Iterator[str]:
+    """A new database on the private server, migrated (a clone of the migrated template)."""
     name = f"faults_{uuid.uuid4().hex[:10]}"
-    private_pg.create_database(name)
+    private_pg.create_database(name, template=private_template)
     yield private_pg.url(name)
     if not private_pg.running():     # a test failed while the server was down: later tests need it
         private_pg.start()
@@ -113,10 +113,11 @@ async def _send_all(senders: list[Any], bodies: list[tuple[str, bytes]], *, dead
 
 
 @pytest_asyncio.fixture(scope="module")
-async def baseline(private_pg: PgInstance, ledger_calls: list[SimulatedCall], tmp_path_factory) -> dict[str, list[dict]]:
+async def baseline(private_pg: PgInstance, private_template: str, ledger_calls: list[SimulatedCall],
+                   tmp_path_factory) -> dict[str, list[dict]]:
     """The ledger of ``ledger_calls`` sent once, one request at a time, to one collector."""
     name = f"faults_base_{uuid.uuid4().hex[:8]}"
-    private_pg.create_database(name)
+    private_pg.create_database(name, template=private_template)
     url = private_pg.url(name)
 
     collector = CollectorProcess(url, tmp_path_factory.mktemp("baseline"), name="baseline")
@@ -582,7 +583,7 @@ async def test_two_collectors_with_one_trace_split_across_both_give_the_same_led
     halves = [_split_call(call, i) for i, call in enumerate(ledger_calls)]
     side_bodies = [_bodies([h[side] for h in halves], spans_per_request) for side in (0, 1)]
     collectors = [CollectorProcess(fresh_db, log_dir, name=f"split-{n}") for n in range(processes)]
-    for collector in collectors:       # one after the other: the first migrates the empty database
+    for collector in collectors:
         await collector.start()
     ledger = AckLedger()
     senders = [[GrpcSender(collectors[side % processes].grpc_target, ledger) for _ in range(connections)]

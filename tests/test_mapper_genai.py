@@ -65,6 +65,7 @@ async def test_spans_of_unknown_framework_versions_still_land(collector, db):
     assert [(r["name"], r["stage"], r["call_id"]) for r in rows] == [
         ("do_stuff", "other", "unk-1"), ("hologram_node", "other", "unk-1"),
         ("llm_quantum_router", "other", "unk-1"), ("thing", "other", "unk-1")]
+    # a span no convention claims that names its call with call.id is a native-convention span
     assert {r["name"]: r["framework"] for r in rows} == {
-        "do_stuff": "unknown", "hologram_node": "livekit", "llm_quantum_router": "pipecat", "thing": "openinference"}
+        "do_stuff": "native", "hologram_node": "livekit", "llm_quantum_router": "pipecat", "thing": "openinference"}
     assert all(r["attributes"] for r in rows)   # the raw span is kept

@@ -99,9 +99,9 @@ def test_compose_file_validates_against_the_compose_specification():
 
 
 def test_stack_has_the_promised_services():
-    assert {"timescaledb", "migrate", "collector", "grafana", "demo"} <= set(SERVICES)
+    assert {"timescaledb", "migrate", "collector", "lb", "grafana", "demo"} <= set(SERVICES)
     assert SERVICES["demo"]["profiles"] == ["demo"]
-    assert all("profiles" not in SERVICES[name] for name in ("timescaledb", "migrate", "collector", "grafana"))
+    assert all("profiles" not in SERVICES[name] for name in ("timescaledb", "migrate", "collector", "lb", "grafana"))
 
 
 def test_images_are_pinned_to_explicit_versions():
@@ -115,10 +115,11 @@ def test_images_are_pinned_to_explicit_versions():
         assert "latest" not in tag and re.search(r"\d+\.\d+\.\d+", tag), f"{name}: {image} is not pinned"
     assert re.fullmatch(r"timescale/timescaledb:\d+\.\d+\.\d+-pg1[67]", SERVICES["timescaledb"]["image"])
     assert re.fullmatch(r"grafana/grafana:1[12]\.\d+\.\d+", SERVICES["grafana"]["image"])
+    assert re.fullmatch(r"envoyproxy/envoy:v1\.\d+\.\d+", SERVICES["lb"]["image"])
 
 
 def test_long_running_services_have_healthchecks_and_one_shots_do_not():
-    for name in ("timescaledb", "collector", "grafana"):
+    for name in ("timescaledb", "collector", "lb", "grafana"):
         check = SERVICES[name]["healthcheck"]
         assert check["test"][0] in ("CMD", "CMD-SHELL") and not check.get("disable"), name
         assert {"interval", "timeout", "retries"} <= set(check), name
@@ -140,10 +141,12 @@ def _published(name: str) -> dict[int, str]:
 
 
 def test_ports_are_published_on_localhost_by_default():
-    assert _published("collector") == {4317: "127.0.0.1", 4318: "127.0.0.1"}
+    # OTLP goes through the load balancer; collectors publish nothing, so `--scale collector=N` has no port clash
+    assert _published("lb") == {4317: "127.0.0.1", 4318: "127.0.0.1"}
+    assert "ports" not in SERVICES["collector"] and "container_name" not in SERVICES["collector"]
     assert _published("grafana") == {3000: "127.0.0.1"}
     assert "ports" not in SERVICES["timescaledb"], "the database stays on the compose network"
-    assert interpolate(SERVICES["collector"]["ports"][0], {"PUBLISH_HOST": "0.0.0.0"}).startswith("0.0.0.0:")
+    assert interpolate(SERVICES["lb"]["ports"][0], {"PUBLISH_HOST": "0.0.0.0"}).startswith("0.0.0.0:")
     exposed = {int(port) for keyword, rest in DOCKERFILE if keyword == "EXPOSE" for port in rest.split()}
     assert exposed == {4317, 4318}
 
@@ -153,7 +156,8 @@ def test_depends_on_always_waits_for_a_condition():
         "migrate": {"timescaledb": "service_healthy"},
         "collector": {"timescaledb": "service_healthy", "migrate": "service_completed_successfully"},
         "grafana": {"timescaledb": "service_healthy", "migrate": "service_completed_successfully"},
-        "demo": {"collector": "service_healthy"},
+        "lb": {"collector": "service_healthy"},
+        "demo": {"lb": "service_healthy"},
     }
     for name, service in SERVICES.items():
         depends = service.get("depends_on", {})
@@ -234,7 +238,7 @@ def test_every_callscope_command_line_in_the_stack_parses():
     for command in command_lines:
         _parser().parse_args(command)
     assert SERVICES["collector"]["command"] == ["serve"] and SERVICES["migrate"]["command"] == ["migrate"]
-    assert SERVICES["demo"]["command"] == ["simulate", "--endpoint", "collector:4317", "--calls", "200"]
+    assert SERVICES["demo"]["command"] == ["simulate", "--endpoint", "lb:4317", "--calls", "200"]
 
 
 # --- Dockerfile -------------------------------------------------------------------------------------------------

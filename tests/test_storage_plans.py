@@ -3,7 +3,8 @@
 Autovacuum may be off and a fresh TimescaleDB chunk has no statistics anywhere, so a plan that is right only
 after ANALYZE is wrong in production. The tables here are large enough that a sequential scan would cost the
 whole table per batch, and are never analyzed; the statements are planned the way the routines run them
-(seq scans and JIT off inside ``callscope_write_staged`` / ``callscope_derive``).
+(seq scans and JIT off inside ``callscope_write_staged`` / ``callscope_derive``; the statements name the
+routines they call by this release's versioned names, as installed).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest_asyncio
 
 from conftest import drop_database, new_database, url_for
 from storage import deriver, writer
+from storage.routines import versioned_sql
 
 STORED = ("spans", "events", "calls", "turns", "tool_calls", "call_traces", "dirty_calls", "call_quarantine")
 _SEQ_SCAN = re.compile(r"Seq Scan on (" + "|".join(STORED) + r"|_hyper_\w+)\b")
@@ -157,7 +159,7 @@ def test_the_write_routine_stores_every_field_of_the_records() -> None:
 async def test_derive_statements_touch_only_the_claimed_calls_through_indexes(unanalyzed: asyncpg.Connection) -> None:
     claimed = "'{call-7,call-8," + "0" * 32 + "}'::text[]"
     for name, sql in deriver.DERIVE_STATEMENTS:
-        plan = await _plan(unanalyzed, sql.replace("$1::text[]", claimed))
+        plan = await _plan(unanalyzed, versioned_sql(sql).replace("$1::text[]", claimed))
         assert not _full_scans(plan), f"{name}:\n{plan}"
 
 
@@ -190,7 +192,8 @@ async def _derive_buffers(connection: asyncpg.Connection, claimed: list[str]) ->
         await connection.execute(deriver._WORK_TABLES)
         for name, sql in deriver.DERIVE_STATEMENTS:
             args = [claimed] if "$1" in sql else []
-            plan = json.loads(await connection.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, *args))
+            plan = json.loads(await connection.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "
+                                                        + versioned_sql(sql), *args))
             top = plan[0]["Plan"]
             touched[name] = top["Shared Hit Blocks"] + top["Shared Read Blocks"]
     finally:

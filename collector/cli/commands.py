@@ -16,7 +16,8 @@ from collector.settings import SETTINGS, Settings, build_settings, parse_bool
 __all__ = ["main"]
 
 _SERVE_SETTINGS = tuple(s.name for s in SETTINGS)
-_MIGRATE_SETTINGS = ("database_url", "retention_days", "compress_after_days", "log_level", "log_format")
+_MIGRATE_SETTINGS = ("database_url", "retention_days", "compress_after_days", "prices_file", "log_level",
+                     "log_format")
 _DOCTOR_SETTINGS = ("database_url", "bind_address", "grpc_port", "http_port", "retention_days",
                     "compress_after_days")
 
@@ -44,15 +45,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
+    from collector.cost import PriceTable
     from storage.migrate import migrate
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
+    prices = PriceTable.load(settings.prices_file or None)
     report = asyncio.run(migrate(settings.database_url, retention_days=settings.retention_days,
-                                 compress_after_days=settings.compress_after_days))
+                                 compress_after_days=settings.compress_after_days,
+                                 telephony_rates=(prices.telephony_rows(), prices.version)))
     print(f"schema at revision {report.revision}; storage mode: {report.mode}"
           + (f" (TimescaleDB {report.timescaledb_version})" if report.timescaledb_version else
-             " (TimescaleDB not available: plain tables, no compression or retention)"))
+             " (TimescaleDB not available: plain tables, no compression or retention)")
+          + f"; routines v{report.routine_version} installed (kept: "
+          + ", ".join(f"v{v}" for v in report.routine_versions) + ")"
+          + f"; telephony rates {'written' if report.rates_changed else 'unchanged'} (prices {prices.version})")
     return 0
 
 
@@ -163,15 +170,19 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the OTLP receiver (gRPC :4317, HTTP :4318)",
-                                description="Migrate the database, then receive OTLP traces and logs over "
-                                            "gRPC and HTTP and write them to the call ledger. SIGTERM stops "
-                                            "accepting, flushes what was accepted and exits.")
+                                description="Receive OTLP traces and logs over gRPC and HTTP and write them to the "
+                                            "call ledger. Refuses to start unless `callscope migrate` brought the "
+                                            "database to this release's schema. SIGTERM stops accepting, flushes "
+                                            "what was accepted and exits within --shutdown-timeout-s.")
     _add_settings(serve, _SERVE_SETTINGS)
     serve.set_defaults(run=_cmd_serve)
 
     migrate_cmd = commands.add_parser("migrate", help="create or upgrade the database schema (idempotent)",
                                       description="Create or upgrade the schema; with TimescaleDB also the "
-                                                  "hypertables, compression and retention policies.")
+                                                  "hypertables, compression and retention policies; install this "
+                                                  "release's routines (keeping the previous release's, so its "
+                                                  "collectors keep running during a rollout) and the telephony "
+                                                  "rates of the price table. Safe while collectors run.")
     _add_settings(migrate_cmd, _MIGRATE_SETTINGS)
     migrate_cmd.set_defaults(run=_cmd_migrate)
 
@@ -227,6 +238,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _friendly(exc: BaseException, args: argparse.Namespace) -> str | None:
     """One clear line for the failures users meet, instead of a traceback (collector/cli/doctor.py knows them)."""
+    from storage.errors import SchemaMismatch
+
+    if isinstance(exc, SchemaMismatch):   # serve against a database of another revision: says what to run
+        return str(exc)
     url = getattr(args, "database_url", None) or os.environ.get("CALLSCOPE_DATABASE_URL") or SETTINGS[0].default
     return describe_failure(exc, url)
 

@@ -208,7 +208,7 @@ async def _timescaledb(connection: Any, settings: Settings, server: str) -> Chec
         return Check("timescaledb", "warn",
                      f"TimescaleDB {version}: no active {', '.join(missing_policies)} policy",
                      "run `callscope migrate` (it re-applies the policies from retention_days / "
-                     "compress_after_days; serve does too at start)")
+                     "compress_after_days)")
     failing = [f"{row['proc_name'].split('_')[1]} on {row['hypertable_name']}" for row in jobs
                if row["last_run_status"] == "Failed"]
     if failing:
@@ -227,7 +227,7 @@ async def _schema(connection: Any) -> Check:
     current = await connection.fetchval("SELECT version_num FROM alembic_version") if exists else None
     if current is None:
         return Check("schema", "warn", "no Callscope schema in this database yet",
-                     "run `callscope migrate` (serve also migrates at start)")
+                     "run `callscope migrate` (serve refuses to start until then)")
     if current == head:
         return Check("schema", "ok", f"at the newest revision {head}")
     if current not in known:
@@ -235,7 +235,7 @@ async def _schema(connection: Any) -> Check:
                      f"revision {current} is unknown to this callscope (newest known {head}); the database was "
                      f"migrated by a newer version", "upgrade callscope (pip install -U callscope / new image)")
     return Check("schema", "warn", f"at revision {current}, newest is {head}",
-                 "run `callscope migrate` (serve also migrates at start)")
+                 "run `callscope migrate` (serve refuses to start until then)")
 
 
 async def _derivation(connection: Any) -> Check:
@@ -286,7 +286,7 @@ async def _database_checks(settings: Settings, *, timeout: float) -> list[Check]
         if missing:
             name = urlsplit(url).path.lstrip("/")
             checks = [Check("database", "warn", f"server reachable, but database {name!r} does not exist yet",
-                            "run `callscope migrate` (it creates the database; serve does too at start)")]
+                            "run `callscope migrate` (it creates the database)")]
         else:
             checks = [Check("database", "ok", f"reachable at {redact(url)}")]
         number = int(await connection.fetchval("SELECT current_setting('server_version_num')"))

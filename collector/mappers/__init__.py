@@ -29,8 +29,15 @@ MAPPERS: tuple[Mapper, ...] = (
 )
 
 
+_NATIVE = next(m for m in MAPPERS if isinstance(m, NativeMapper))
+
+
 def select_mapper(span: SpanIn) -> Mapper | None:
     for mapper in MAPPERS:
         if mapper.claims(span):
             return mapper
+    # A span no convention claims but that names its call in the native convention (``call.id`` & co., a
+    # platform's own span names) is a native-convention span of stage other.
+    if _NATIVE.names_a_call(span):
+        return _NATIVE
     return None

@@ -13,11 +13,13 @@ from collector.mappers.base import (
     DerivedEvent, SpanMapping, ToolCallDraft, as_bool, as_int, as_json_text, as_text, explicit_call_id,
     parse_json, seconds_to_us, us,
 )
-from collector.mappers.standalone import CUT_SHORT, finish_reasons, standalone_turn
 from collector.items import SpanIn
+from collector.mappers.messages import last_user_text
+from collector.mappers.standalone import CUT_SHORT, finish_reasons, is_transfer, standalone_turn
 from storage import facts as F
 
-__all__ = ["GenAIMapper", "llm_mapping", "tool_mapping", "session_mapping", "tts_mapping", "message_text", "provider_of", "model_of"]
+__all__ = ["GenAIMapper", "llm_mapping", "tool_mapping", "session_mapping", "tts_mapping", "message_text", "provider_of",
+           "model_of", "tool_event_prefix", "invocation_mapping"]
 
 _LLM_OPERATIONS = frozenset({"chat", "generate_content", "text_completion", "completion", "responses"})
 _STT_OPERATIONS = frozenset({"speech_to_text", "transcription", "stt"})
@@ -129,6 +131,11 @@ def tts_mapping(span: SpanIn, *, provider: str | None, text: str | None, ttfb_us
                        ttfb_ms=None if ttfb_us is None else ttfb_us / 1000.0, facts=facts, events=events)
 
 
+def tool_event_prefix(tool_name: str | None) -> str:
+    """Catalogue prefix of a tool's events: ``tool.transfer`` for a transfer, else ``integration``."""
+    return "tool.transfer" if is_transfer(tool_name) else "integration"
+
+
 def tool_mapping(span: SpanIn, *, name: Any = None, call_key: Any = None, arguments: Any = None,
                  result: Any = None, is_error: bool | None = None, error: Any = None,
                  call_id: str | None = None, turn_number: int | None = None,
@@ -149,6 +156,8 @@ def tool_mapping(span: SpanIn, *, name: Any = None, call_key: Any = None, argume
         end_ns=span.end_ns, arguments=as_json_text(arguments), result=as_json_text(result),
         is_error=failed, error=error_text,
     )
+    if stage == "tool" and is_transfer(tool_name):
+        stage = "transfer"
     prefix = "tool.transfer" if stage == "transfer" else "integration"
     data = {"tool": tool_name, "tool_call_id": draft.tool_call_id}
     ended = DerivedEvent(span.end_ns, f"{prefix}.failed" if failed else f"{prefix}.completed",
@@ -171,6 +180,31 @@ def session_mapping(span: SpanIn, *, call_id: str | None) -> SpanMapping:
                  if failed else DerivedEvent(span.end_ns, "call.completed"))
     return SpanMapping(stage="session", call_id=call_id, facts=facts,
                        events=(DerivedEvent(span.start_ns, "agent.initialized"), end_event))
+
+
+def invocation_mapping(span: SpanIn, *, call_id: str | None) -> SpanMapping:
+    """An agent invocation (``invoke_agent``) is one turn: the user's message is the last user message of
+    ``gen_ai.input.messages``, the reply is ``gen_ai.output.messages``; a reply cut short (finish reason
+    error / cancelled, or ``gen_ai.agent.invocation.end_reason = interrupted``) is an interrupted turn."""
+    facts: dict[str, Any] = {F.TURN_START_US: us(span.start_ns), F.TURN_END_US: us(span.end_ns)}
+    output = span.attributes.get("gen_ai.output.messages")
+    reason = as_text(span.attr("gen_ai.agent.invocation.end_reason"))
+    cut_short = any(r.lower() in CUT_SHORT for r in finish_reasons(span, output))
+    interrupted = reason == "interrupted" or bool(as_bool(span.attr("turn.interrupted"))) or cut_short
+    user_text = last_user_text(span.attributes.get("gen_ai.input.messages"))
+    agent_text = message_text(output)
+    events: list[DerivedEvent] = []
+    if user_text:
+        facts[F.USER_TEXT] = user_text
+        events.append(DerivedEvent(span.start_ns, "user.message_received", user_text[:500], {"text": user_text}))
+    if agent_text:
+        facts[F.AGENT_TEXT] = agent_text
+    if interrupted:
+        facts[F.INTERRUPTED] = True
+        events.append(DerivedEvent(span.end_ns, "agent.interrupted", "the reply was cut short",
+                                   {"end_reason": reason} if reason else None))
+    return SpanMapping(stage="turn", call_id=call_id, turn_number=as_int(span.attr("turn.number")),
+                       provider=provider_of(span), model=model_of(span), facts=facts, events=tuple(events))
 
 
 class GenAIMapper:
@@ -200,12 +234,7 @@ class GenAIMapper:
             # The root workflow span of an agent session (LiveKit 1.8 style) bounds the whole call.
             return session_mapping(span, call_id=call_id)
         if operation == "invoke_agent":
-            facts: dict[str, Any] = {F.TURN_START_US: us(span.start_ns), F.TURN_END_US: us(span.end_ns)}
-            reason = as_text(span.attr("gen_ai.agent.invocation.end_reason"))
-            if reason == "interrupted" or as_bool(span.attr("turn.interrupted")):
-                facts[F.INTERRUPTED] = True
-            return SpanMapping(stage="turn", call_id=call_id,
-                               turn_number=as_int(span.attr("turn.number")), facts=facts)
+            return invocation_mapping(span, call_id=call_id)
         if operation in _STT_OPERATIONS:
             facts = {F.STT_FINAL_US: us(span.end_ns), F.USER_STOPPED_US: us(span.start_ns)}
             provider = provider_of(span)

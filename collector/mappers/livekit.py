@@ -95,11 +95,15 @@ class LiveKitMapper:
         if name in _AGENT_TURNS:
             return self._agent_turn(span, call_id)
         if name == "user_speaking":
-            return SpanMapping(stage="other", call_id=call_id, facts={F.USER_STOPPED_US: us(span.end_ns)},
+            return SpanMapping(stage="other", call_id=call_id,
+                               facts={F.USER_STOPPED_US: us(span.end_ns), F.SPEECH_SIDE: "user",
+                                      F.SPEECH_START_US: us(span.start_ns), F.SPEECH_END_US: us(span.end_ns)},
                                events=(DerivedEvent(span.start_ns, "user.started_speaking"),
                                        DerivedEvent(span.end_ns, "user.stopped_speaking")))
         if name == "agent_speaking":
-            return SpanMapping(stage="other", call_id=call_id, facts={F.AGENT_STARTED_US: us(span.start_ns)},
+            return SpanMapping(stage="other", call_id=call_id,
+                               facts={F.AGENT_STARTED_US: us(span.start_ns), F.SPEECH_SIDE: "agent",
+                                      F.SPEECH_START_US: us(span.start_ns), F.SPEECH_END_US: us(span.end_ns)},
                                events=(DerivedEvent(span.start_ns, "agent.started_speaking"),
                                        DerivedEvent(span.end_ns, "agent.ended_speaking")))
         if name in _LLM_REQUESTS:

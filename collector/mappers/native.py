@@ -102,6 +102,12 @@ class NativeMapper:
     def claims(self, span: SpanIn) -> bool:
         return "voice.stage" in span.attributes or span.name.strip().lower() in _NAME_STAGES
 
+    @staticmethod
+    def names_a_call(span: SpanIn) -> bool:
+        """The span carries native call attributes (``call.id``, ``call.status``, …) on itself or its resource."""
+        return (("call.id" in span.attributes or "call.id" in span.resource)
+                or bool(span.attributes.keys() & _CALL_FACT_KEYS) or bool(span.resource.keys() & _CALL_FACT_KEYS))
+
     def map_span(self, span: SpanIn) -> SpanMapping:
         stage = _stage_of(span)
         call_id = explicit_call_id(span)

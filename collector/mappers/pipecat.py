@@ -16,7 +16,9 @@ from collector.mappers.base import (
     DerivedEvent, SpanMapping, ToolCallDraft, as_bool, as_float, as_int, as_text, explicit_call_id,
     ms_to_us, seconds_to_us, us,
 )
-from collector.mappers.genai import llm_mapping, model_of, provider_of, session_mapping, tool_mapping, tts_mapping
+from collector.mappers.genai import (
+    llm_mapping, model_of, provider_of, session_mapping, tool_event_prefix, tool_mapping, tts_mapping,
+)
 from collector.mappers.messages import last_user_text, recover_tools, result_error
 from collector.items import SpanIn
 from storage import facts as F
@@ -76,6 +78,10 @@ class PipecatMapper:
         v2v = as_float(span.attributes.get("turn.user_bot_latency_seconds"))
         if v2v is not None and v2v >= 0:
             facts[F.REPORTED_V2V_MS] = v2v * 1000.0
+        # turn.duration_seconds runs from the turn's start to the bot stopped speaking (or was cut off)
+        spoken_until = seconds_to_us(span.attributes.get("turn.duration_seconds"))
+        if spoken_until:
+            facts[F.AGENT_SPEECH_END_US] = us(span.start_ns) + spoken_until
         events = ()
         if interrupted:
             events = (DerivedEvent(span.end_ns, "agent.interrupted", "the user interrupted the agent",
@@ -96,6 +102,10 @@ class PipecatMapper:
         if ttfb_us is not None:
             stopped_us = us(span.end_ns) - ttfb_us
             facts[F.USER_STOPPED_US] = stopped_us
+            if is_input is not False and stopped_us >= us(span.start_ns):
+                # the span is backdated to the start of speech: the user spoke from its start until stopped
+                facts.update({F.SPEECH_SIDE: "user", F.SPEECH_START_US: us(span.start_ns),
+                              F.SPEECH_END_US: stopped_us})
         if final:
             facts[F.STT_FINAL_US] = us(span.end_ns)
         if transcript and is_input is not False:
@@ -141,10 +151,11 @@ class PipecatMapper:
                                         end_ns=span.start_ns, arguments=tool.arguments, result=tool.result,
                                         is_error=tool.error is not None, error=tool.error))
             data = {"tool": tool.name, "tool_call_id": tool.tool_call_id}
-            events.append(DerivedEvent(span.start_ns, "integration.invoked", None, {**data, "arguments": tool.arguments}))
-            events.append(DerivedEvent(span.start_ns, "integration.failed", tool.error, {**data, "error": tool.error})
+            prefix = tool_event_prefix(tool.name)
+            events.append(DerivedEvent(span.start_ns, f"{prefix}.invoked", None, {**data, "arguments": tool.arguments}))
+            events.append(DerivedEvent(span.start_ns, f"{prefix}.failed", tool.error, {**data, "error": tool.error})
                           if tool.error is not None else
-                          DerivedEvent(span.start_ns, "integration.completed", None, {**data, "result": tool.result}))
+                          DerivedEvent(span.start_ns, f"{prefix}.completed", None, {**data, "result": tool.result}))
         return SpanMapping(
             stage=mapping.stage, call_id=mapping.call_id, turn_number=mapping.turn_number, provider=mapping.provider,
             model=mapping.model, ttfb_ms=mapping.ttfb_ms, input_tokens=mapping.input_tokens,

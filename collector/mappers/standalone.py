@@ -16,9 +16,15 @@ from collector.mappers.messages import last_user_text, messages_of, recover_tool
 from collector.items import SpanIn
 from storage import facts as F
 
-__all__ = ["standalone_turn", "finish_reasons", "CUT_SHORT"]
+__all__ = ["standalone_turn", "finish_reasons", "is_transfer", "CUT_SHORT"]
 
 CUT_SHORT = frozenset({"error", "cancelled", "canceled", "interrupted", "abort", "aborted"})
+
+
+def is_transfer(tool_name: str | None) -> bool:
+    """A tool that hands the call to someone else (``transfer_call``, ``transferToHuman``, …): seed 002's call
+    tool ``tool.transfer``, whatever framework ran it."""
+    return bool(tool_name) and "transfer" in tool_name.lower()
 
 
 def finish_reasons(span: SpanIn, output_messages: Any = None) -> list[str]:
@@ -52,8 +58,9 @@ def standalone_turn(span: SpanIn, mapping: SpanMapping, *, input_messages: Any, 
             tools.append(ToolCallDraft(tool.tool_call_id, tool.name, None, span.start_ns, tool.arguments,
                                        tool.result, tool.error is not None, tool.error))
             data = {"tool": tool.name, "tool_call_id": tool.tool_call_id}
-            events.append(DerivedEvent(span.start_ns, "integration.invoked", None, {**data, "arguments": tool.arguments}))
-            events.append(DerivedEvent(span.start_ns, "integration.failed", tool.error, {**data, "error": tool.error})
+            prefix = "tool.transfer" if is_transfer(tool.name) else "integration"
+            events.append(DerivedEvent(span.start_ns, f"{prefix}.invoked", None, {**data, "arguments": tool.arguments}))
+            events.append(DerivedEvent(span.start_ns, f"{prefix}.failed", tool.error, {**data, "error": tool.error})
                           if tool.error is not None else
-                          DerivedEvent(span.start_ns, "integration.completed", None, {**data, "result": tool.result}))
+                          DerivedEvent(span.start_ns, f"{prefix}.completed", None, {**data, "result": tool.result}))
     return replace(mapping, facts=facts, events=tuple(events), tool_calls=tuple(tools))

@@ -77,11 +77,25 @@ WITH ids AS (
         (array_agg(status ORDER BY at DESC, status)
             FILTER (WHERE status IN ('completed', 'failed', 'declined', 'missed')))[1] AS terminal,
         (array_agg(status ORDER BY at DESC, status)
-            FILTER (WHERE status IN ('queued', 'ringing', 'active')))[1] AS live
+            FILTER (WHERE status IN ('queued', 'ringing', 'active')))[1] AS live,
+        (array_agg(status ORDER BY at DESC, status))[1] AS latest,
+        max(at) AS latest_at
     FROM said GROUP BY call_id
 ), tu AS (
-    SELECT call_id, count(*) AS turns, count(*) FILTER (WHERE interrupted) AS interruptions
+    SELECT call_id, count(*) AS turns, count(*) FILTER (WHERE interrupted) AS interruptions,
+           count(barge_in_stop_ms) AS barge_ins
     FROM turns WHERE call_id = ANY($1::text[]) GROUP BY call_id
+), cgap AS (
+    SELECT call_id, side,
+           extract(epoch FROM s - max(e) OVER (PARTITION BY call_id ORDER BY s, e
+                                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) * 1000 AS gap_ms
+    FROM derive_speech
+), sil AS (
+    -- stretches where neither side speaks, between the call's first and last speech (both sides known)
+    SELECT call_id, coalesce(sum(greatest(gap_ms, 0)), 0) / 1000 AS dead_air_total_s,
+           greatest(coalesce(max(gap_ms), 0), 0) AS longest_silence_ms
+    FROM cgap GROUP BY call_id
+    HAVING bool_or(side = 'user') AND bool_or(side = 'agent')
 ), tc AS (
     SELECT call_id, count(*) AS tools FROM tool_calls WHERE call_id = ANY($1::text[]) GROUP BY call_id
 ), base AS (
@@ -89,11 +103,12 @@ WITH ids AS (
         least(sp.first_at, ev.first_at) AS started_at,
         greatest(sp.last_at, ev.last_at) AS last_seen_at,
         coalesce(sp.sip_code, ev.sip_code) AS sip_code,
-        sp.session_end, sp.session_error, ev.terminal_at, st.terminal, st.live,
+        sp.session_end, sp.session_error, ev.terminal_at, st.terminal, st.live, st.latest, st.latest_at,
         coalesce(sp.direction, ev.direction) AS direction,
         coalesce(sp.campaign, ev.campaign) AS campaign,
         coalesce(sp.agent, ev.agent) AS agent,
-        sp.framework,
+        sp.framework, sil.dead_air_total_s, sil.longest_silence_ms,
+        CASE WHEN sil.call_id IS NOT NULL THEN coalesce(tu.barge_ins, 0) END AS barge_in_count,
         coalesce(sp.from_number, ev.from_number) AS from_number,
         coalesce(sp.to_number, ev.to_number) AS to_number,
         coalesce(tu.turns, 0) AS turn_count, coalesce(tu.interruptions, 0) AS interruption_count,
@@ -108,6 +123,7 @@ WITH ids AS (
     LEFT JOIN st ON st.call_id = ids.call_id
     LEFT JOIN tu ON tu.call_id = ids.call_id
     LEFT JOIN tc ON tc.call_id = ids.call_id
+    LEFT JOIN sil ON sil.call_id = ids.call_id
     WHERE sp.call_id IS NOT NULL OR ev.call_id IS NOT NULL
 ), decided AS (
     SELECT base.*,
@@ -116,6 +132,10 @@ WITH ids AS (
             CASE WHEN sip_code IN (486, 600, 603) THEN 'declined'
                  WHEN sip_code IN (408, 480, 487) THEN 'missed'
                  WHEN sip_code >= 400 THEN 'failed' END,
+            -- an explicit queued / ringing, said last and by the time the session ended, wins over
+            -- "ended → completed" (design §4) for a call that had no conversation
+            CASE WHEN latest IN ('queued', 'ringing') AND turn_count = 0
+                      AND latest_at <= coalesce(session_end, latest_at) + interval '1 second' THEN latest END,
             CASE WHEN session_end IS NOT NULL THEN
                  CASE WHEN session_error IS NOT NULL THEN 'failed' ELSE 'completed' END END,
             live, 'active') AS status
@@ -137,7 +157,8 @@ WITH ids AS (
 INSERT INTO calls AS c (call_id, trace_ids, started_at, ended_at, last_seen_at, duration_s, status,
     status_reason, direction, campaign, agent, framework, from_number, to_number, turn_count,
     interruption_count, tool_call_count, error_count, cost_total, cost_stt, cost_llm, cost_tts,
-    cost_telephony, currency, summary, tags, extracted, recording_url, attributes, updated_at)
+    cost_telephony, currency, summary, tags, extracted, recording_url, attributes, dead_air_total_s,
+    longest_silence_ms, barge_in_count, updated_at)
 SELECT call_id, coalesce(trace_ids, '{}'), started_at, ended_at, last_seen_at,
     extract(epoch FROM ended_at - started_at),
     status,
@@ -155,7 +176,7 @@ SELECT call_id, coalesce(trace_ids, '{}'), started_at, ended_at, last_seen_at,
          WHEN num_nonnulls(cost_reported, cost_stt, cost_llm, cost_tts, cost_phone) > 0 THEN 'USD' END,
     summary,
     CASE WHEN jsonb_typeof(tags) = 'array' THEN ARRAY(SELECT jsonb_array_elements_text(tags)) END,
-    extracted, recording_url, session_attributes, now()
+    extracted, recording_url, session_attributes, dead_air_total_s, longest_silence_ms, barge_in_count, now()
 FROM priced
 ON CONFLICT (call_id) DO UPDATE SET
     trace_ids = EXCLUDED.trace_ids, started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at,
@@ -168,18 +189,22 @@ ON CONFLICT (call_id) DO UPDATE SET
     cost_llm = EXCLUDED.cost_llm, cost_tts = EXCLUDED.cost_tts, cost_telephony = EXCLUDED.cost_telephony,
     currency = EXCLUDED.currency, summary = EXCLUDED.summary, tags = EXCLUDED.tags,
     extracted = EXCLUDED.extracted, recording_url = EXCLUDED.recording_url,
-    attributes = EXCLUDED.attributes, updated_at = now(), stale = false
+    attributes = EXCLUDED.attributes, dead_air_total_s = EXCLUDED.dead_air_total_s,
+    longest_silence_ms = EXCLUDED.longest_silence_ms, barge_in_count = EXCLUDED.barge_in_count,
+    updated_at = now(), stale = false
 WHERE (c.trace_ids, c.started_at, c.ended_at, c.last_seen_at, c.duration_s, c.status, c.status_reason,
        c.direction, c.campaign, c.agent, c.framework, c.from_number, c.to_number, c.turn_count,
        c.interruption_count, c.tool_call_count, c.error_count, c.cost_total, c.cost_stt, c.cost_llm, c.cost_tts,
-       c.cost_telephony, c.currency, c.summary, c.tags, c.extracted, c.recording_url, c.attributes)
+       c.cost_telephony, c.currency, c.summary, c.tags, c.extracted, c.recording_url, c.attributes,
+       c.dead_air_total_s, c.longest_silence_ms, c.barge_in_count)
       IS DISTINCT FROM
       (EXCLUDED.trace_ids, EXCLUDED.started_at, EXCLUDED.ended_at, EXCLUDED.last_seen_at, EXCLUDED.duration_s,
        EXCLUDED.status, EXCLUDED.status_reason, EXCLUDED.direction, EXCLUDED.campaign, EXCLUDED.agent,
        EXCLUDED.framework, EXCLUDED.from_number, EXCLUDED.to_number, EXCLUDED.turn_count,
        EXCLUDED.interruption_count, EXCLUDED.tool_call_count, EXCLUDED.error_count, EXCLUDED.cost_total,
        EXCLUDED.cost_stt, EXCLUDED.cost_llm, EXCLUDED.cost_tts, EXCLUDED.cost_telephony, EXCLUDED.currency,
-       EXCLUDED.summary, EXCLUDED.tags, EXCLUDED.extracted, EXCLUDED.recording_url, EXCLUDED.attributes);
+       EXCLUDED.summary, EXCLUDED.tags, EXCLUDED.extracted, EXCLUDED.recording_url, EXCLUDED.attributes,
+       EXCLUDED.dead_air_total_s, EXCLUDED.longest_silence_ms, EXCLUDED.barge_in_count);
 
 -- name: copy_agent_to_turns
 UPDATE turns t SET agent = (SELECT c.agent FROM calls c WHERE c.call_id = t.call_id)

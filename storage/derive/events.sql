@@ -1,5 +1,5 @@
--- Derive, 5 of 5 — the call log: events take their span's turn, the greeting event is derived from the first
--- turn, and a derived event the producer also sent itself is dropped.
+-- Derive, 5 of 5 — the call log: events take their span's turn, a turn's user message and the greeting are
+-- derived from the turns, and a derived event the producer also sent itself is dropped.
 
 -- name: link_events
 -- An event takes its span's turn. Most are stored with it already (the span's turn was known when both were
@@ -16,6 +16,41 @@ WHERE e.ctid = ANY (ARRAY(
     SELECT found.row_id FROM derive_events d
     CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
     WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number));
+
+-- name: drop_changed_message_events
+-- A turn whose user text no span reported as a final transcript (OpenInference's barge-in turn, a GenAI
+-- invocation, …) gets its user.message_received from the turn (event id 'um-' + hash of call and turn):
+-- such an event whose turn no longer needs it, or whose time or text changed, goes first.
+DELETE FROM events e
+WHERE e.ctid = ANY (ARRAY(
+    SELECT found.row_id FROM derive_events d
+    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time
+                        OFFSET 0) found
+    WHERE d.source = 'derived' AND d.event = 'user.message_received' AND d.event_id LIKE 'um-%'
+      AND (NOT EXISTS (
+          SELECT 1 FROM turns t
+          WHERE t.call_id = d.call_id AND t.turn_number = d.turn_number AND t.user_text IS NOT NULL
+            AND d.event_id = 'um-' || md5(t.call_id || '|' || t.turn_number)
+            AND d.time = coalesce(t.stt_final_at, t.user_stopped_at, t.llm_request_at, t.started_at)
+            AND d.message IS NOT DISTINCT FROM left(t.user_text, 500))
+           OR EXISTS (SELECT 1 FROM derive_events o
+                      WHERE o.call_id = d.call_id AND o.turn_number = d.turn_number
+                        AND o.event = 'user.message_received' AND o.event_id NOT LIKE 'um-%'))));
+
+-- name: turn_message_events
+INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, span_id, category, event, level,
+                    message, data, source, turn_number)
+SELECT coalesce(t.stt_final_at, t.user_stopped_at, t.llm_request_at, t.started_at),
+       'um-' || md5(t.call_id || '|' || t.turn_number), t.call_id, true, NULL, NULL, 'user',
+       'user.message_received', 'INFO', left(t.user_text, 500), jsonb_build_object('text', t.user_text),
+       'derived', t.turn_number
+FROM turns t
+WHERE t.call_id = ANY ($1::text[]) AND t.user_text IS NOT NULL
+  AND coalesce(t.stt_final_at, t.user_stopped_at, t.llm_request_at, t.started_at) IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM derive_events d
+                  WHERE d.call_id = t.call_id AND d.turn_number = t.turn_number
+                    AND d.event = 'user.message_received' AND d.event_id NOT LIKE 'um-%')
+ON CONFLICT DO NOTHING;
 
 -- name: greeting_candidates
 -- An agent turn before any user speech is the greeting (design §5 (c)); one derived event per call.

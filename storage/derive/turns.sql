@@ -1,5 +1,6 @@
--- Derive, 2 of 5 — turns: which turn every span belongs to, then one turns row per turn number from the facts
--- of its spans (texts, the latency chain, providers, tokens).
+-- Derive, 2 of 5 — turns: which turn every span belongs to, who spoke when (speech intervals, for dead air
+-- and barge-in), then one turns row per turn number from the facts of its spans (texts, the latency chain,
+-- providers, tokens).
 
 -- name: number_implicit_turns
 -- Turn spans whose convention has no turn index (e.g. GenAI invoke_agent) are numbered by start time.
@@ -82,6 +83,29 @@ WHERE s.ctid = ANY (ARRAY(
                         WHERE trace_id = d.trace_id AND span_id = d.span_id AND start_time = d.start_time) found
     WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number));
 
+-- name: collect_speech
+-- Who spoke when, for dead air and barge-in (design §10): each speaking span is an interval of its side;
+-- a turn whose agent speech is known only by its first audio and the moment its audio stopped (Pipecat)
+-- gets that interval.
+INSERT INTO derive_speech (call_id, turn_number, side, s, e)
+SELECT call_id, turn_number, facts->>'speech_side',
+       callscope_us_ts(callscope_float(facts->>'speech_start_us')),
+       callscope_us_ts(callscope_float(facts->>'speech_end_us'))
+FROM derive_spans
+WHERE facts->>'speech_side' IN ('user', 'agent')
+  AND callscope_float(facts->>'speech_end_us') >= callscope_float(facts->>'speech_start_us')
+UNION ALL
+SELECT call_id, turn_number, 'agent',
+       callscope_us_ts(min(coalesce(callscope_float(facts->>'agent_started_us'),
+                                    callscope_float(facts->>'tts_first_audio_us')))),
+       callscope_us_ts(max(callscope_float(facts->>'agent_speech_end_us')))
+FROM derive_spans
+WHERE turn_number IS NOT NULL
+GROUP BY call_id, turn_number
+HAVING NOT coalesce(bool_or(facts->>'speech_side' = 'agent'), false)
+   AND max(callscope_float(facts->>'agent_speech_end_us'))
+       >= min(coalesce(callscope_float(facts->>'agent_started_us'), callscope_float(facts->>'tts_first_audio_us')));
+
 -- name: delete_vanished_turns
 DELETE FROM turns t
 WHERE t.call_id = ANY($1::text[])
@@ -124,14 +148,36 @@ WITH f AS (
         callscope_int4(sum(output_tokens) FILTER (WHERE stage = 'llm')) AS output_tokens
     FROM f GROUP BY call_id, turn_number
 ), m AS (
-    SELECT t.*, coalesce(agent_started_at, tts_first_audio_at) AS agent_audio_at FROM t
+    -- voice-to-voice from the best anchors the telemetry carries (docs/conventions.md, per framework): the
+    -- agent's audio (else its first TTS byte, else the TTS request) after the user stopped (else the final
+    -- transcript)
+    SELECT t.*, coalesce(agent_started_at, tts_first_audio_at) AS agent_audio_at,
+           extract(epoch FROM coalesce(agent_started_at, tts_first_audio_at, tts_request_at)
+                              - coalesce(user_stopped_at, stt_final_at)) * 1000 AS v2v_anchored_ms
+    FROM t
+), gap AS (
+    SELECT call_id, turn_number, side,
+           extract(epoch FROM s - max(e) OVER (PARTITION BY call_id, turn_number ORDER BY s, e
+                                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) * 1000 AS gap_ms
+    FROM derive_speech WHERE turn_number IS NOT NULL
+), dead AS (
+    SELECT call_id, turn_number, greatest(coalesce(max(gap_ms), 0), 0) AS dead_air_ms,
+           bool_or(side = 'user') AS user_spoke, bool_or(side = 'agent') AS agent_spoke
+    FROM gap GROUP BY call_id, turn_number
+), barge AS (
+    -- a turn's agent speech and the first user speech that started inside it (the barge-in)
+    SELECT a.call_id, a.turn_number, max(extract(epoch FROM a.e - u.s) * 1000) AS barge_in_stop_ms
+    FROM derive_speech a
+    JOIN derive_speech u ON u.call_id = a.call_id AND u.side = 'user' AND u.s > a.s AND u.s < a.e
+    WHERE a.side = 'agent' AND a.turn_number IS NOT NULL
+    GROUP BY a.call_id, a.turn_number
 )
 INSERT INTO turns (call_id, turn_number, started_at, ended_at, user_text, agent_text, interrupted,
     user_stopped_at, stt_final_at, llm_request_at, llm_first_token_at, tts_request_at, tts_first_audio_at,
     agent_started_at, eou_ms, stt_ms, stt_to_llm_ms, llm_ttft_ms, llm_to_tts_ms, tts_ttfb_ms,
     voice_to_voice_ms, reported_v2v_ms, llm_provider, llm_model, stt_provider, tts_provider,
-    input_tokens, output_tokens, agent)
-SELECT m.call_id, turn_number,
+    input_tokens, output_tokens, agent, dead_air_ms, barge_in_stop_ms)
+SELECT m.call_id, m.turn_number,
     coalesce(turn_start, first_start), coalesce(turn_end, last_end),
     coalesce(turn_user_text, stage_user_text, prompt_text), coalesce(turn_agent_text, spoken_text, llm_text),
     interrupted,
@@ -143,10 +189,19 @@ SELECT m.call_id, turn_number,
     extract(epoch FROM llm_first_token_at - llm_request_at) * 1000,
     extract(epoch FROM tts_request_at - llm_first_token_at) * 1000,
     extract(epoch FROM tts_first_audio_at - tts_request_at) * 1000,
-    extract(epoch FROM agent_audio_at - user_stopped_at) * 1000,
+    CASE WHEN agent_audio_at IS NOT NULL AND user_stopped_at IS NOT NULL
+         THEN extract(epoch FROM agent_audio_at - user_stopped_at) * 1000
+         WHEN v2v_anchored_ms >= 0 THEN v2v_anchored_ms END,
     reported_v2v_ms, llm_provider, llm_model, stt_provider, tts_provider, input_tokens, output_tokens,
-    (SELECT c.agent FROM calls c WHERE c.call_id = m.call_id)
+    (SELECT c.agent FROM calls c WHERE c.call_id = m.call_id),
+    -- NULL unless both sides' speech is known (a turn with no user part needs the agent's only)
+    CASE WHEN d.agent_spoke AND (d.user_spoke OR (coalesce(turn_user_text, stage_user_text, prompt_text) IS NULL
+                                                  AND user_stopped_at IS NULL AND stt_final_at IS NULL))
+         THEN d.dead_air_ms END,
+    CASE WHEN interrupted THEN b.barge_in_stop_ms END
 FROM m
+LEFT JOIN dead d ON d.call_id = m.call_id AND d.turn_number = m.turn_number
+LEFT JOIN barge b ON b.call_id = m.call_id AND b.turn_number = m.turn_number
 ON CONFLICT (call_id, turn_number) DO UPDATE SET
     started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at, user_text = EXCLUDED.user_text,
     agent_text = EXCLUDED.agent_text, interrupted = EXCLUDED.interrupted,
@@ -159,13 +214,14 @@ ON CONFLICT (call_id, turn_number) DO UPDATE SET
     voice_to_voice_ms = EXCLUDED.voice_to_voice_ms, reported_v2v_ms = EXCLUDED.reported_v2v_ms,
     llm_provider = EXCLUDED.llm_provider, llm_model = EXCLUDED.llm_model,
     stt_provider = EXCLUDED.stt_provider, tts_provider = EXCLUDED.tts_provider,
-    input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens
+    input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
+    dead_air_ms = EXCLUDED.dead_air_ms, barge_in_stop_ms = EXCLUDED.barge_in_stop_ms
 WHERE (turns.started_at, turns.ended_at, turns.user_text, turns.agent_text, turns.interrupted,
        turns.user_stopped_at, turns.stt_final_at, turns.llm_request_at, turns.llm_first_token_at,
        turns.tts_request_at, turns.tts_first_audio_at, turns.agent_started_at, turns.eou_ms, turns.stt_ms,
        turns.stt_to_llm_ms, turns.llm_ttft_ms, turns.llm_to_tts_ms, turns.tts_ttfb_ms, turns.voice_to_voice_ms,
        turns.reported_v2v_ms, turns.llm_provider, turns.llm_model, turns.stt_provider, turns.tts_provider,
-       turns.input_tokens, turns.output_tokens)
+       turns.input_tokens, turns.output_tokens, turns.dead_air_ms, turns.barge_in_stop_ms)
       IS DISTINCT FROM
       (EXCLUDED.started_at, EXCLUDED.ended_at, EXCLUDED.user_text, EXCLUDED.agent_text, EXCLUDED.interrupted,
        EXCLUDED.user_stopped_at, EXCLUDED.stt_final_at, EXCLUDED.llm_request_at, EXCLUDED.llm_first_token_at,
@@ -173,4 +229,4 @@ WHERE (turns.started_at, turns.ended_at, turns.user_text, turns.agent_text, turn
        EXCLUDED.stt_ms, EXCLUDED.stt_to_llm_ms, EXCLUDED.llm_ttft_ms, EXCLUDED.llm_to_tts_ms,
        EXCLUDED.tts_ttfb_ms, EXCLUDED.voice_to_voice_ms, EXCLUDED.reported_v2v_ms, EXCLUDED.llm_provider,
        EXCLUDED.llm_model, EXCLUDED.stt_provider, EXCLUDED.tts_provider, EXCLUDED.input_tokens,
-       EXCLUDED.output_tokens);
+       EXCLUDED.output_tokens, EXCLUDED.dead_air_ms, EXCLUDED.barge_in_stop_ms);
