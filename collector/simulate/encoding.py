@@ -178,6 +178,20 @@ def _bodies(items: list[tuple[Any, ...]], per_request: int, encode: Callable[[_B
     return bodies
 
 
+def _flatten(call_index: int, requests: Iterable[Any], resources: str, scopes: str, records: str,
+             time_of: Callable[[Any], int]) -> list[tuple[Any, ...]]:
+    """One call's records as (time, call index, position in the call, resource, scope, record)."""
+    out: list[tuple[Any, ...]] = []
+    for request in requests:
+        for group in getattr(request, resources):
+            resource = _keyed(group.resource)
+            for scoped in getattr(group, scopes):
+                scope = _keyed(scoped.scope)
+                out.extend((time_of(record), call_index, len(out) + i, resource, scope, record)
+                           for i, record in enumerate(getattr(scoped, records)))
+    return out
+
+
 def encode_requests(calls: Iterable[SimulatedCall], *, spans_per_request: int = 512,
                     logs_per_request: int | None = None) -> tuple[list[bytes], list[bytes]]:
     """Pre-encoded OTLP trace and log request bodies for ``calls``, packed like one BatchSpanProcessor.
@@ -194,22 +208,8 @@ def encode_requests(calls: Iterable[SimulatedCall], *, spans_per_request: int = 
     spans: list[tuple[Any, ...]] = []
     logs: list[tuple[Any, ...]] = []
     for ci, call in enumerate(calls):
-        seq = 0
-        for req in call.trace_requests:
-            for rs in req.resource_spans:
-                resource = _keyed(rs.resource)
-                for ss in rs.scope_spans:
-                    scope = _keyed(ss.scope)
-                    for sp in ss.spans:
-                        spans.append((sp.end_time_unix_nano, ci, seq, resource, scope, sp))
-                        seq += 1
-        seq = 0
-        for lreq in call.log_requests:
-            for rl in lreq.resource_logs:
-                resource = _keyed(rl.resource)
-                for sl in rl.scope_logs:
-                    scope = _keyed(sl.scope)
-                    for lr in sl.log_records:
-                        logs.append((lr.time_unix_nano, ci, seq, resource, scope, lr))
-                        seq += 1
+        spans += _flatten(ci, call.trace_requests, "resource_spans", "scope_spans", "spans",
+                          lambda span: span.end_time_unix_nano)
+        logs += _flatten(ci, call.log_requests, "resource_logs", "scope_logs", "log_records",
+                         lambda record: record.time_unix_nano)
     return _bodies(spans, spans_per_request, _trace_body), _bodies(logs, logs_per_request, _log_body)
