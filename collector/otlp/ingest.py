@@ -17,13 +17,13 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.batcher import Batcher
+from collector.cost import PriceTable
 from collector.errors import (
     MAX_MESSAGE_CHARS, CallscopeError, InvalidRequest, Overloaded, StorageRejected, StorageUnavailable, shorten,
 )
 from collector.logs import ThrottledLog
-from collector.otlp.codec import (
-    DEFAULT_LIMITS, DecodeStats, ItemLimits, ValueDecoder, count_items, iter_logs, iter_spans,
-)
+from collector.items import DEFAULT_LIMITS, ItemLimits
+from collector.otlp.codec import DecodeStats, ValueDecoder, count_items, iter_logs, iter_spans
 from collector.pipeline import MappedBatch, map_logs, map_spans
 from collector.telemetry import Metrics
 
@@ -65,9 +65,11 @@ def refusal_reason(error: CallscopeError) -> str:
 
 
 class Ingest:
-    def __init__(self, batcher: Batcher, *, limits: ItemLimits = DEFAULT_LIMITS, metrics: Metrics | None = None,
-                 max_concurrent_requests: int = 256, retry_after_s: float = 1.0) -> None:
+    def __init__(self, batcher: Batcher, *, prices: PriceTable, limits: ItemLimits = DEFAULT_LIMITS,
+                 metrics: Metrics | None = None, max_concurrent_requests: int = 256,
+                 retry_after_s: float = 1.0) -> None:
         self._batcher = batcher
+        self.prices = prices
         self.limits = limits
         self.metrics = metrics or Metrics()
         self._max_requests = max_concurrent_requests
@@ -104,7 +106,7 @@ class Ingest:
             return ExportResult()
         self._batcher.check_capacity()
         stats = DecodeStats()
-        batch = map_spans(iter_spans(request, ValueDecoder(self.limits, stats)), self.limits)
+        batch = map_spans(iter_spans(request, ValueDecoder(self.limits, stats)), self.limits, prices=self.prices)
         return await self._commit(batch, stats, "spans", transport)
 
     async def export_logs(self, request: ExportLogsServiceRequest, *, transport: str) -> ExportResult:
