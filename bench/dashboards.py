@@ -4,7 +4,7 @@ provisioning, expanded the way Grafana expands it, timed on a large database wit
     python -m bench.dashboards --calls 200000            # build, fill the rollups, time (median of 3)
     python -m bench.dashboards --reuse --calls 200000    # time an existing benchmark database again
 
-1. ``--seed-calls`` simulated calls (collector/simulate.py) go through a real collector into a fresh database
+1. ``--seed-calls`` simulated calls (collector/simulate/) go through a real collector into a fresh database
    (turns, calls, spans, events and tool calls derived by the real pipeline).
 2. They are cloned in SQL (generate_series) until there are ``--calls`` calls: new call / trace / span /
    event ids, every row of a clone shifted by the same offset, offsets spread uniformly over ``--days`` days

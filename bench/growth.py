@@ -39,6 +39,8 @@ import asyncpg
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from bench.harness import authorization, collector_for, draw_span_progress
+from collector.cost import PriceTable
 from collector.otlp.codec import iter_spans, parse_traces
 from collector.pipeline import map_spans
 from collector.simulate import encode_requests, generate_calls
@@ -271,7 +273,6 @@ def _generate_round(target_spans: int, seed: int, spans_per_request: int, per_ca
 
 async def _send(endpoint: str, bodies: list[bytes], counts: list[int], concurrency: int,
                 timeout_s: float, api_key: str | None = None) -> dict[str, Any]:
-    from bench.ingest import _progress, authorization
 
     channel = grpc.aio.insecure_channel(endpoint, options=[("grpc.max_send_message_length", 64 << 20)])
     export = channel.unary_unary(
@@ -305,7 +306,7 @@ async def _send(endpoint: str, bodies: list[bytes], counts: list[int], concurren
                 state["latencies"].append((now - sent) * 1000)
                 state["last_ok"] = now
                 state["done"] += count
-                _progress(state["done"], total, started)
+                draw_span_progress(state["done"], total, started)
                 break
 
     tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
@@ -357,6 +358,7 @@ async def _ceiling(database_url: str, bodies: list[bytes], modes: tuple[str, ...
     tables = {mode: f"copy_ceiling_{mode}" for mode in modes}
     spent = {mode: 0.0 for mode in modes}
     mapping_s, rows_total = 0.0, 0
+    prices = PriceTable.load()   # the shipped table, as the collector under test prices
     try:
         for mode, table in tables.items():
             await connection.execute(f"DROP TABLE IF EXISTS {table}")
@@ -365,7 +367,8 @@ async def _ceiling(database_url: str, bodies: list[bytes], modes: tuple[str, ...
             started = time.perf_counter()
             rows: list[tuple] = []
             for body in bodies[i:i + _BODIES_PER_CEILING_CHUNK]:
-                rows.extend(r for r in map_spans(iter_spans(parse_traces(body))).records if type(r) is SpanRow)
+                rows.extend(r for r in map_spans(iter_spans(parse_traces(body)), prices=prices).records
+                            if type(r) is SpanRow)
             mapping_s += time.perf_counter() - started
             rows_total += len(rows)
             for mode, table in tables.items():
@@ -619,7 +622,6 @@ async def _server_info(connection: asyncpg.Connection) -> dict[str, str]:
 
 
 async def run_growth(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.ingest import collector_for
 
     admin_url = args.admin_url
     database_url = admin_url.rsplit("/", 1)[0] + "/" + args.database

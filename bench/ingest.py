@@ -19,9 +19,7 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -32,13 +30,12 @@ import asyncpg
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from bench.harness import authorization, collector_for, draw_span_progress, peak_rss_mib
+from collector.cost import PriceTable
 from collector.otlp.codec import iter_spans, parse_traces
 from collector.pipeline import map_spans
-from collector.progress import draw_progress
-from storage.records import SpanRow, columns_of
 from collector.simulate import encode_requests, generate_calls
-from storage.keys import create_key
-from storage.migrate import migrate
+from storage.records import SpanRow, columns_of
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -61,80 +58,9 @@ class BenchResult:
     copy_ceiling_spans_per_s: float
     ratio_to_copy_ceiling: float
     mapping_spans_per_s: float
+    simulator_spans_per_s: float   # generate_calls + encode_requests (client side, before the clock starts)
     machine: str
     when: str
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _peak_rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-async def _recreate(admin_url: str, name: str) -> None:
-    connection = await asyncpg.connect(admin_url)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-
-
-async def start_collector(database_url: str) -> tuple[subprocess.Popen, str]:
-    """``callscope serve`` as a subprocess on free loopback ports; returns (process, gRPC endpoint) once ready."""
-    grpc_port, http_port = _free_port(), _free_port()
-    env = {**os.environ, "CALLSCOPE_DATABASE_URL": database_url, "CALLSCOPE_GRPC_PORT": str(grpc_port),
-           "CALLSCOPE_HTTP_PORT": str(http_port), "CALLSCOPE_BIND_ADDRESS": "127.0.0.1",
-           "CALLSCOPE_LOG_LEVEL": "warning"}
-    process = subprocess.Popen([sys.executable, "-m", "collector.cli", "serve"], env=env)
-    endpoint = f"127.0.0.1:{grpc_port}"
-    channel = grpc.aio.insecure_channel(endpoint)
-    try:
-        await asyncio.wait_for(channel.channel_ready(), 30)
-    except BaseException:
-        process.terminate()
-        process.wait(30)
-        raise
-    finally:
-        await channel.close()
-    return process, endpoint
-
-
-def authorization(api_key: str | None) -> tuple[tuple[str, str], ...]:
-    """gRPC metadata carrying an API key, as an OTel SDK sends it."""
-    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
-
-
-async def collector_for(endpoint: str | None, admin_url: str, database: str,
-                        database_url: str) -> tuple[subprocess.Popen | None, str, str | None]:
-    """(process, endpoint, API key): the given endpoint (key from ``CALLSCOPE_API_KEY``), or a fresh database
-    with a key and a ``callscope serve`` of its own on it."""
-    if endpoint is not None:
-        return None, endpoint, os.environ.get("CALLSCOPE_API_KEY")
-    await _recreate(admin_url, database)
-    await migrate(database_url)
-    connection = await asyncpg.connect(database_url)
-    try:
-        _, api_key, _ = await create_key(connection, "default", "bench")
-    finally:
-        await connection.close()
-    process, endpoint = await start_collector(database_url)
-    return process, endpoint, api_key
-
-
-def _progress(done: int, total: int, started: float) -> None:
-    rate = done / max(time.perf_counter() - started, 1e-9)
-    draw_progress(done, total, "spans", f"  {rate:,.0f} spans/s")
 
 
 async def _drive(endpoint: str, trace_bodies: list[bytes], log_bodies: list[bytes], concurrency: int,
@@ -176,7 +102,7 @@ async def _drive(endpoint: str, trace_bodies: list[bytes], log_bodies: list[byte
                     raise
                 latencies.append((time.perf_counter() - sent) * 1000)
                 done += count
-                _progress(done, total, started)
+                draw_span_progress(done, total, started)
                 break
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -191,11 +117,12 @@ async def _copy_ceiling(database_url: str, trace_bodies: list[bytes]) -> tuple[f
     same rows, nothing else."""
     from collector.settings import build_settings
 
+    prices = PriceTable.load()   # the shipped table, as the collector under test prices
     policy = build_settings().pii_policy()   # CALLSCOPE_PII* from the environment, as the collector reads them
     started = time.perf_counter()
     rows: list[SpanRow] = []
     for body in trace_bodies:
-        rows.extend(r for r in map_spans(iter_spans(parse_traces(body)), privacy=policy).records
+        rows.extend(r for r in map_spans(iter_spans(parse_traces(body)), prices=prices, privacy=policy).records
                     if type(r) is SpanRow)
     mapping_rate = len(rows) / (time.perf_counter() - started)
     columns = columns_of(SpanRow)
@@ -218,8 +145,10 @@ async def run(args: argparse.Namespace) -> BenchResult:
     admin_url = args.admin_url
     database_url = admin_url.rsplit("/", 1)[0] + "/" + args.database
     sys.stderr.write(f"generating {args.calls} calls ...\n")
+    started = time.perf_counter()
     calls = generate_calls(args.calls, seed=args.seed)
     trace_bodies, log_bodies = encode_requests(calls, spans_per_request=args.spans_per_request)
+    simulator_s = time.perf_counter() - started
     if args.no_logs:
         log_bodies = []
     span_counts = [sum(len(ss.spans) for rs in trace_service_pb2.ExportTraceServiceRequest.FromString(b).resource_spans
@@ -229,7 +158,7 @@ async def run(args: argparse.Namespace) -> BenchResult:
     try:
         elapsed, latencies, retries = await _drive(endpoint, trace_bodies, log_bodies, args.concurrency, span_counts,
                                                    api_key)
-        rss = _peak_rss_mib(process.pid) if process else None
+        rss = peak_rss_mib(process.pid) if process else None
     finally:
         if process is not None:
             process.terminate()
@@ -246,6 +175,7 @@ async def run(args: argparse.Namespace) -> BenchResult:
         collector_peak_rss_mib=None if rss is None else round(rss, 1),
         copy_ceiling_spans_per_s=round(copy_rate), ratio_to_copy_ceiling=round(rate / copy_rate, 3),
         mapping_spans_per_s=round(mapping_rate),
+        simulator_spans_per_s=round(sum(call.span_count for call in calls) / simulator_s),
         machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         when=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

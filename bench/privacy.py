@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 
+from collector.cost import PriceTable
 from collector.otlp.codec import iter_logs, iter_spans, parse_logs, parse_traces
 from collector.pipeline import map_logs, map_spans
 from collector.privacy import KEEP_ALL, PiiPolicy, parse_policy
@@ -44,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     trace_requests, log_requests = [parse_traces(b) for b in traces], [parse_logs(b) for b in logs]
     spans = sum(len(ss.spans) for r in trace_requests for rs in r.resource_spans for ss in rs.scope_spans)
     records = sum(len(sl.log_records) for r in log_requests for rl in r.resource_logs for sl in rl.scope_logs)
+    prices = PriceTable.load()
     rates: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in POLICIES}
     for _ in range(args.repeat):   # policies interleaved: a change in the machine's load hits them alike
         for name, policy in POLICIES.items():
-            rates[name][0].append(_rate(spans, lambda: [map_spans(iter_spans(r), privacy=policy)
+            rates[name][0].append(_rate(spans, lambda: [map_spans(iter_spans(r), prices=prices, privacy=policy)
                                                         for r in trace_requests]))
             rates[name][1].append(_rate(records, lambda: [map_logs(iter_logs(r), privacy=policy)
                                                           for r in log_requests]))

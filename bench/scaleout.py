@@ -39,9 +39,8 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from bench.growth import OtherDatabases, ServerCpu, _proc_ticks
-from bench.ingest import _free_port, _recreate, authorization
+from bench.harness import authorization, bench_key, free_port, recreate_database
 from collector.simulate import encode_requests, generate_calls
-from storage.keys import create_key
 from storage.migrate import migrate
 
 RESULTS = Path(__file__).with_name("results")
@@ -52,7 +51,7 @@ _LAG_SQL = "SELECT coalesce(extract(epoch FROM now() - min(marked_at)), 0)::floa
 async def _start_collectors(database_url: str, count: int, workers: int) -> list[tuple[subprocess.Popen, str]]:
     started = []
     for _ in range(count):
-        grpc_port, http_port = _free_port(), _free_port()
+        grpc_port, http_port = free_port(), free_port()
         env = {**os.environ, "CALLSCOPE_DATABASE_URL": database_url, "CALLSCOPE_GRPC_PORT": str(grpc_port),
                "CALLSCOPE_HTTP_PORT": str(http_port), "CALLSCOPE_BIND_ADDRESS": "127.0.0.1",
                "CALLSCOPE_LOG_LEVEL": "warning", "CALLSCOPE_DERIVE_WORKERS": str(workers)}
@@ -123,13 +122,9 @@ async def _sample_lag(url: str, samples: list[float], stop: asyncio.Event) -> No
 
 async def run_one(args: argparse.Namespace, count: int, items: list[tuple[str, bytes, int]]) -> dict[str, Any]:
     database_url = args.admin_url.rsplit("/", 1)[0] + "/" + args.database
-    await _recreate(args.admin_url, args.database)
+    await recreate_database(args.admin_url, args.database)
     await migrate(database_url)
-    connection = await asyncpg.connect(database_url)
-    try:   # the collectors run as shipped: auth required
-        _, api_key, _ = await create_key(connection, "default", "bench")
-    finally:
-        await connection.close()
+    api_key = await bench_key(database_url)   # the collectors run as shipped: auth required
     collectors = await _start_collectors(database_url, count, args.derive_workers)
     monitor = await asyncpg.connect(database_url)
     server = ServerCpu.find(await monitor.fetchval("SELECT pg_backend_pid()"))

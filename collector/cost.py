@@ -1,12 +1,13 @@
 """Map stage helper: the price table (design §7) and the per-span cost facts the pipeline adds.
 
 ``collector/prices.yaml`` ships versioned defaults; the ``prices_file`` setting names a YAML file deep-merged
-over them. The table is loaded once: ``PRICES`` holds the defaults at import and ``configure_prices`` (called
-by the Collector at startup) replaces it, so the pipeline stays pure. Per span the pipeline turns stage,
-provider, model and usage facts into ``cost_stt`` / ``cost_llm`` / ``cost_tts`` facts, which
-storage/derive.sql sums per call; telephony is call duration × the rate of the call's direction, computed in
-storage/derive.sql from the ``telephony_rates`` table the Collector fills (``telephony_rows``). A cost the
-producer reports (``call.cost``, OpenInference ``llm.cost.*``) is set by the mapper and never overwritten.
+over them. The Collector loads one ``PriceTable`` at startup and passes it down (Ingest → ``map_spans`` →
+``cost_facts``); nothing here is global, so two collectors in one process (the tests) price independently.
+Every price comes from that one table: per span, ``cost_facts`` turns stage, provider, model and usage facts
+into ``cost_stt`` / ``cost_llm`` / ``cost_tts`` facts, which the derivation sums per call; the telephony rate
+per direction goes to the ``telephony_rates`` table (``telephony_rows``), which the derivation multiplies by
+the ended call's duration (it alone knows it). A cost the producer reports (``call.cost``, OpenInference
+``llm.cost.*``) is set by the mapper and never overwritten.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any, Mapping
 
 import yaml
 
-__all__ = ["PriceTable", "PRICES", "DEFAULT_PRICES_PATH", "configure_prices", "cost_facts", "current_prices"]
+from storage import facts as F
+
+__all__ = ["PriceTable", "DEFAULT_PRICES_PATH", "cost_facts"]
 
 DEFAULT_PRICES_PATH = Path(__file__).with_name("prices.yaml")
 _PER_MILLION = 1_000_000.0
@@ -173,42 +176,27 @@ class PriceTable:
         return rows
 
 
-PRICES: PriceTable = PriceTable.load()
-
-
-def configure_prices(prices_file: str | None = None) -> PriceTable:
-    """Load the defaults (+ the user's override) once, at startup; the pipeline reads ``current_prices()``."""
-    global PRICES
-    PRICES = PriceTable.load(prices_file or None)
-    return PRICES
-
-
-def current_prices() -> PriceTable:
-    return PRICES
-
-
 def cost_facts(stage: str, provider: str | None, model: str | None, input_tokens: int | None,
-               output_tokens: int | None, facts: Mapping[str, Any],
-               prices: PriceTable | None = None) -> dict[str, Any]:
+               output_tokens: int | None, facts: Mapping[str, Any], prices: PriceTable) -> dict[str, Any]:
     """Computed ``cost_*`` facts of one span; a cost fact already present (producer-reported) is kept."""
-    table = prices or PRICES
+    table = prices
     out: dict[str, Any] = {}
-    if stage == "llm" and "cost_llm" not in facts:
-        cached = facts.get("llm_cached_tokens")
-        cost = table.llm_cost(provider or facts.get("llm_provider"), model or facts.get("llm_model"),
+    if stage == "llm" and F.COST_LLM not in facts:
+        cached = facts.get(F.LLM_CACHED_TOKENS)
+        cost = table.llm_cost(provider or facts.get(F.LLM_PROVIDER), model or facts.get(F.LLM_MODEL),
                               input_tokens, output_tokens, cached if isinstance(cached, int) else None)
         if cost is not None:
-            out["cost_llm"] = cost
-    seconds = _number(facts.get("stt_audio_seconds"))
-    if seconds is not None and "cost_stt" not in facts:
-        cost = table.stt_cost(facts.get("stt_provider") or provider, facts.get("stt_model") or model, seconds)
+            out[F.COST_LLM] = cost
+    seconds = _number(facts.get(F.STT_AUDIO_SECONDS))
+    if seconds is not None and F.COST_STT not in facts:
+        cost = table.stt_cost(facts.get(F.STT_PROVIDER) or provider, model, seconds)
         if cost is not None:
-            out["cost_stt"] = cost
-    characters = facts.get("tts_characters")
-    if isinstance(characters, int) and "cost_tts" not in facts:
-        cost = table.tts_cost(facts.get("tts_provider") or provider, facts.get("tts_model") or model, characters)
+            out[F.COST_STT] = cost
+    characters = facts.get(F.TTS_CHARACTERS)
+    if isinstance(characters, int) and F.COST_TTS not in facts:
+        cost = table.tts_cost(facts.get(F.TTS_PROVIDER) or provider, model, characters)
         if cost is not None:
-            out["cost_tts"] = cost
-    if out and table.currency.upper() != "USD" and "currency" not in facts:
-        out["currency"] = table.currency
+            out[F.COST_TTS] = cost
+    if out and table.currency.upper() != "USD" and F.CURRENCY not in facts:
+        out[F.CURRENCY] = table.currency
     return out

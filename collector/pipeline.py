@@ -21,15 +21,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
-from collector.cost import cost_facts
+from collector.cost import PriceTable, cost_facts
 from collector.errors import RejectedSpan, shorten
 from collector.mappers import SpanMapping, select_mapper
 from collector.mappers.base import CALL_ID_KEYS, as_text, explicit_call_id
 from collector.mappers.native import call_facts
-from collector.otlp.codec import DEFAULT_LIMITS, ItemLimits, LogIn, SpanIn
+from collector.items import DEFAULT_LIMITS, ItemLimits, LogIn, SpanIn
 from collector.privacy import KEEP_ALL, PiiPolicy
-from storage.records import EventRow, Record, SpanRow, ToolCallRow
+from storage import facts as F
 from storage.catalogue import LEVELS, level_rank, lookup
+from storage.records import EventRow, Record, SpanRow, ToolCallRow
 
 __all__ = ["MappedBatch", "map_spans", "map_logs", "severity_level"]
 
@@ -224,8 +225,8 @@ def _probe(attributes_json: str, span: SpanIn, facts: dict[str, Any], mapping: S
     return "\n".join(texts)
 
 
-def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, batch: MappedBatch, tenant: str,
-               privacy: PiiPolicy) -> None:
+def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, prices: PriceTable, batch: MappedBatch,
+               tenant: str, privacy: PiiPolicy) -> None:
     mapper = select_mapper(span)
     mapping = mapper.map_span(span) if mapper is not None else _UNCLAIMED
     explicit_id = mapping.call_id or explicit_call_id(span)
@@ -236,14 +237,14 @@ def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, batch: Mappe
     # the native call attributes a user added (call.agent, call.direction, …) win over what a framework says
     facts = {**mapping.facts, **call_facts(span)} if mapping.facts else call_facts(span)
     facts.update(cost_facts(mapping.stage, mapping.provider, mapping.model, mapping.input_tokens,
-                            mapping.output_tokens, facts))
+                            mapping.output_tokens, facts, prices))
     turn_number = _int4(mapping.turn_number)
     if turn_number is not None:
-        facts["turn_explicit"] = True
+        facts[F.TURN_EXPLICIT] = True
     elif mapping.stage == "turn":
-        facts["turn_seq"] = True  # numbered by start time in storage/derive.sql
-    _check_length(facts.get("campaign"), "call.campaign", max_id)   # indexed columns of calls
-    _check_length(facts.get("agent"), "call.agent", max_id)
+        facts[F.TURN_SEQ] = True  # numbered by start time in storage/derive/turns.sql
+    _check_length(facts.get(F.CAMPAIGN), "call.campaign", max_id)   # indexed columns of calls
+    _check_length(facts.get(F.AGENT), "call.agent", max_id)
     batch.dropped_values += _clean_facts(facts)
     service_name = as_text(span.resource.get("service.name"))
     resource_id, resource_json = _resource_of(span.resource, privacy)
@@ -348,46 +349,11 @@ def _map_items(items: Iterable[Any], add_rows: Callable[[Any, list[Record], Mapp
 
 
 def map_spans(items: Iterable[SpanIn | RejectedSpan], limits: ItemLimits = DEFAULT_LIMITS, *,
-              tenant: str = "default", privacy: PiiPolicy = KEEP_ALL) -> MappedBatch:
-    batch = _map_items(items, lambda span, out, batch: _span_rows(span, out, limits, batch, tenant, privacy),
-                       lambda span: f"span {shorten(span.name, 80)!r} ({span.span_id})")
-    _place_in_batch_turns(batch.records)
-    return batch
-
-
-def _place_in_batch_turns(records: list[Record]) -> None:
-    """Give a span the turn number of its nearest ancestor turn when that ancestor is in the same request.
-
-    storage/derive.sql does the same for every span later; doing it here for the common case (an SDK
-    exports a turn with its children) means those rows, and the events of those spans, are stored final
-    instead of updated afterwards. Only explicitly numbered turns are used: start-time numbering needs the
-    whole call.
-    """
-    by_span: dict[tuple[str, str], SpanRow] = {}
-    for record in records:
-        if type(record) is SpanRow:
-            by_span[(record.trace_id, record.span_id)] = record
-    placed: dict[tuple[str, str], int] = {}
-    for index, record in enumerate(records):
-        if type(record) is not SpanRow or record.turn_number is not None or record.stage == "turn":
-            continue
-        parent_id, hops = record.parent_span_id, 0
-        while parent_id is not None and hops < 64:
-            parent = by_span.get((record.trace_id, parent_id))
-            if parent is None:
-                break
-            if parent.stage == "turn" or parent.turn_number is not None:
-                if parent.turn_number is not None and '"turn_seq"' not in (parent.facts or ""):
-                    records[index] = record._replace(turn_number=parent.turn_number)
-                    placed[(record.trace_id, record.span_id)] = parent.turn_number
-                break
-            parent_id, hops = parent.parent_span_id, hops + 1
-    if placed:
-        for index, record in enumerate(records):
-            if type(record) is EventRow and record.turn_number is None and record.span_id is not None:
-                turn_number = placed.get((record.trace_id, record.span_id))
-                if turn_number is not None:
-                    records[index] = record._replace(turn_number=turn_number)
+              prices: PriceTable, tenant: str = "default", privacy: PiiPolicy = KEEP_ALL) -> MappedBatch:
+    """Rows of the spans of one request; ``prices`` prices each span's usage (collector/cost.py); every row
+    carries ``tenant``; ``privacy`` is the PII policy (collector/privacy.py)."""
+    return _map_items(items, lambda span, out, batch: _span_rows(span, out, limits, prices, batch, tenant, privacy),
+                      lambda span: f"span {shorten(span.name, 80)!r} ({span.span_id})")
 
 
 def _log_row(record: LogIn, limits: ItemLimits, tenant: str, privacy: PiiPolicy) -> EventRow:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Mapping
 import orjson
 
 from collector.mappers.base import DerivedEvent, ToolCallDraft
+from storage import facts as F
 
 __all__ = ["CLASSES", "ACTIONS", "DEFAULT_POLICY", "PiiPolicy", "KEEP_ALL", "parse_policy", "parse_attributes",
            "luhn_valid"]
@@ -475,10 +476,10 @@ class PiiPolicy:
             return facts
         out = {}
         for key, value in facts.items():
-            if key == "turn_pair_key" and isinstance(value, str):
+            if key == F.TURN_PAIR_KEY and isinstance(value, str):
                 out[key] = self.pair_key(value)
                 continue
-            cls = _FACT_CLASSES.get(key)
+            cls = FACT_CLASSES.get(key)
             out[key] = self.scan(value) if cls is None else self._payload(cls, value)
         return out
 
@@ -614,10 +615,11 @@ _TOOL_CONTAINERS = frozenset({"tool_calls", "function_call", "function", "functi
                               "function_response", "tool_use"})
 _TOOL_ARGUMENTS = frozenset({"arguments", "args", "parameters"})
 
-# Facts (storage/derive.sql) that hold a class's values; every other text fact goes through the detectors.
-_FACT_CLASSES = {"user_text": "transcript", "agent_text": "transcript", "llm_text": "transcript",
-                 "prompt_text": "transcript", "summary": "transcript", "from_number": "phone",
-                 "to_number": "phone", "recording_url": "recording"}
+# Facts (storage/facts.py) that hold a class's values; every other text fact goes through the detectors
+# (tests/test_privacy.py checks that each text fact of the contract is either here or a closed vocabulary).
+FACT_CLASSES = {F.USER_TEXT: "transcript", F.AGENT_TEXT: "transcript", F.LLM_TEXT: "transcript",
+                F.PROMPT_TEXT: "transcript", F.SUMMARY: "transcript", F.FROM_NUMBER: "phone",
+                F.TO_NUMBER: "phone", F.RECORDING_URL: "recording"}
 # Call-log events whose message (and ``text`` / ``content`` data, and log body) is what someone said, or a
 # tool's payload.
 _EVENT_CLASSES = {

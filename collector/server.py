@@ -23,12 +23,12 @@ import asyncpg
 
 from collector.auth import Authenticator
 from collector.batcher import Batcher
-from collector.cost import PriceTable, configure_prices
+from collector.cost import PriceTable
 from collector.health import DatabaseHealth
-from collector.ingest import Ingest
-from collector.otlp.codec import ItemLimits
+from collector.items import ItemLimits
 from collector.otlp.grpc import GrpcReceiver
 from collector.otlp.http import HttpReceiver
+from collector.otlp.ingest import Ingest
 from collector.settings import Settings
 from collector.telemetry import Metrics
 from collector.tls import ServerTls
@@ -50,6 +50,9 @@ class Collector:
     def __init__(self, settings: Settings, *, run_migrations: bool = False) -> None:
         self.settings = settings
         self._run_migrations = run_migrations
+        # The one price table of this collector (ValueError when prices_file cannot be read): every span's
+        # cost and the telephony rates the derivation reads come from it.
+        self.prices = PriceTable.load(settings.prices_file or None)
         self.metrics = Metrics()
         self.deriver = Deriver(settings.database_url, timeout=settings.derive_timeout_s,
                                workers=settings.derive_workers, max_calls=settings.derive_batch_calls,
@@ -67,7 +70,7 @@ class Collector:
         self.tls = ServerTls.from_settings(settings)
         self.authenticator = Authenticator(settings.database_url, required=settings.auth_required,
                                            refresh_s=settings.auth_refresh_s)
-        self.ingest = Ingest(self.batcher, limits=limits, metrics=self.metrics,
+        self.ingest = Ingest(self.batcher, prices=self.prices, limits=limits, metrics=self.metrics,
                              max_concurrent_requests=settings.max_concurrent_requests,
                              retry_after_s=settings.retry_after_s, authenticator=self.authenticator,
                              privacy=settings.pii_policy())
@@ -86,11 +89,10 @@ class Collector:
             self.metrics.register_gauge_callback(name, help_text, read)
         self.grpc: GrpcReceiver | None = None
         self.http: HttpReceiver | None = None
-        self.prices: PriceTable | None = None
 
     async def _check_database(self, prices: PriceTable) -> None:
         """Refuse a database this release does not run on (``SchemaMismatch``), then store the price table's
-        telephony rates (read by storage/derive.sql) if they differ from the stored ones."""
+        telephony rates (read by storage/derive/calls.sql) if they differ from the stored ones."""
         connection = await asyncpg.connect(self.settings.database_url, timeout=10)
         try:
             state = await check_schema(connection)
@@ -106,7 +108,6 @@ class Collector:
 
     async def start(self) -> None:
         settings = self.settings
-        self.prices = configure_prices(settings.prices_file)
         if self._run_migrations:
             await migrate(settings.database_url, retention_days=settings.retention_days,
                           compress_after_days=settings.compress_after_days)

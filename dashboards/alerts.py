@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from grafana_foundation_sdk.builders import alerting, expr
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
@@ -18,10 +18,8 @@ from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
 from dashboards import queries as q
 from dashboards.common import DASHBOARD_UIDS
+from dashboards.options import DashboardOptions
 from dashboards.sql import PG_PLUGIN_ID, SQL
-
-if TYPE_CHECKING:
-    from dashboards.generate import DashboardOptions
 
 __all__ = ["RULE_UIDS", "alert_rule_groups", "contact_points", "notification_policies", "to_file_provisioning"]
 

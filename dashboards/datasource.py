@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dashboards.options import DashboardOptions
 from dashboards.sql import PG_PLUGIN_ID
-
-if TYPE_CHECKING:
-    from dashboards.generate import DashboardOptions
 
 __all__ = ["datasource_provisioning"]
 

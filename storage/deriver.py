@@ -1,4 +1,4 @@
-"""Derive stage: recompute turns, calls and links for the calls in ``dirty_calls`` (storage/derive.sql, run as
+"""Derive stage: recompute turns, calls and links for the calls in ``dirty_calls`` (storage/derive/*.sql, run as
 the ``callscope_derive`` routine that ``migrate`` installs).
 
 Any number of derive workers, in one process or many, share the backlog. A worker claims calls, not a global
@@ -36,15 +36,26 @@ from storage.rollup import MARK_CALL_BUCKETS, MARK_TURN_BUCKETS, refresh_rollups
 from storage.routines import routine_name
 from storage.writer import SERVER_SETTINGS, WriteResult, storage_errors
 
-__all__ = ["Deriver", "DeriveBacklog", "read_backlog", "DERIVE_STATEMENTS", "DERIVE_ROUTINE", "SAFE_CASTS"]
+__all__ = ["Deriver", "DeriveBacklog", "read_backlog", "DERIVE_FILES", "DERIVE_STATEMENTS", "DERIVE_ROUTINE",
+           "SAFE_CASTS"]
 
 log = logging.getLogger("callscope.deriver")
 
 
+# The derivation, one file per concern, run in this order (each reads what the ones before wrote): the work
+# tables, turns (placement, then rows), tool calls, calls (status, cost), events (turn links, derived events).
+DERIVE_FILES = ("work.sql", "turns.sql", "tool_calls.sql", "calls.sql", "events.sql")
+_DERIVE_DIR = Path(__file__).with_name("derive")
+
+
 def _load_derive() -> tuple[tuple[str, str], ...]:
-    text = Path(__file__).with_name("derive.sql").read_text()
-    parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.MULTILINE)
-    return tuple((parts[i], parts[i + 1].strip()) for i in range(1, len(parts), 2))
+    """(name, statement) of every ``-- name:`` block of the derive files, in ``DERIVE_FILES`` order."""
+    statements: list[tuple[str, str]] = []
+    for name in DERIVE_FILES:
+        text = (_DERIVE_DIR / name).read_text(encoding="utf-8")
+        parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.MULTILINE)
+        statements.extend((parts[i], parts[i + 1].strip()) for i in range(1, len(parts), 2))
+    return tuple(statements)
 
 
 def _with_rollup_marks(statements: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:

@@ -214,7 +214,7 @@ async def install_routines(connection: asyncpg.Connection, version: int = ROUTIN
 
 async def store_telephony_rates(connection: asyncpg.Connection, rows: list[tuple[str, float, str]],
                                 price_version: str) -> bool:
-    """Make ``telephony_rates`` hold ``rows`` ((direction, per_minute, currency), read by storage/derive.sql);
+    """Make ``telephony_rates`` hold ``rows`` ((direction, per_minute, currency), read by storage/derive/calls.sql);
     write only when its content differs, and return whether it did. Under a lock, so that collectors starting
     together write once."""
     wanted = sorted((direction, float(rate), currency, price_version) for direction, rate, currency in rows)

@@ -42,7 +42,7 @@ class SpanRow(NamedTuple):
     attributes: str          # JSON text (the raw attributes, always kept)
     events: str | None       # JSON text of span events
     resource: str | None     # JSON text of resource attributes
-    facts: str | None        # JSON text: this span's contribution to its call and turn (see storage/derive.sql)
+    facts: str | None        # JSON text: this span's contribution to its call and turn (see storage/facts.py)
     resource_id: str | None  # hash of ``resource``: the resource is stored once (table resources), not per span
     tenant: str = "default"  # the tenant of the API key the request came with
 

@@ -29,6 +29,25 @@ class Recording:
     meta: dict[str, Any]
     requests: tuple[trace_service_pb2.ExportTraceServiceRequest | logs_service_pb2.ExportLogsServiceRequest, ...]
 
+    @property
+    def trace_ids(self) -> set[str]:
+        """The traces the recorded spans belong to."""
+        return {span.trace_id.hex() for request in self.requests
+                if isinstance(request, trace_service_pb2.ExportTraceServiceRequest)
+                for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans}
+
+    @property
+    def log_record_count(self) -> int:
+        return sum(len(sl.log_records) for request in self.requests
+                   if isinstance(request, logs_service_pb2.ExportLogsServiceRequest)
+                   for rl in request.resource_logs for sl in rl.scope_logs)
+
+    @property
+    def scripted(self) -> tuple[int, int, int]:
+        """(turns, interrupted turns, tool calls) of the scripted call the recorder ran (meta.json)."""
+        turns = self.meta["turns"]
+        return len(turns), sum(1 for turn in turns if turn["interrupted"]), len(self.meta["tools"])
+
 
 def load(name: str) -> Recording:
     """All recorded requests of one run, traces then logs, each in arrival order."""

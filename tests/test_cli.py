@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.cli import _parser, main
+from collector.cli.commands import _parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,7 +151,7 @@ async def test_health_of_a_running_collector(collector):
 def test_simulate_without_a_collector_says_so_in_one_line(capsys):
     import socket
 
-    from collector.cli import main
+    from collector.cli.commands import main
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

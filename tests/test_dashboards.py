@@ -261,9 +261,13 @@ async def test_trace_panel_query_has_the_traces_field_contract(ledger: asyncpg.C
     roots = [r for r in rows if r["parentSpanID"] is None]
     assert len(roots) == 1 and roots[0]["operationName"] == "session"
     assert all(r["parentSpanID"] in by_id for r in rows if r["parentSpanID"] is not None)
+    stored = {s["span_id"]: s for s in await ledger.fetch(
+        "SELECT span_id, start_time, duration_ms FROM spans WHERE span_id = ANY($1::text[])", list(by_id))}
+    assert set(stored) == set(by_id)
     for r in rows:
-        assert 1.7e12 < float(r["startTime"]) < 2.2e12  # milliseconds since the epoch
-        assert r["duration"] >= 0
+        span = stored[r["spanID"]]
+        assert float(r["startTime"]) == pytest.approx(span["start_time"].timestamp() * 1000)   # epoch ms
+        assert r["duration"] == pytest.approx(span["duration_ms"])
         for column in ("tags", "serviceTags"):
             value = json.loads(r[column])
             assert isinstance(value, list) and all(set(kv) == {"key", "value"} for kv in value)

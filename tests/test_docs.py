@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from collector.cli import _parser
+from collector.cli.commands import _parser
 from collector.mappers import MAPPERS
 from collector.settings import SETTINGS, settings_table_markdown
 from storage.catalogue import CATALOGUE
@@ -58,3 +58,9 @@ def test_every_mapper_and_event_key_is_documented():
 def test_docs_links_resolve():
     for target in re.findall(r"\]\(((?:docs/)?[\w./-]+\.md)\)", README):
         assert (ROOT / target).exists(), target
+
+
+def test_the_readme_counts_the_event_catalogue_right():
+    match = re.search(r"\((\d+) event types in (\d+) categories", README)
+    assert match, "the README says how many event types the call log knows"
+    assert (int(match.group(1)), int(match.group(2))) == (len(CATALOGUE), len({e.category for e in CATALOGUE}))

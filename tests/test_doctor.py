@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from collector.doctor import Check, _provisioning_checks, _timescaledb, run_checks
+from collector.cli.doctor import Check, _provisioning_checks, _timescaledb, run_checks
 from tests.conftest import collector_settings, url_for
 
 ROOT = Path(__file__).resolve().parent.parent

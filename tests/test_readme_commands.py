@@ -6,7 +6,10 @@ import asyncio
 import json
 import os
 import sys
+from dataclasses import fields
 
+from bench.ingest import BenchResult
+from collector.simulate import generate_calls
 from tests.conftest import ADMIN_URL
 
 
@@ -41,7 +44,11 @@ async def test_benchmark_runs_and_reports_its_figures(tmp_path):
                                 "--admin-url", ADMIN_URL, "--database", "callscope_bench_test", timeout=300)
     assert code == 0, err
     result = json.loads(out)
-    assert result["spans"] > 0 and result["spans_per_s"] > 0 and result["refused_retries"] >= 0
+    assert set(result) == {field.name for field in fields(BenchResult)}   # every figure is reported
+    sent = generate_calls(30, seed=1)                                       # the benchmark's default seed
+    assert result["calls"] == 30 and result["spans"] == sum(call.span_count for call in sent)
+    assert result["log_records"] == sum(call.log_count for call in sent)
+    assert result["spans_per_s"] > 0 and result["simulator_spans_per_s"] > 0
     assert result["export_p99_ms"] >= result["export_p50_ms"] > 0
     assert result["copy_ceiling_spans_per_s"] > 0 and 0 < result["ratio_to_copy_ceiling"]
     assert result["collector_peak_rss_mib"] > 10

@@ -29,7 +29,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from collector.server import Collector
 from collector.tls import ClientTls
-from collector.doctor import health
+from collector.cli.doctor import health
 from storage.keys import create_key, revoke_key
 from tests.conftest import collector_settings
 from tests.otel_sdk import MS, SdkAgent

@@ -15,6 +15,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from collector.simulate import (
     STATUSES, WINDOW, SimulatedCall, encode_requests, generate_calls, retry_delay_from_status, run_simulation,
 )
+from collector.simulate.retry import RetryPolicy
 
 START = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -456,6 +457,92 @@ async def test_run_simulation_over_grpc_retries_with_retry_info_and_counts_parti
     assert report.rejected_spans == receiver.exports - receiver.refused == report.rejected
 
 
+def test_backoff_doubles_from_one_second_with_twenty_percent_jitter_up_to_the_cap():
+    import random
+
+    policy = RetryPolicy()
+    rng = random.Random(1)
+    for failures, base in [(1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (6, 30.0), (9, 30.0)]:
+        delays = [policy.backoff(failures, rng) for _ in range(200)]
+        assert base * 0.8 <= min(delays) < base * 0.85 and base * 1.15 < max(delays) <= base * 1.2, failures
+
+
+class _RefusingReceiver(trace_service_pb2_grpc.TraceServiceServicer, logs_service_pb2_grpc.LogsServiceServicer):
+    """Refuses the first ``refusals`` trace exports with ``code`` (and ``trailers``), then accepts everything."""
+
+    def __init__(self, code: grpc.StatusCode, refusals: int, trailers: tuple = ()) -> None:
+        self.code, self.refusals, self.trailers = code, refusals, trailers
+        self.attempts = 0
+        self.accepted = 0
+        self.spans = 0
+
+    async def Export(self, request, context):   # noqa: N802 - gRPC method name
+        if isinstance(request, logs_service_pb2.ExportLogsServiceRequest):
+            return logs_service_pb2.ExportLogsServiceResponse()
+        self.attempts += 1
+        if self.attempts <= self.refusals:
+            await context.abort(self.code, "refused", trailing_metadata=self.trailers)
+        self.accepted += 1
+        self.spans += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def _simulate_against(receiver: _RefusingReceiver, calls: int):
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(receiver, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        return await run_simulation(f"127.0.0.1:{port}", calls=calls, concurrency=1, seed=5, timeout=10,
+                                    retry=RetryPolicy(initial_backoff_s=0.01))
+    finally:
+        await server.stop(None)
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED,
+                                  grpc.StatusCode.DEADLINE_EXCEEDED])
+async def test_transient_grpc_codes_are_retried_with_backoff_when_the_server_gives_no_hint(code):
+    receiver = _RefusingReceiver(code, refusals=3)
+    report = await _simulate_against(receiver, calls=3)
+    expected = generate_calls(3, seed=5, start=START)
+    assert report.retries == 3 and report.failed_requests == 0
+    assert report.spans == receiver.spans == sum(c.expected["span_count"] for c in expected)
+
+
+async def test_resource_exhausted_without_retry_info_is_permanent_and_with_it_is_retried():
+    """OTLP: RESOURCE_EXHAUSTED is retried only when the server says recovery is possible (RetryInfo); the
+    bare RetryInfo trailer the OTel Python exporters read counts too."""
+    bare = _RefusingReceiver(grpc.StatusCode.RESOURCE_EXHAUSTED, refusals=1)
+    report = await _simulate_against(bare, calls=1)
+    assert report.retries == 0 and report.failed_requests == 1 and "RESOURCE_EXHAUSTED" in report.errors[0]
+    error_details_pb2 = pytest.importorskip("google.rpc.error_details_pb2")
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.nanos = 20_000_000
+    hinted = _RefusingReceiver(grpc.StatusCode.RESOURCE_EXHAUSTED, refusals=2,
+                               trailers=(("google.rpc.retryinfo-bin", info.SerializeToString()),))
+    report = await _simulate_against(hinted, calls=1)
+    assert report.retries == 2 and report.failed_requests == 0 and report.spans == hinted.spans > 0
+
+
+async def test_permanent_grpc_codes_are_not_retried():
+    receiver = _RefusingReceiver(grpc.StatusCode.INVALID_ARGUMENT, refusals=1)
+    report = await _simulate_against(receiver, calls=1)
+    assert report.retries == 0 and report.failed_requests == 1
+    assert receiver.attempts == receiver.accepted + 1     # the refused request was sent once, not again
+
+
+async def test_retrying_stops_when_the_next_wait_would_pass_the_budget():
+    error_details_pb2 = pytest.importorskip("google.rpc.error_details_pb2")
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.seconds = 600      # longer than the 120 s budget: give up at once, do not sleep
+    receiver = _RefusingReceiver(grpc.StatusCode.RESOURCE_EXHAUSTED, refusals=1,
+                                 trailers=(("google.rpc.retryinfo-bin", info.SerializeToString()),))
+    report = await _simulate_against(receiver, calls=1)
+    assert report.retries == 0 and report.failed_requests == 1
+    assert report.errors[0].startswith("gave up after retries: RESOURCE_EXHAUSTED")
+
+
 async def test_run_simulation_over_http_honors_retry_after_and_gives_up_on_permanent_errors():
     from aiohttp import web
 
@@ -493,15 +580,3 @@ async def test_run_simulation_over_http_honors_retry_after_and_gives_up_on_perma
     assert report.log_records == 0
     assert report.failed_requests == seen["logs"] > 0     # a 400 is permanent: no retry
     assert "HTTP 400" in report.errors[0]
-
-
-def test_generation_and_encoding_handle_fifty_thousand_spans_quickly():
-    import time
-
-    started = time.perf_counter()
-    many = generate_calls(3000, seed=4, start=START)
-    trace_bodies, _ = encode_requests(many)
-    elapsed = time.perf_counter() - started
-    assert sum(c.expected["span_count"] for c in many) > 50_000
-    assert len(trace_bodies) >= 100
-    assert elapsed < 60

@@ -28,7 +28,7 @@ import jsonschema
 import pytest
 import yaml
 
-from collector.cli import _parser
+from collector.cli.commands import _parser
 from tests.conftest import drop_database, url_for
 from tests.otlp_client import GrpcClient
 from tests.test_receiver import request_of, span
@@ -397,6 +397,7 @@ async def test_collector_entrypoint_serves_and_commits_the_in_flight_export_on_s
     for _ in range(2):
         code, _, err = await _run(_callscope() + SERVICES["api-key"]["command"], _container_env("api-key", database_url))
         assert code == 0, err
+    grace_s = float(SERVICES["collector"]["stop_grace_period"].removesuffix("s"))   # "30s" in compose
     command = _callscope() + SERVICES["collector"]["command"]
     process = await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE,
                                                    stderr=asyncio.subprocess.PIPE)
@@ -415,12 +416,11 @@ async def test_collector_entrypoint_serves_and_commits_the_in_flight_export_on_s
         while await _metric(http_port, "callscope_received_items_total") < 1:
             await asyncio.sleep(0.02)
         assert await _metric(http_port, "callscope_committed_records_total") == 0
-        stopped_at = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        response = await asyncio.wait_for(export, 15)
+        response = await asyncio.wait_for(export, grace_s)
         await client.close()
-        _, err = await asyncio.wait_for(process.communicate(), 15)
-        took = time.monotonic() - stopped_at
+        # It must exit by itself before compose's stop_grace_period, after which Docker kills it mid-flush.
+        _, err = await asyncio.wait_for(process.communicate(), grace_s)
     finally:
         if process.returncode is None:
             process.kill()
@@ -430,4 +430,3 @@ async def test_collector_entrypoint_serves_and_commits_the_in_flight_export_on_s
     assert await db.fetchval("SELECT count(*) FROM spans WHERE span_id = $1", span_id.hex()) == 1
     logs = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
     assert logs, "CALLSCOPE_LOG_FORMAT=json from compose: one JSON object per line"
-    assert took < 10, f"SIGTERM took {took:.1f}s"

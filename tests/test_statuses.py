@@ -7,6 +7,7 @@ import time
 import pytest
 from opentelemetry._logs import SeverityNumber
 
+from storage.catalogue import CATALOGUE
 from tests.otel_sdk import MS, SdkAgent
 
 T0 = time.time_ns() - 3_600_000 * MS
@@ -82,7 +83,7 @@ async def test_every_status_from_native_input(collector, db):
     assert rows["st-active"]["ended_at"] is None and rows["st-active"]["last_seen_at"] is not None
     assert rows["st-failed"]["error_count"] == 1
     catalogue = await db.fetchval("SELECT count(*) FROM event_types")
-    assert catalogue == 41
+    assert catalogue == len(CATALOGUE)
     failed_type = await db.fetchrow("SELECT * FROM event_types WHERE event = 'call.failed'")
     assert (failed_type["display_name"], failed_type["category"], failed_type["default_level"]) == (
         "Call Failed", "lifecycle", "CRITICAL")

@@ -17,7 +17,7 @@ from tests.conftest import collector_settings, drop_database, new_database, url_
 from tests.ledger import snapshot
 from tests.otlp_client import GrpcClient
 from tests.test_stack import _metric
-from collector.doctor import run_checks
+from collector.cli.doctor import run_checks
 
 CALLS = 40
 

@@ -135,10 +135,25 @@ async def test_no_statistics_on_the_big_tables(unanalyzed: asyncpg.Connection) -
 
 
 async def test_write_statements_use_indexes(unanalyzed: asyncpg.Connection) -> None:
-    for name, sql in (("learn_traces", writer._LEARN_TRACES), ("insert_spans", writer._INSERT_SPANS),
-                      ("insert_events", writer._INSERT_EVENTS), ("upsert_tools", writer._UPSERT_TOOLS)):
-        plan = await _plan(unanalyzed, _without_into(sql))
+    planned = ("learn_traces", "store_resources", "insert_spans", "insert_events", "upsert_tools")
+    assert set(planned) | {"mark_calls"} == set(writer.WRITE_STATEMENTS)   # mark_calls: PL/pgSQL, inserts only
+    for name in planned:
+        plan = await _plan(unanalyzed, _without_into(writer.WRITE_STATEMENTS[name]))
         assert not _full_scans(plan), f"{name}:\n{plan}"
+
+
+def _column_list(sql: str, table: str) -> tuple[str, ...]:
+    match = re.search(rf"INSERT INTO {table}(?: AS \w+)? \(([^)]*)\)", sql)
+    assert match, table
+    return tuple(column.strip() for column in match.group(1).split(","))
+
+
+def test_the_write_routine_stores_every_field_of_the_records() -> None:
+    """storage/write.sql spells the columns out; a field added to a record must be stored too."""
+    statements = writer.WRITE_STATEMENTS
+    assert _column_list(statements["insert_spans"], "spans") == writer.SPAN_COLUMNS
+    assert _column_list(statements["insert_events"], "events") == writer.EVENT_COLUMNS
+    assert _column_list(statements["upsert_tools"], "tool_calls") == writer.TOOL_COLUMNS
 
 
 async def test_derive_statements_touch_only_the_claimed_calls_through_indexes(unanalyzed: asyncpg.Connection) -> None:

@@ -1,6 +1,7 @@
 """Map stage registry: the ordered mappers; the first that claims a span maps it.
 
-Adding a convention is one module with a ``Mapper`` class and one line here. Framework mappers come first
+Adding a convention is one module with a ``Mapper`` class and one line here (and its name in
+storage/facts.py; docs/architecture.md, "Adding a framework"). Framework mappers come first
 (they are recognized by scope or distinctive keys), then the native convention, then the generic GenAI
 fallback. A span nobody claims is stored raw with stage ``other``.
 """
@@ -14,7 +15,7 @@ from collector.mappers.native import NativeMapper
 from collector.mappers.openinference import OpenInferenceMapper
 from collector.mappers.openllmetry import OpenLLMetryMapper
 from collector.mappers.pipecat import PipecatMapper
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
 
 __all__ = ["MAPPERS", "Mapper", "SpanMapping", "select_mapper"]
 

@@ -6,8 +6,8 @@ rows from it, so the raw span is kept whatever the mapper says.
 
 Contract (like the OTel SDK's SpanProcessor hooks): ``map_span`` is pure — no I/O, no clock, no logging,
 never mutates its input — and raises only ``RejectedSpan``. Anything that depends on other spans (turn
-numbers inherited from a parent, call status, turn latencies) is recomputed in storage/derive.sql from the
-``facts`` each span contributes.
+numbers inherited from a parent, call status, turn latencies) is recomputed in storage/derive/ from the
+``facts`` each span contributes; storage/facts.py declares them (write them with its constants).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
 
 __all__ = [
     "Mapper", "SpanMapping", "ToolCallDraft", "DerivedEvent", "CALL_ID_KEYS",

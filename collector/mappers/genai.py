@@ -13,9 +13,10 @@ from collector.mappers.base import (
     DerivedEvent, SpanMapping, ToolCallDraft, as_bool, as_int, as_json_text, as_text, explicit_call_id,
     parse_json, seconds_to_us, us,
 )
+from collector.items import SpanIn
 from collector.mappers.messages import last_user_text
 from collector.mappers.standalone import CUT_SHORT, finish_reasons, is_transfer, standalone_turn
-from collector.otlp.codec import SpanIn
+from storage import facts as F
 
 __all__ = ["GenAIMapper", "llm_mapping", "tool_mapping", "session_mapping", "tts_mapping", "message_text", "provider_of",
            "model_of", "tool_event_prefix", "invocation_mapping"]
@@ -85,15 +86,15 @@ def llm_mapping(span: SpanIn, *, ttfb_s: Any = None, output: Any = None, stage: 
         output = span.attr("gen_ai.output.messages", "gen_ai.completion", "gen_ai.completion.0.content")
     text = message_text(output)
     start_us = us(span.start_ns)
-    facts: dict[str, Any] = {"llm_request_us": start_us}
+    facts: dict[str, Any] = {F.LLM_REQUEST_US: start_us}
     if ttfb_us is not None:
-        facts["llm_first_token_us"] = start_us + ttfb_us
+        facts[F.LLM_FIRST_TOKEN_US] = start_us + ttfb_us
     if provider:
-        facts["llm_provider"] = provider
+        facts[F.LLM_PROVIDER] = provider
     if model:
-        facts["llm_model"] = model
+        facts[F.LLM_MODEL] = model
     if text:
-        facts["llm_text"] = text
+        facts[F.LLM_TEXT] = text
     if extra_facts:
         facts.update(extra_facts)
     events: tuple[DerivedEvent, ...] = ()
@@ -112,19 +113,19 @@ def tts_mapping(span: SpanIn, *, provider: str | None, text: str | None, ttfb_us
                 events: tuple[DerivedEvent, ...] = ()) -> SpanMapping:
     """A TTS request span: request at start, first audio at start + TTFB; the text is what the agent said."""
     start_us = us(span.start_ns)
-    facts: dict[str, Any] = {"tts_request_us": start_us}
+    facts: dict[str, Any] = {F.TTS_REQUEST_US: start_us}
     if ttfb_us is not None:
-        facts["tts_first_audio_us"] = start_us + ttfb_us
+        facts[F.TTS_FIRST_AUDIO_US] = start_us + ttfb_us
     if provider:
-        facts["tts_provider"] = provider
+        facts[F.TTS_PROVIDER] = provider
     if text:
-        facts["agent_text"] = text
+        facts[F.AGENT_TEXT] = text
     if characters is None and text:
         characters = len(text)
     if characters is not None:
-        facts["tts_characters"] = characters
+        facts[F.TTS_CHARACTERS] = characters
     if interrupted:
-        facts["interrupted"] = True
+        facts[F.INTERRUPTED] = True
     return SpanMapping(stage="tts", call_id=call_id, turn_number=turn_number, provider=provider,
                        model=model if model is not None else model_of(span),
                        ttfb_ms=None if ttfb_us is None else ttfb_us / 1000.0, facts=facts, events=events)
@@ -172,10 +173,10 @@ def tool_mapping(span: SpanIn, *, name: Any = None, call_key: Any = None, argume
 def session_mapping(span: SpanIn, *, call_id: str | None) -> SpanMapping:
     """The span that bounds the whole call: its end ends the call (status ERROR → failed, else completed)."""
     failed = span.status_code == 2
-    facts: dict[str, Any] = {"session_start_us": us(span.start_ns), "session_end_us": us(span.end_ns)}
+    facts: dict[str, Any] = {F.SESSION_END_US: us(span.end_ns)}
     if failed:
-        facts["session_error"] = span.status_message or "session ended with status ERROR"
-    end_event = (DerivedEvent(span.end_ns, "call.failed", facts["session_error"], {"reason": facts["session_error"]})
+        facts[F.SESSION_ERROR] = span.status_message or "session ended with status ERROR"
+    end_event = (DerivedEvent(span.end_ns, "call.failed", facts[F.SESSION_ERROR], {"reason": facts[F.SESSION_ERROR]})
                  if failed else DerivedEvent(span.end_ns, "call.completed"))
     return SpanMapping(stage="session", call_id=call_id, facts=facts,
                        events=(DerivedEvent(span.start_ns, "agent.initialized"), end_event))
@@ -185,7 +186,7 @@ def invocation_mapping(span: SpanIn, *, call_id: str | None) -> SpanMapping:
     """An agent invocation (``invoke_agent``) is one turn: the user's message is the last user message of
     ``gen_ai.input.messages``, the reply is ``gen_ai.output.messages``; a reply cut short (finish reason
     error / cancelled, or ``gen_ai.agent.invocation.end_reason = interrupted``) is an interrupted turn."""
-    facts: dict[str, Any] = {"turn_start_us": us(span.start_ns), "turn_end_us": us(span.end_ns)}
+    facts: dict[str, Any] = {F.TURN_START_US: us(span.start_ns), F.TURN_END_US: us(span.end_ns)}
     output = span.attributes.get("gen_ai.output.messages")
     reason = as_text(span.attr("gen_ai.agent.invocation.end_reason"))
     cut_short = any(r.lower() in CUT_SHORT for r in finish_reasons(span, output))
@@ -194,12 +195,12 @@ def invocation_mapping(span: SpanIn, *, call_id: str | None) -> SpanMapping:
     agent_text = message_text(output)
     events: list[DerivedEvent] = []
     if user_text:
-        facts["user_text"] = user_text
+        facts[F.USER_TEXT] = user_text
         events.append(DerivedEvent(span.start_ns, "user.message_received", user_text[:500], {"text": user_text}))
     if agent_text:
-        facts["agent_text"] = agent_text
+        facts[F.AGENT_TEXT] = agent_text
     if interrupted:
-        facts["interrupted"] = True
+        facts[F.INTERRUPTED] = True
         events.append(DerivedEvent(span.end_ns, "agent.interrupted", "the reply was cut short",
                                    {"end_reason": reason} if reason else None))
     return SpanMapping(stage="turn", call_id=call_id, turn_number=as_int(span.attr("turn.number")),
@@ -235,15 +236,15 @@ class GenAIMapper:
         if operation == "invoke_agent":
             return invocation_mapping(span, call_id=call_id)
         if operation in _STT_OPERATIONS:
-            facts = {"stt_final_us": us(span.end_ns), "user_stopped_us": us(span.start_ns)}
+            facts = {F.STT_FINAL_US: us(span.end_ns), F.USER_STOPPED_US: us(span.start_ns)}
             provider = provider_of(span)
             if provider:
-                facts["stt_provider"] = provider
+                facts[F.STT_PROVIDER] = provider
             return SpanMapping(stage="stt", call_id=call_id, provider=provider, model=model_of(span), facts=facts)
         if operation in _TTS_OPERATIONS:
             provider = provider_of(span)
-            facts = {"tts_request_us": us(span.start_ns)}
+            facts = {F.TTS_REQUEST_US: us(span.start_ns)}
             if provider:
-                facts["tts_provider"] = provider
+                facts[F.TTS_PROVIDER] = provider
             return SpanMapping(stage="tts", call_id=call_id, provider=provider, model=model_of(span), facts=facts)
         return SpanMapping(stage="other", call_id=call_id, provider=provider_of(span), model=model_of(span))

@@ -1,7 +1,7 @@
 """Map stage: LiveKit Agents tracing (tracer ``livekit-agents``; livekit-agents 1.2 → 1.8).
 
 ``agent_session`` (+ ``job_entrypoint``) → session; ``user_turn`` and ``agent_turn`` (≤ 1.2:
-``assistant_turn``) → turn spans with no index: they are siblings, so storage/derive.sql pairs them into one
+``assistant_turn``) → turn spans with no index: they are siblings, so storage/derive/turns.sql pairs them into one
 turn (``turn_role`` / ``turn_pair_key`` facts: the user's transcript, which the agent turn repeats as its
 user input). ``llm_node`` / ``llm_request`` → llm, ``tts_node`` / ``tts_request`` → tts, ``function_tool`` →
 tool; ``user_speaking`` / ``agent_speaking`` give when each side really spoke. Content keys moved to
@@ -22,7 +22,8 @@ from collector.mappers.base import (
 )
 from collector.mappers.genai import llm_mapping, model_of, provider_of, session_mapping, tool_mapping, tts_mapping
 from collector.mappers.messages import last_user_text
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
+from storage import facts as F
 
 __all__ = ["LiveKitMapper"]
 
@@ -88,30 +89,30 @@ class LiveKitMapper:
             return self._session(span, call_id)
         if name == "job_entrypoint":
             return SpanMapping(stage="session", call_id=call_id,
-                               facts={"session_start_us": us(span.start_ns), "session_end_us": us(span.end_ns)})
+                               facts={F.SESSION_END_US: us(span.end_ns)})
         if name == "user_turn":
             return self._user_turn(span, call_id)
         if name in _AGENT_TURNS:
             return self._agent_turn(span, call_id)
         if name == "user_speaking":
             return SpanMapping(stage="other", call_id=call_id,
-                               facts={"user_stopped_us": us(span.end_ns), "speech_side": "user",
-                                      "speech_start_us": us(span.start_ns), "speech_end_us": us(span.end_ns)},
+                               facts={F.USER_STOPPED_US: us(span.end_ns), F.SPEECH_SIDE: "user",
+                                      F.SPEECH_START_US: us(span.start_ns), F.SPEECH_END_US: us(span.end_ns)},
                                events=(DerivedEvent(span.start_ns, "user.started_speaking"),
                                        DerivedEvent(span.end_ns, "user.stopped_speaking")))
         if name == "agent_speaking":
             return SpanMapping(stage="other", call_id=call_id,
-                               facts={"agent_started_us": us(span.start_ns), "speech_side": "agent",
-                                      "speech_start_us": us(span.start_ns), "speech_end_us": us(span.end_ns)},
+                               facts={F.AGENT_STARTED_US: us(span.start_ns), F.SPEECH_SIDE: "agent",
+                                      F.SPEECH_START_US: us(span.start_ns), F.SPEECH_END_US: us(span.end_ns)},
                                events=(DerivedEvent(span.start_ns, "agent.started_speaking"),
                                        DerivedEvent(span.end_ns, "agent.ended_speaking")))
         if name in _LLM_REQUESTS:
             return self._llm_request(span, call_id)
         if name == "llm_node":
-            facts: dict[str, Any] = {"llm_request_us": us(span.start_ns)}
+            facts: dict[str, Any] = {F.LLM_REQUEST_US: us(span.start_ns)}
             ttft = seconds_to_us(span.attributes.get("lk.response.ttft"))
             if ttft is not None:
-                facts["llm_first_token_us"] = us(span.start_ns) + ttft
+                facts[F.LLM_FIRST_TOKEN_US] = us(span.start_ns) + ttft
             return SpanMapping(stage="llm", call_id=call_id, provider=provider_of(span), model=model_of(span),
                                facts=facts)
         if name == "tts_request":
@@ -119,12 +120,12 @@ class LiveKitMapper:
         if name in ("tts_node", "tts_stream_adapter", "tts_fallback_adapter"):
             provider = provider_of(span)
             return SpanMapping(stage="tts", call_id=call_id, provider=provider, model=model_of(span),
-                               facts={"tts_provider": provider} if provider else {})
+                               facts={F.TTS_PROVIDER: provider} if provider else {})
         if name == "function_tool":
             return self._tool(span, call_id)
         if name == "session_close":
             reason = as_text(span.attributes.get("lk.close_reason"))
-            facts = {"session_error": f"session closed: {reason}"} if reason and reason.lower() == "error" else {}
+            facts = {F.SESSION_ERROR: f"session closed: {reason}"} if reason and reason.lower() == "error" else {}
             return SpanMapping(stage="other", call_id=call_id, facts=facts)
         return SpanMapping(stage="other", call_id=call_id, provider=provider_of(span), model=model_of(span))
 
@@ -137,7 +138,7 @@ class LiveKitMapper:
         attributes = span.attributes
         agent = as_text(attributes.get("lk.agent_label")) or as_text(attributes.get("lk.agent_name"))
         if agent:
-            facts["agent"] = agent
+            facts[F.AGENT] = agent
         direction = None
         raw = as_text(span.attr("lk.sip.callDirection", "lk.sip.direction", "lk.sip.call_direction"))
         if raw:
@@ -151,12 +152,12 @@ class LiveKitMapper:
         if direction is None and kind and "SIP" not in kind.upper() and "STANDARD" in kind.upper():
             direction = "web"
         if direction:
-            facts["direction"] = direction
+            facts[F.DIRECTION] = direction
         caller = as_text(span.attr("lk.pii.sip.phoneNumber", "lk.sip.phoneNumber"))
         trunk = as_text(attributes.get("lk.sip.trunkPhoneNumber"))
         if direction in ("inbound", "outbound"):
-            remote_key, local_key = ("from_number", "to_number") if direction == "inbound" else ("to_number",
-                                                                                                  "from_number")
+            remote_key, local_key = ((F.FROM_NUMBER, F.TO_NUMBER) if direction == "inbound"
+                                     else (F.TO_NUMBER, F.FROM_NUMBER))
             if caller:
                 facts[remote_key] = caller
             if trunk:
@@ -169,18 +170,18 @@ class LiveKitMapper:
     def _user_turn(span: SpanIn, call_id: str | None) -> SpanMapping:
         attributes = span.attributes
         transcript = as_text(_pii(span, "user_transcript"))
-        facts: dict[str, Any] = {"turn_role": "user", "turn_start_us": us(span.start_ns),
-                                 "turn_end_us": us(span.end_ns)}
+        facts: dict[str, Any] = {F.TURN_ROLE: "user", F.TURN_START_US: us(span.start_ns),
+                                 F.TURN_END_US: us(span.end_ns)}
         if transcript:
-            facts["user_text"] = transcript
-            facts["turn_pair_key"] = transcript.strip()
+            facts[F.USER_TEXT] = transcript
+            facts[F.TURN_PAIR_KEY] = transcript.strip()
         end_of_turn = as_float(span.attr("lk.end_of_turn_delay", "lk.end_of_utterance_delay"))
         stopped_us = None
         if end_of_turn is not None and end_of_turn >= 0:
-            facts["eou_ms"] = end_of_turn * 1000.0
+            facts[F.EOU_MS] = end_of_turn * 1000.0
             stopped_us = us(span.end_ns) - int(end_of_turn * 1_000_000)
-            facts["user_stopped_us"] = stopped_us
-            facts["stt_audio_seconds"] = max(0.0, (stopped_us - us(span.start_ns)) / 1e6)
+            facts[F.USER_STOPPED_US] = stopped_us
+            facts[F.STT_AUDIO_SECONDS] = max(0.0, (stopped_us - us(span.start_ns)) / 1e6)
         final_us = None
         events = parse_json(attributes.get("lk.stt.events"))
         if isinstance(events, list):
@@ -194,10 +195,10 @@ class LiveKitMapper:
             if delay is not None:
                 final_us = stopped_us + delay
         if final_us is not None:
-            facts["stt_final_us"] = final_us
+            facts[F.STT_FINAL_US] = final_us
         provider = provider_of(span)
         if provider:
-            facts["stt_provider"] = provider
+            facts[F.STT_PROVIDER] = provider
         derived = ()
         if transcript:
             derived = (DerivedEvent((final_us or us(span.end_ns)) * 1000, "user.message_received", transcript[:500],
@@ -209,21 +210,21 @@ class LiveKitMapper:
     @staticmethod
     def _agent_turn(span: SpanIn, call_id: str | None) -> SpanMapping:
         attributes = span.attributes
-        facts: dict[str, Any] = {"turn_role": "agent", "turn_start_us": us(span.start_ns),
-                                 "turn_end_us": us(span.end_ns)}
+        facts: dict[str, Any] = {F.TURN_ROLE: "agent", F.TURN_START_US: us(span.start_ns),
+                                 F.TURN_END_US: us(span.end_ns)}
         user_input = as_text(_pii(span, "user_input"))
         if user_input:
-            facts["turn_pair_key"] = user_input.strip()
+            facts[F.TURN_PAIR_KEY] = user_input.strip()
         text = as_text(_pii(span, "response.text"))
         if text:
-            facts["agent_text"] = text
+            facts[F.AGENT_TEXT] = text
         v2v = as_float(attributes.get("lk.e2e_latency"))
         if v2v is not None and v2v >= 0:
-            facts["reported_v2v_ms"] = v2v * 1000.0
+            facts[F.REPORTED_V2V_MS] = v2v * 1000.0
         interrupted = bool(as_bool(attributes.get("lk.interrupted")))
         events = []
         if interrupted:
-            facts["interrupted"] = True
+            facts[F.INTERRUPTED] = True
             events.append(DerivedEvent(span.end_ns, "agent.interrupted", "the user interrupted the agent", {
                 "source": as_text(attributes.get("lk.interruption.source")),
                 "played_seconds": as_float(attributes.get("lk.playout.position")),
@@ -252,12 +253,12 @@ class LiveKitMapper:
             users = [e["attributes"].get("content") for e in span.events if e["name"] == "gen_ai.user.message"]
             prompt = as_text(users[-1]) if users else None
         if prompt:
-            extra["prompt_text"] = prompt
+            extra[F.PROMPT_TEXT] = prompt
         cached = as_int(span.attr("gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.input_cached_tokens"))
         if cached is None:
             cached = as_int(metrics.get("prompt_cached_tokens"))
         if cached:
-            extra["llm_cached_tokens"] = cached
+            extra[F.LLM_CACHED_TOKENS] = cached
         mapping = llm_mapping(span, call_id=call_id, ttfb_s=ttfb, output=output, extra_facts=extra)
         if mapping.input_tokens is None and mapping.output_tokens is None and metrics:
             model = mapping.model or as_text((metrics.get("metadata") or {}).get("model_name"))

@@ -14,7 +14,8 @@ from collector.mappers.base import (
 from collector.mappers.genai import (
     llm_mapping, model_of, provider_of, session_mapping, tool_mapping, tts_mapping,
 )
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
+from storage import facts as F
 
 __all__ = ["NativeMapper", "call_facts", "STATUSES", "DIRECTIONS"]
 
@@ -25,9 +26,9 @@ _NAME_STAGES = {"call": "session", "session": "session", "conversation": "sessio
                 "stt": "stt", "llm": "llm", "tts": "tts", "tool": "tool", "transfer": "transfer",
                 "webhook": "webhook"}
 _TEXT_FACTS = (
-    ("call.campaign", "campaign"), ("call.agent", "agent"), ("call.status_reason", "status_reason"),
-    ("call.from", "from_number"), ("call.to", "to_number"), ("call.summary", "summary"),
-    ("call.recording.url", "recording_url"), ("call.cost.currency", "currency"),
+    ("call.campaign", F.CAMPAIGN), ("call.agent", F.AGENT), ("call.status_reason", F.STATUS_REASON),
+    ("call.from", F.FROM_NUMBER), ("call.to", F.TO_NUMBER), ("call.summary", F.SUMMARY),
+    ("call.recording.url", F.RECORDING_URL), ("call.cost.currency", F.CURRENCY),
 )
 
 
@@ -57,31 +58,31 @@ def call_facts(span: SpanIn) -> dict[str, Any]:
         value = as_text(keys.get(key))
         if value is not None:
             facts[fact] = value
-    if "agent" not in facts:
+    if F.AGENT not in facts:
         agent = as_text(keys.get("gen_ai.agent.name"))
         if agent is not None:
-            facts["agent"] = agent
+            facts[F.AGENT] = agent
     direction = as_text(keys.get("call.direction"))
     if direction and direction.lower() in DIRECTIONS:
-        facts["direction"] = direction.lower()
+        facts[F.DIRECTION] = direction.lower()
     status = as_text(keys.get("call.status"))
     if status and status.lower() in STATUSES:
-        facts["status"] = status.lower()
+        facts[F.STATUS] = status.lower()
     sip_code = as_int(keys.get("sip.response.code", keys.get("sip.response.status_code")))
     if sip_code:
-        facts["sip_code"] = sip_code
+        facts[F.SIP_CODE] = sip_code
     cost = as_float(keys.get("call.cost"))
     if cost is not None:
-        facts["cost_total"] = cost
+        facts[F.COST_TOTAL] = cost
     tags = keys.get("call.tags")
     if isinstance(tags, str):
         tags = parse_json(tags) if tags.startswith("[") else [t.strip() for t in tags.split(",") if t.strip()]
     if isinstance(tags, list) and tags:
-        facts["tags"] = [str(tag) for tag in tags]
+        facts[F.TAGS] = [str(tag) for tag in tags]
     extracted = keys.get("call.extracted")
     extracted = parse_json(extracted) if not isinstance(extracted, dict) else extracted
     if isinstance(extracted, dict):
-        facts["extracted"] = extracted
+        facts[F.EXTRACTED] = extracted
     return facts
 
 
@@ -142,19 +143,19 @@ class NativeMapper:
         transcript = as_text(span.attr("stt.transcript", "transcript"))
         is_final = as_bool(span.attr("stt.is_final", "is_final"))
         provider = provider_of(span, "stt.provider")
-        facts: dict[str, Any] = {"user_stopped_us": us(span.start_ns)}
+        facts: dict[str, Any] = {F.USER_STOPPED_US: us(span.start_ns)}
         if is_final is not False:
-            facts["stt_final_us"] = us(span.end_ns)
+            facts[F.STT_FINAL_US] = us(span.end_ns)
         eou_us = ms_to_us(span.attr("stt.eou_ms"))
         if eou_us is not None:
-            facts["eou_us"] = us(span.start_ns) + eou_us
+            facts[F.EOU_US] = us(span.start_ns) + eou_us
         if transcript:
-            facts["user_text"] = transcript
+            facts[F.USER_TEXT] = transcript
         if provider:
-            facts["stt_provider"] = provider
+            facts[F.STT_PROVIDER] = provider
         audio_seconds = as_float(span.attr("stt.audio_seconds", "metrics.audio_seconds"))
         if audio_seconds is not None:
-            facts["stt_audio_seconds"] = audio_seconds
+            facts[F.STT_AUDIO_SECONDS] = audio_seconds
         events = ()
         if transcript and is_final is not False:
             events = (DerivedEvent(span.end_ns, "user.message_received", transcript[:500], {"text": transcript}),)
@@ -173,20 +174,20 @@ class NativeMapper:
 
     @staticmethod
     def _turn(span: SpanIn, call_id: str | None, turn_number: int | None) -> SpanMapping:
-        facts: dict[str, Any] = {"turn_start_us": us(span.start_ns), "turn_end_us": us(span.end_ns)}
+        facts: dict[str, Any] = {F.TURN_START_US: us(span.start_ns), F.TURN_END_US: us(span.end_ns)}
         interrupted = as_bool(span.attr("turn.interrupted", "turn.was_interrupted"))
         if interrupted:
-            facts["interrupted"] = True
-        for key, fact in (("turn.user_text", "user_text"), ("turn.agent_text", "agent_text")):
+            facts[F.INTERRUPTED] = True
+        for key, fact in (("turn.user_text", F.USER_TEXT), ("turn.agent_text", F.AGENT_TEXT)):
             value = as_text(span.attributes.get(key))
             if value:
                 facts[fact] = value
         v2v = as_float(span.attr("turn.v2v_ms"))
         if v2v is not None:
-            facts["reported_v2v_ms"] = v2v
+            facts[F.REPORTED_V2V_MS] = v2v
         eou_ms = as_float(span.attr("turn.eou_ms"))
         if eou_ms is not None:
-            facts["eou_ms"] = eou_ms
+            facts[F.EOU_MS] = eou_ms
         events = (DerivedEvent(span.end_ns, "agent.interrupted", "the contact interrupted the agent",
                                {"turn_number": turn_number}),) if interrupted else ()
         return SpanMapping(stage="turn", call_id=call_id, turn_number=turn_number, facts=facts, events=events)

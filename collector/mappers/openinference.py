@@ -18,7 +18,8 @@ from collector.mappers.base import (
 from collector.mappers.genai import llm_mapping, tool_mapping
 from collector.mappers.messages import result_error
 from collector.mappers.standalone import CUT_SHORT, finish_reasons, standalone_turn
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
+from storage import facts as F
 
 __all__ = ["OpenInferenceMapper"]
 
@@ -114,29 +115,29 @@ class OpenInferenceMapper:
             return self._llm(span, call_id)
         if kind == "AGENT" and span.parent_span_id is None:
             return SpanMapping(stage="turn", call_id=call_id, facts={
-                "turn_start_us": us(span.start_ns), "turn_end_us": us(span.end_ns),
-                **({"user_text": t} if (t := as_text(span.attributes.get("input.value"))) else {}),
-                **({"agent_text": t} if (t := as_text(span.attributes.get("output.value"))) else {})})
+                F.TURN_START_US: us(span.start_ns), F.TURN_END_US: us(span.end_ns),
+                **({F.USER_TEXT: t} if (t := as_text(span.attributes.get("input.value"))) else {}),
+                **({F.AGENT_TEXT: t} if (t := as_text(span.attributes.get("output.value"))) else {})})
         return SpanMapping(stage="other", call_id=call_id, model=_model(span))
 
     @staticmethod
     def _turn(span: SpanIn, call_id: str | None) -> SpanMapping:
         attributes = span.attributes
         number = as_int(attributes.get("conversation.turn_number"))
-        facts: dict[str, Any] = {"turn_start_us": us(span.start_ns), "turn_end_us": us(span.end_ns)}
+        facts: dict[str, Any] = {F.TURN_START_US: us(span.start_ns), F.TURN_END_US: us(span.end_ns)}
         user_text = as_text(attributes.get("input.value"))
         agent_text = as_text(attributes.get("output.value"))
         if user_text:
-            facts["user_text"] = user_text.strip()
+            facts[F.USER_TEXT] = user_text.strip()
         if agent_text:
-            facts["agent_text"] = agent_text.strip()
+            facts[F.AGENT_TEXT] = agent_text.strip()
         reason = (as_text(attributes.get("conversation.end_reason")) or "").lower()
         interrupted = bool(as_bool(attributes.get("conversation.was_interrupted"))) or reason == "interrupted"
         if interrupted:
-            facts["interrupted"] = True
+            facts[F.INTERRUPTED] = True
         v2v = as_float(attributes.get("conversation.user_to_bot_latency"))
         if v2v is not None and v2v >= 0:
-            facts["reported_v2v_ms"] = v2v * 1000.0
+            facts[F.REPORTED_V2V_MS] = v2v * 1000.0
         events = (DerivedEvent(span.end_ns, "agent.interrupted", "the user interrupted the agent",
                                {"turn_number": number, "end_reason": reason or None}),) if interrupted else ()
         return SpanMapping(stage="turn", call_id=call_id, turn_number=number, facts=facts, events=events)
@@ -148,14 +149,14 @@ class OpenInferenceMapper:
         facts: dict[str, Any] = {}
         events: tuple[DerivedEvent, ...] = ()
         if transcript:
-            facts["user_text"] = transcript
-            facts["stt_final_us"] = us(span.end_ns)
+            facts[F.USER_TEXT] = transcript
+            facts[F.STT_FINAL_US] = us(span.end_ns)
             events = (DerivedEvent(span.end_ns, "user.message_received", transcript[:500], {"text": transcript}),)
         if provider:
-            facts["stt_provider"] = provider
+            facts[F.STT_PROVIDER] = provider
         minutes = as_float(span.attributes.get("stt.minutes"))
         if minutes is not None and minutes >= 0:
-            facts["stt_audio_seconds"] = minutes * 60.0
+            facts[F.STT_AUDIO_SECONDS] = minutes * 60.0
         return SpanMapping(stage="stt", call_id=call_id, provider=provider, model=_model(span), facts=facts,
                            events=events)
 
@@ -163,12 +164,12 @@ class OpenInferenceMapper:
     def _tts(span: SpanIn, call_id: str | None) -> SpanMapping:
         text = (as_text(span.attributes.get("output.value")) or "").strip()
         provider = _service_provider(span)
-        facts: dict[str, Any] = {"tts_request_us": us(span.start_ns)}
+        facts: dict[str, Any] = {F.TTS_REQUEST_US: us(span.start_ns)}
         if text:
-            facts["agent_text"] = text
-            facts["tts_characters"] = len(text)
+            facts[F.AGENT_TEXT] = text
+            facts[F.TTS_CHARACTERS] = len(text)
         if provider:
-            facts["tts_provider"] = provider
+            facts[F.TTS_PROVIDER] = provider
         return SpanMapping(stage="tts", call_id=call_id, provider=provider, model=_model(span), facts=facts)
 
     @staticmethod
@@ -178,25 +179,25 @@ class OpenInferenceMapper:
         extra: dict[str, Any] = {}
         prompt = as_text(attributes.get("input.value")) if span.name == "pipecat.llm" else None
         if prompt:
-            extra["prompt_text"] = prompt
+            extra[F.PROMPT_TEXT] = prompt
         cached = as_int(span.attr("llm.token_count.prompt_details.cache_read"))
         if cached:
-            extra["llm_cached_tokens"] = cached
+            extra[F.LLM_CACHED_TOKENS] = cached
         cost = _reported_cost(span)
         if cost is not None:
-            extra["cost_llm"] = cost
+            extra[F.COST_LLM] = cost
         output = attributes.get("llm.output_messages.0.message.content") or attributes.get("output.value")
         mapping = llm_mapping(span, call_id=call_id, ttfb_s=span.attr("service.ttfb_seconds",
                                                                       "gen_ai.response.time_to_first_chunk"),
                               output=output, extra_facts=extra)
         provider, model = _service_provider(span), _model(span)
         facts = dict(mapping.facts)
-        facts.pop("llm_provider", None)
-        facts.pop("llm_model", None)
+        facts.pop(F.LLM_PROVIDER, None)
+        facts.pop(F.LLM_MODEL, None)
         if provider:
-            facts["llm_provider"] = provider
+            facts[F.LLM_PROVIDER] = provider
         if model:
-            facts["llm_model"] = model
+            facts[F.LLM_MODEL] = model
         mapping = replace(mapping, provider=provider, model=model, facts=facts)
         cut_short = any(reason.lower() in CUT_SHORT for reason in finish_reasons(span))
         return standalone_turn(span, mapping, input_messages=messages, cut_short=cut_short)

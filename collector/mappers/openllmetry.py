@@ -17,7 +17,8 @@ from collector.mappers.base import CALL_ID_KEYS, SpanMapping, as_int, as_text, e
 from collector.mappers.genai import llm_mapping, session_mapping, tool_mapping
 from collector.mappers.messages import result_error
 from collector.mappers.standalone import CUT_SHORT, finish_reasons, standalone_turn
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
+from storage import facts as F
 
 __all__ = ["OpenLLMetryMapper"]
 
@@ -59,7 +60,7 @@ class OpenLLMetryMapper:
         if kind == "workflow" and span.parent_span_id is None:
             return session_mapping(span, call_id=call_id)
         if kind == "agent":
-            facts: dict[str, Any] = {"turn_start_us": us(span.start_ns), "turn_end_us": us(span.end_ns)}
+            facts: dict[str, Any] = {F.TURN_START_US: us(span.start_ns), F.TURN_END_US: us(span.end_ns)}
             return SpanMapping(stage="turn", call_id=call_id, facts=facts)
         if kind == "tool":
             output = span.attributes.get("traceloop.entity.output")
@@ -87,7 +88,7 @@ class OpenLLMetryMapper:
         extra: dict[str, Any] = {}
         cached = as_int(span.attr("gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens"))
         if cached:
-            extra["llm_cached_tokens"] = cached
+            extra[F.LLM_CACHED_TOKENS] = cached
         mapping = llm_mapping(span, call_id=call_id, ttfb_s=ttfb_s, output=output, extra_facts=extra)
         reasons = [r.lower() for r in finish_reasons(span, output)]
         streaming = attributes.get("gen_ai.is_streaming") is True or attributes.get("llm.is_streaming") is True

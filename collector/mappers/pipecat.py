@@ -20,7 +20,8 @@ from collector.mappers.genai import (
     llm_mapping, model_of, provider_of, session_mapping, tool_event_prefix, tool_mapping, tts_mapping,
 )
 from collector.mappers.messages import last_user_text, recover_tools, result_error
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
+from storage import facts as F
 
 __all__ = ["PipecatMapper"]
 
@@ -69,18 +70,18 @@ class PipecatMapper:
     @staticmethod
     def _turn(span: SpanIn, call_id: str | None) -> SpanMapping:
         number = as_int(span.attributes.get("turn.number"))
-        facts: dict[str, Any] = {"turn_start_us": us(span.start_ns), "turn_end_us": us(span.end_ns)}
+        facts: dict[str, Any] = {F.TURN_START_US: us(span.start_ns), F.TURN_END_US: us(span.end_ns)}
         hung_up = bool(as_bool(span.attributes.get("turn.ended_by_conversation_end")))
         interrupted = bool(as_bool(span.attributes.get("turn.was_interrupted"))) and not hung_up
         if interrupted:
-            facts["interrupted"] = True
+            facts[F.INTERRUPTED] = True
         v2v = as_float(span.attributes.get("turn.user_bot_latency_seconds"))
         if v2v is not None and v2v >= 0:
-            facts["reported_v2v_ms"] = v2v * 1000.0
+            facts[F.REPORTED_V2V_MS] = v2v * 1000.0
         # turn.duration_seconds runs from the turn's start to the bot stopped speaking (or was cut off)
         spoken_until = seconds_to_us(span.attributes.get("turn.duration_seconds"))
         if spoken_until:
-            facts["agent_speech_end_us"] = us(span.start_ns) + spoken_until
+            facts[F.AGENT_SPEECH_END_US] = us(span.start_ns) + spoken_until
         events = ()
         if interrupted:
             events = (DerivedEvent(span.end_ns, "agent.interrupted", "the user interrupted the agent",
@@ -100,21 +101,22 @@ class PipecatMapper:
         stopped_us = None
         if ttfb_us is not None:
             stopped_us = us(span.end_ns) - ttfb_us
-            facts["user_stopped_us"] = stopped_us
+            facts[F.USER_STOPPED_US] = stopped_us
             if is_input is not False and stopped_us >= us(span.start_ns):
                 # the span is backdated to the start of speech: the user spoke from its start until stopped
-                facts.update(speech_side="user", speech_start_us=us(span.start_ns), speech_end_us=stopped_us)
+                facts.update({F.SPEECH_SIDE: "user", F.SPEECH_START_US: us(span.start_ns),
+                              F.SPEECH_END_US: stopped_us})
         if final:
-            facts["stt_final_us"] = us(span.end_ns)
+            facts[F.STT_FINAL_US] = us(span.end_ns)
         if transcript and is_input is not False:
-            facts["user_text"] = transcript
+            facts[F.USER_TEXT] = transcript
         if provider:
-            facts["stt_provider"] = provider
+            facts[F.STT_PROVIDER] = provider
         audio_seconds = as_float(attributes.get("metrics.audio_seconds"))
         if audio_seconds is None and stopped_us is not None:
             audio_seconds = max(0.0, (stopped_us - us(span.start_ns)) / 1e6)
         if audio_seconds is not None:
-            facts["stt_audio_seconds"] = audio_seconds
+            facts[F.STT_AUDIO_SECONDS] = audio_seconds
         events: list[DerivedEvent] = [DerivedEvent(span.start_ns, "user.started_speaking")]
         if stopped_us is not None:
             events.append(DerivedEvent(stopped_us * 1000, "user.stopped_speaking"))
@@ -131,10 +133,10 @@ class PipecatMapper:
         messages = span.attributes.get("input")
         prompt = last_user_text(messages)
         if prompt:
-            extra["prompt_text"] = prompt
+            extra[F.PROMPT_TEXT] = prompt
         cached = _cached_tokens(span)
         if cached:
-            extra["llm_cached_tokens"] = cached
+            extra[F.LLM_CACHED_TOKENS] = cached
         mapping = llm_mapping(span, call_id=call_id, ttfb_s=None if ttfb_us is None else ttfb_us / 1e6,
                               output=span.attributes.get("output") or None, extra_facts=extra)
         tools = recover_tools(messages)
@@ -144,7 +146,7 @@ class PipecatMapper:
         events = list(mapping.events)
         for tool in tools:
             # The tool ran between the LLM step that asked for it and this one: its end is this span's start;
-            # its start is recovered in storage/derive.sql (the previous llm span's end).
+            # its start is recovered in storage/derive/tool_calls.sql (the previous llm span's end).
             drafts.append(ToolCallDraft(tool_call_id=tool.tool_call_id, tool_name=tool.name, start_ns=None,
                                         end_ns=span.start_ns, arguments=tool.arguments, result=tool.result,
                                         is_error=tool.error is not None, error=tool.error))

@@ -1,7 +1,7 @@
 """Map stage helper: a root LLM span with no voice framework around it is one exchange, a turn of its own.
 
 Bare LLM instrumentations (OTel openai-v2, OpenLLMetry, OpenInference's OpenAI instrumentor) export each
-request as its own trace: no call, no turn span. Such a root span asks storage/derive.sql for a turn number
+request as its own trace: no call, no turn span. Such a root span asks storage/derive/turns.sql for a turn number
 (``turn_seq``), bounds the turn, names the user message it answers (``prompt_text``), flags a reply cut
 short, and reports the tool calls its input shows were answered since the last user message.
 """
@@ -13,7 +13,8 @@ from typing import Any
 
 from collector.mappers.base import DerivedEvent, SpanMapping, ToolCallDraft, us
 from collector.mappers.messages import last_user_text, messages_of, recover_tools
-from collector.otlp.codec import SpanIn
+from collector.items import SpanIn
+from storage import facts as F
 
 __all__ = ["standalone_turn", "finish_reasons", "is_transfer", "CUT_SHORT"]
 
@@ -43,13 +44,13 @@ def standalone_turn(span: SpanIn, mapping: SpanMapping, *, input_messages: Any, 
     if span.parent_span_id is not None or mapping.turn_number is not None:
         return mapping
     facts = dict(mapping.facts)
-    facts.update(turn_seq=True, turn_start_us=us(span.start_ns), turn_end_us=us(span.end_ns))
+    facts.update({F.TURN_SEQ: True, F.TURN_START_US: us(span.start_ns), F.TURN_END_US: us(span.end_ns)})
     prompt = last_user_text(input_messages)
-    if prompt and "prompt_text" not in facts:
-        facts["prompt_text"] = prompt
+    if prompt and F.PROMPT_TEXT not in facts:
+        facts[F.PROMPT_TEXT] = prompt
     events = list(mapping.events)
     if cut_short:
-        facts["interrupted"] = True
+        facts[F.INTERRUPTED] = True
         events.append(DerivedEvent(span.end_ns, "agent.interrupted", "the reply was cut short", None))
     tools = list(mapping.tool_calls)
     if recover and not tools:

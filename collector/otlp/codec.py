@@ -1,4 +1,5 @@
-"""Decode stage: OTLP request bytes (protobuf or OTLP/JSON, optionally gzip) → ``SpanIn`` / ``LogIn``.
+"""Decode stage: OTLP request bytes (protobuf or OTLP/JSON, optionally gzip) → ``SpanIn`` / ``LogIn``
+(collector/items.py).
 
 Walks ``resource_spans → scope_spans → spans`` once; every attribute list goes through one ``AnyValue``
 decoder into a plain dict that the mapper and the raw row share. Per-item validation raises
@@ -24,81 +25,17 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.errors import InvalidRequest, RejectedSpan, shorten
+from collector.items import DEFAULT_LIMITS, ItemLimits, LogIn, SpanIn
 
 __all__ = [
-    "SpanIn", "LogIn", "ItemLimits", "DecodeStats", "ValueDecoder", "decode_errors", "decompress",
-    "parse_traces", "parse_logs", "iter_spans", "iter_logs", "attributes_to_dict", "any_value", "count_items",
-    "clean_text", "DROPPED_ATTRIBUTES_KEY", "DEFAULT_LIMITS",
+    "DecodeStats", "ValueDecoder", "decode_errors", "decompress", "parse_traces", "parse_logs", "iter_spans",
+    "iter_logs", "attributes_to_dict", "any_value", "count_items", "clean_text", "DROPPED_ATTRIBUTES_KEY",
 ]
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 
 
-class _AttributeLookup:
-    """``attr(*keys)``: the first present value among ``keys``, item attributes before resource attributes."""
-
-    __slots__ = ()
-    attributes: dict[str, Any]
-    resource: dict[str, Any]
-
-    def attr(self, *keys: str) -> Any:
-        for source in (self.attributes, self.resource):
-            for key in keys:
-                value = source.get(key)
-                if value is not None and value != "":
-                    return value
-        return None
-
-
-@dataclass(slots=True)
-class SpanIn(_AttributeLookup):
-    """One decoded span with its resource and scope; input of every mapper (read-only by contract)."""
-
-    trace_id: str
-    span_id: str
-    parent_span_id: str | None
-    name: str
-    kind: int
-    start_ns: int
-    end_ns: int
-    status_code: int
-    status_message: str | None
-    attributes: dict[str, Any]
-    events: list[dict[str, Any]]
-    resource: dict[str, Any]
-    scope_name: str
-    scope_version: str
-
-
-@dataclass(slots=True)
-class LogIn(_AttributeLookup):
-    """One decoded log record with its resource and scope."""
-
-    time_ns: int
-    severity_number: int
-    severity_text: str
-    body: Any
-    attributes: dict[str, Any]
-    trace_id: str | None
-    span_id: str | None
-    event_name: str
-    resource: dict[str, Any]
-    scope_name: str
-
-
-@dataclass(frozen=True, slots=True)
-class ItemLimits:
-    """Per-item limits (settings max_attributes, max_value_length, max_value_depth, max_id_length)."""
-
-    max_attributes: int = 128
-    max_value_length: int = 32768
-    max_value_depth: int = 16
-    max_id_length: int = 256
-    max_json_depth: int = 128
-
-
-DEFAULT_LIMITS = ItemLimits()
 DROPPED_ATTRIBUTES_KEY = "callscope.dropped_attributes_count"
 
 

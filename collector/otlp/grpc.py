@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from collector.errors import CallscopeError, InternalError, Unauthenticated, grpc_code_of
-from collector.ingest import ExportResult, Ingest
+from collector.otlp.ingest import ExportResult, Ingest
 from collector.otlp.codec import parse_logs, parse_traces
 from collector.otlp.status import error_message, grpc_trailers
 from collector.tls import ServerTls

@@ -2,9 +2,9 @@
 
 The gRPC servicer and the HTTP route are thin adapters around ``Ingest.tenant_of`` (the request's API key → its
 tenant, collector/auth.py) and ``Ingest.export_traces`` / ``export_logs``, which take that tenant and carry it
-on every row; only their ``transport`` label differs. The PII policy is applied while mapping. ``Ingest.admit`` bounds how many requests are being decoded, mapped
-or waiting for their commit at once (both transports together): memory per request is bounded by
-``max_message_mib``, so this bounds the total.
+on every row; only their ``transport`` label differs. The PII policy is applied while mapping. ``Ingest.admit``
+bounds how many requests are being decoded, mapped or waiting for their commit at once (both transports
+together): memory per request is bounded by ``max_message_mib``, so this bounds the total.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from collector.auth import DEFAULT_TENANT, Authenticator
 from collector.batcher import Batcher
+from collector.cost import PriceTable
 from collector.errors import (
     MAX_MESSAGE_CHARS, CallscopeError, InvalidRequest, Overloaded, StorageRejected, StorageUnavailable,
     Unauthenticated, shorten,
 )
 from collector.logs import ThrottledLog
-from collector.otlp.codec import (
-    DEFAULT_LIMITS, DecodeStats, ItemLimits, ValueDecoder, count_items, iter_logs, iter_spans,
-)
+from collector.items import DEFAULT_LIMITS, ItemLimits
+from collector.otlp.codec import DecodeStats, ValueDecoder, count_items, iter_logs, iter_spans
 from collector.pipeline import MappedBatch, map_logs, map_spans
 from collector.privacy import KEEP_ALL, PiiPolicy
 from collector.telemetry import Metrics
@@ -71,10 +71,12 @@ def refusal_reason(error: CallscopeError) -> str:
 
 
 class Ingest:
-    def __init__(self, batcher: Batcher, *, limits: ItemLimits = DEFAULT_LIMITS, metrics: Metrics | None = None,
-                 max_concurrent_requests: int = 256, retry_after_s: float = 1.0,
-                 authenticator: Authenticator | None = None, privacy: PiiPolicy = KEEP_ALL) -> None:
+    def __init__(self, batcher: Batcher, *, prices: PriceTable, limits: ItemLimits = DEFAULT_LIMITS,
+                 metrics: Metrics | None = None, max_concurrent_requests: int = 256,
+                 retry_after_s: float = 1.0, authenticator: Authenticator | None = None,
+                 privacy: PiiPolicy = KEEP_ALL) -> None:
         self._batcher = batcher
+        self.prices = prices
         self._authenticator = authenticator   # None: auth off, everything is tenant 'default'
         self.privacy = privacy
         self.limits = limits
@@ -122,8 +124,8 @@ class Ingest:
             return ExportResult()
         self._batcher.check_capacity()
         stats = DecodeStats()
-        batch = map_spans(iter_spans(request, ValueDecoder(self.limits, stats)), self.limits, tenant=tenant,
-                          privacy=self.privacy)
+        batch = map_spans(iter_spans(request, ValueDecoder(self.limits, stats)), self.limits, prices=self.prices,
+                          tenant=tenant, privacy=self.privacy)
         return await self._commit(batch, stats, "spans", transport)
 
     async def export_logs(self, request: ExportLogsServiceRequest, *, transport: str, tenant: str) -> ExportResult:

@@ -1,4 +1,9 @@
-"""A one-line text progress bar for the command line (simulate, the benchmark); no dependency."""
+"""A one-line text progress bar for the command line (simulate, the benchmark).
+
+Kept rather than tqdm or rich: it is one function of four lines, its output is part of what `callscope
+simulate` prints (tqdm's bar looks different), and a progress library would be a runtime dependency of the
+collector image for a line of text.
+"""
 
 from __future__ import annotations
 

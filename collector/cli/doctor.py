@@ -162,7 +162,9 @@ def _revisions() -> tuple[str, set[str]]:
     """(newest revision, every revision) of the migrations shipped with this callscope."""
     from alembic.script import ScriptDirectory
 
-    directory = ScriptDirectory(str(Path(__file__).resolve().parent.parent / "storage" / "migrations"))
+    import storage
+
+    directory = ScriptDirectory(str(Path(storage.__file__).resolve().parent / "migrations"))
     return str(directory.get_current_head()), {script.revision for script in directory.walk_revisions()}
 
 

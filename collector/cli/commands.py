@@ -8,9 +8,9 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-from collector.doctor import default_health_endpoint, describe_failure
+from collector.cli.doctor import default_health_endpoint, describe_failure
 from collector.logs import configure_logging
-from collector.progress import draw_progress
+from collector.cli.progress import draw_progress
 from collector.settings import SETTINGS, Settings, build_settings, parse_bool
 
 __all__ = ["main"]
@@ -46,12 +46,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from collector.cost import configure_prices
+    from collector.cost import PriceTable
     from storage.migrate import migrate
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
-    prices = configure_prices(settings.prices_file)
+    prices = PriceTable.load(settings.prices_file or None)
     report = asyncio.run(migrate(settings.database_url, retention_days=settings.retention_days,
                                  compress_after_days=settings.compress_after_days,
                                  telephony_rates=(prices.telephony_rows(), prices.version)))
@@ -182,7 +182,7 @@ def _cmd_dashboards(args: argparse.Namespace) -> int:
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
-    from collector.doctor import health
+    from collector.cli.doctor import health
 
     status = health(args.endpoint, timeout=args.timeout, tls=_client_tls(args, beside_collector=True))
     print(f"{args.endpoint}: {status}")
@@ -244,7 +244,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from collector.doctor import run_checks
+    from collector.cli.doctor import run_checks
 
     checks = asyncio.run(run_checks(_settings(args), provisioning=Path(args.provisioning), timeout=args.timeout))
     for check in checks:
@@ -354,7 +354,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _friendly(exc: BaseException, args: argparse.Namespace) -> str | None:
-    """One clear line for the failures users meet, instead of a traceback (collector/doctor.py knows them)."""
+    """One clear line for the failures users meet, instead of a traceback (collector/cli/doctor.py knows them)."""
     from storage.errors import SchemaMismatch
 
     if isinstance(exc, SchemaMismatch):   # serve against a database of another revision: says what to run
@@ -377,7 +377,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"callscope: {message}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
