@@ -61,6 +61,7 @@ async def _seed(url: str, calls: int) -> None:
     from collector.simulate import run_simulation
 
     settings = build_settings({"database_url": url, "bind_address": "127.0.0.1", "grpc_port": 0, "http_port": 0,
+                               "auth": "off",   # an in-process collector on loopback, seeded by the simulator
                                "log_format": "text", "log_level": "warning"}, environ={})
     running = Collector(replace(settings), run_migrations=False)
     await running.start()

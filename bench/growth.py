@@ -39,7 +39,7 @@ import asyncpg
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from bench.harness import collector_for, draw_span_progress
+from bench.harness import authorization, collector_for, draw_span_progress
 from collector.cost import PriceTable
 from collector.otlp.codec import iter_spans, parse_traces
 from collector.pipeline import map_spans
@@ -272,7 +272,7 @@ def _generate_round(target_spans: int, seed: int, spans_per_request: int, per_ca
 
 
 async def _send(endpoint: str, bodies: list[bytes], counts: list[int], concurrency: int,
-                timeout_s: float) -> dict[str, Any]:
+                timeout_s: float, api_key: str | None = None) -> dict[str, Any]:
 
     channel = grpc.aio.insecure_channel(endpoint, options=[("grpc.max_send_message_length", 64 << 20)])
     export = channel.unary_unary(
@@ -292,7 +292,7 @@ async def _send(endpoint: str, bodies: list[bytes], counts: list[int], concurren
             while True:
                 sent = time.perf_counter()
                 try:
-                    await export(body, timeout=60)
+                    await export(body, timeout=60, metadata=authorization(api_key))
                 except grpc.aio.AioRpcError as error:
                     if error.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
                         state["retries"] += 1
@@ -322,6 +322,12 @@ async def _send(endpoint: str, bodies: list[bytes], counts: list[int], concurren
 
 
 async def _create_ceiling_table(connection: asyncpg.Connection, name: str, sized: bool) -> None:
+    await _create_ceiling_columns(connection, name, sized)
+    # rows carry their tenant (storage/records.py): staged like the writer does until spans has the column
+    await connection.execute(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS tenant text")
+
+
+async def _create_ceiling_columns(connection: asyncpg.Connection, name: str, sized: bool) -> None:
     if not sized:
         await connection.execute(f"CREATE TABLE {name} (LIKE spans INCLUDING ALL)")
         return
@@ -469,7 +475,7 @@ async def _round(args: argparse.Namespace, number: int, endpoint: str, database_
     others = OtherDatabases(database_url)
     others.start()
 
-    sent = await _send(endpoint, bodies, counts, args.concurrency, args.round_timeout)
+    sent = await _send(endpoint, bodies, counts, args.concurrency, args.round_timeout, args.api_key)
     last_ok = sent["last_ok"] or time.perf_counter()
     drained = await backlog.wait_empty(monitor, args.drain_timeout)
     end = drained or time.perf_counter()
@@ -620,7 +626,7 @@ async def run_growth(args: argparse.Namespace) -> dict[str, Any]:
     admin_url = args.admin_url
     database_url = admin_url.rsplit("/", 1)[0] + "/" + args.database
     modes = {"empty": ("empty",), "sized": ("sized",), "both": ("empty", "sized"), "off": ()}[args.ceiling]
-    process, endpoint = await collector_for(args.endpoint, admin_url, args.database, database_url)
+    process, endpoint, args.api_key = await collector_for(args.endpoint, admin_url, args.database, database_url)
     collector_pid = process.pid if process else None
     monitor = await asyncpg.connect(database_url)
     rounds: list[dict[str, Any]] = []

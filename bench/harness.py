@@ -1,5 +1,6 @@
-"""What the benchmarks share: a fresh database with a ``callscope serve`` of its own on free loopback ports, the
-collector's peak memory, and the progress line."""
+"""What the benchmarks share: a fresh database with a ``callscope serve`` of its own on free loopback ports and an
+API key to send (the collector runs as shipped: auth required), the collector's peak memory, and the progress
+line."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import asyncpg
 import grpc
 
 from collector.cli.progress import draw_progress
+from storage.keys import create_key
 from storage.migrate import migrate
 
 __all__ = ["free_port", "peak_rss_mib", "recreate_database", "start_collector", "collector_for",
-           "draw_span_progress"]
+           "draw_span_progress", "bench_key", "authorization"]
 
 
 def free_port() -> int:
@@ -66,14 +68,32 @@ async def start_collector(database_url: str) -> tuple[subprocess.Popen, str]:
     return process, endpoint
 
 
+async def bench_key(database_url: str) -> str:
+    """A new API key for tenant ``default`` in a migrated database."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        _, key, _ = await create_key(connection, "default", "bench")
+    finally:
+        await connection.close()
+    return key
+
+
+def authorization(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata carrying an API key, as an OTel SDK sends it."""
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
 async def collector_for(endpoint: str | None, admin_url: str, database: str,
-                        database_url: str) -> tuple[subprocess.Popen | None, str]:
-    """The given endpoint, or a fresh database with a ``callscope serve`` of its own on it."""
+                        database_url: str) -> tuple[subprocess.Popen | None, str, str | None]:
+    """(process, endpoint, API key): the given endpoint (its key from ``CALLSCOPE_API_KEY``), or a fresh database
+    with a key and a ``callscope serve`` of its own on it."""
     if endpoint is not None:
-        return None, endpoint
+        return None, endpoint, os.environ.get("CALLSCOPE_API_KEY")
     await recreate_database(admin_url, database)
     await migrate(database_url)
-    return await start_collector(database_url)
+    api_key = await bench_key(database_url)
+    process, started = await start_collector(database_url)
+    return process, started, api_key
 
 
 def draw_span_progress(done: int, total: int, started: float) -> None:

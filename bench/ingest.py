@@ -6,7 +6,10 @@ and — in the same run, on the same rows — the raw asyncpg COPY ceiling, so t
 
 Starts ``callscope serve`` as a subprocess against a fresh database (or drives ``--endpoint`` if given),
 sends pre-encoded simulator requests over gRPC (``--spans-per-request`` spans each, like an SDK's
-BatchSpanProcessor), and counts a span only when its Export returned OK (= committed).
+BatchSpanProcessor), and counts a span only when its Export returned OK (= committed). The collector runs as
+shipped (auth required): the benchmark creates an API key and sends it with every Export (an ``--endpoint``
+gets ``CALLSCOPE_API_KEY``). The PII policy is the collector's (``CALLSCOPE_PII``, default ``card=mask``); the
+in-process mapping rate uses the same one, e.g. ``CALLSCOPE_PII=mask python -m bench.ingest``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import asyncpg
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from bench.harness import collector_for, draw_span_progress, peak_rss_mib
+from bench.harness import authorization, collector_for, draw_span_progress, peak_rss_mib
 from collector.cost import PriceTable
 from collector.otlp.codec import iter_spans, parse_traces
 from collector.pipeline import map_spans
@@ -61,7 +64,7 @@ class BenchResult:
 
 
 async def _drive(endpoint: str, trace_bodies: list[bytes], log_bodies: list[bytes], concurrency: int,
-                 span_counts: list[int]) -> tuple[float, list[float], int]:
+                 span_counts: list[int], api_key: str | None = None) -> tuple[float, list[float], int]:
     channel = grpc.aio.insecure_channel(endpoint, options=[("grpc.max_send_message_length", 64 << 20)])
     # Pre-encoded bytes go straight on the wire: the client costs no protobuf work during the run.
     export_traces = channel.unary_unary(
@@ -89,7 +92,8 @@ async def _drive(endpoint: str, trace_bodies: list[bytes], log_bodies: list[byte
             while True:
                 sent = time.perf_counter()
                 try:
-                    await (export_traces if kind == "traces" else export_logs)(body, timeout=60)
+                    await (export_traces if kind == "traces" else export_logs)(body, timeout=60,
+                                                                               metadata=authorization(api_key))
                 except grpc.aio.AioRpcError as error:
                     if error.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
                         retries += 1
@@ -109,12 +113,16 @@ async def _drive(endpoint: str, trace_bodies: list[bytes], log_bodies: list[byte
 
 
 async def _copy_ceiling(database_url: str, trace_bodies: list[bytes]) -> tuple[float, float]:
-    """(mapping spans/s, COPY spans/s): decode+map in-process, then COPY the same rows, nothing else."""
+    """(mapping spans/s, COPY spans/s): decode+map in-process (with the collector's PII policy), then COPY the
+    same rows, nothing else."""
+    from collector.settings import build_settings
+
     prices = PriceTable.load()   # the shipped table, as the collector under test prices
+    policy = build_settings().pii_policy()   # CALLSCOPE_PII* from the environment, as the collector reads them
     started = time.perf_counter()
     rows: list[SpanRow] = []
     for body in trace_bodies:
-        rows.extend(r for r in map_spans(iter_spans(parse_traces(body)), prices=prices).records
+        rows.extend(r for r in map_spans(iter_spans(parse_traces(body)), prices=prices, privacy=policy).records
                     if type(r) is SpanRow)
     mapping_rate = len(rows) / (time.perf_counter() - started)
     columns = columns_of(SpanRow)
@@ -122,6 +130,7 @@ async def _copy_ceiling(database_url: str, trace_bodies: list[bytes]) -> tuple[f
     connection = await asyncpg.connect(database_url)
     try:
         await connection.execute("CREATE TABLE copy_ceiling (LIKE spans INCLUDING DEFAULTS)")
+        await connection.execute("ALTER TABLE copy_ceiling ADD COLUMN IF NOT EXISTS tenant text")   # as staged
         started = time.perf_counter()
         for i in range(0, len(tuples), 5000):
             await connection.copy_records_to_table("copy_ceiling", records=tuples[i:i + 5000], columns=columns)
@@ -145,9 +154,10 @@ async def run(args: argparse.Namespace) -> BenchResult:
     span_counts = [sum(len(ss.spans) for rs in trace_service_pb2.ExportTraceServiceRequest.FromString(b).resource_spans
                        for ss in rs.scope_spans) for b in trace_bodies]
     log_records = sum(call.log_count for call in calls) if log_bodies else 0
-    process, endpoint = await collector_for(args.endpoint, admin_url, args.database, database_url)
+    process, endpoint, api_key = await collector_for(args.endpoint, admin_url, args.database, database_url)
     try:
-        elapsed, latencies, retries = await _drive(endpoint, trace_bodies, log_bodies, args.concurrency, span_counts)
+        elapsed, latencies, retries = await _drive(endpoint, trace_bodies, log_bodies, args.concurrency, span_counts,
+                                                   api_key)
         rss = peak_rss_mib(process.pid) if process else None
     finally:
         if process is not None:

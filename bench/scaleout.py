@@ -39,7 +39,7 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from bench.growth import OtherDatabases, ServerCpu, _proc_ticks
-from bench.harness import free_port, recreate_database
+from bench.harness import authorization, bench_key, free_port, recreate_database
 from collector.simulate import encode_requests, generate_calls
 from storage.migrate import migrate
 
@@ -66,7 +66,8 @@ async def _start_collectors(database_url: str, count: int, workers: int) -> list
     return started
 
 
-async def _drive(endpoints: list[str], items: list[tuple[str, bytes, int]], concurrency: int) -> dict[str, Any]:
+async def _drive(endpoints: list[str], items: list[tuple[str, bytes, int]], concurrency: int,
+                 api_key: str | None = None) -> dict[str, Any]:
     channels = [grpc.aio.insecure_channel(e, options=[("grpc.max_send_message_length", 64 << 20)]) for e in endpoints]
     methods = [{
         "traces": channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
@@ -84,7 +85,7 @@ async def _drive(endpoints: list[str], items: list[tuple[str, bytes, int]], conc
             while True:
                 sent = time.perf_counter()
                 try:
-                    await export[kind](body, timeout=60)
+                    await export[kind](body, timeout=60, metadata=authorization(api_key))
                 except grpc.aio.AioRpcError as error:
                     if error.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
                         state["retries"] += 1
@@ -123,6 +124,7 @@ async def run_one(args: argparse.Namespace, count: int, items: list[tuple[str, b
     database_url = args.admin_url.rsplit("/", 1)[0] + "/" + args.database
     await recreate_database(args.admin_url, args.database)
     await migrate(database_url)
+    api_key = await bench_key(database_url)   # the collectors run as shipped: auth required
     collectors = await _start_collectors(database_url, count, args.derive_workers)
     monitor = await asyncpg.connect(database_url)
     server = ServerCpu.find(await monitor.fetchval("SELECT pg_backend_pid()"))
@@ -134,7 +136,7 @@ async def run_one(args: argparse.Namespace, count: int, items: list[tuple[str, b
         coll_before = [_proc_ticks(p.pid) or 0 for p, _ in collectors]
         others.start()
         sampler = asyncio.create_task(_sample_lag(database_url, lag, stop_sampling))
-        state = await _drive([endpoint for _, endpoint in collectors], items, args.concurrency)
+        state = await _drive([endpoint for _, endpoint in collectors], items, args.concurrency, api_key)
         stop_sampling.set()
         await sampler
         deadline = time.perf_counter() + 600

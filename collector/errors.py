@@ -6,6 +6,7 @@ for all of them are decided here.
     CallscopeError
      ├── RejectedSpan        one span or log record is invalid: counted in partial_success, the rest is stored
      ├── InvalidRequest      the whole request cannot be decoded (INVALID_ARGUMENT / 400, not retried)
+     ├── Unauthenticated     no valid API key (UNAUTHENTICATED / 401, not retried: a retry cannot fix it)
      ├── Overloaded          the batcher is full or too many requests are in progress
      │                       (RESOURCE_EXHAUSTED + RetryInfo / 429 + Retry-After, retried)
      ├── StorageUnavailable  the database is down or timed out (UNAVAILABLE / 503 + Retry-After, retried)
@@ -26,6 +27,7 @@ __all__ = [
     "CallscopeError",
     "RejectedSpan",
     "InvalidRequest",
+    "Unauthenticated",
     "Overloaded",
     "StorageUnavailable",
     "StorageRejected",
@@ -67,6 +69,10 @@ class InvalidRequest(CallscopeError):
     """The request body cannot be decoded at all (bad protobuf, bad JSON, bad gzip)."""
 
 
+class Unauthenticated(CallscopeError):
+    """The request carries no API key, or one that is unknown or revoked; nothing of it is stored."""
+
+
 class Overloaded(CallscopeError):
     """The ingest queue is full, or too many requests are in progress; retry after ``retry_after_s``.
 
@@ -98,6 +104,7 @@ class InternalError(CallscopeError):
 # OTLP/HTTP spec: 429/502/503/504 are retryable, 400 is not (collector's GetHTTPStatusCodeFromStatus).
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.INTERNAL: 500,
@@ -107,6 +114,7 @@ _HTTP_STATUS = {
 _GRPC_CODE: dict[type[CallscopeError], grpc.StatusCode] = {
     RejectedSpan: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
     StorageRejected: grpc.StatusCode.INVALID_ARGUMENT,

@@ -3,6 +3,10 @@
 Transport-agnostic and pure: the same function serves gRPC and HTTP, and the raw span is always kept,
 whatever mapper (if any) claimed it. Invalid items come back as ``RejectedSpan`` instances, never raised.
 
+Personal data follows the PII policy (collector/privacy.py) between mapping and rows: mappers see the true
+values, the rows only what the policy lets through. Every row carries the tenant the receiver resolved from the
+request's API key.
+
 Each item is its own fault boundary: whatever goes wrong while one span or log record is mapped or
 serialized rejects that item alone, with its reason. Numbers that do not fit the column they feed become
 NULL (the raw attribute is kept in ``attributes``); derived times outside what PostgreSQL and Python can both
@@ -23,6 +27,7 @@ from collector.mappers import SpanMapping, select_mapper
 from collector.mappers.base import CALL_ID_KEYS, as_text, explicit_call_id
 from collector.mappers.native import call_facts
 from collector.items import DEFAULT_LIMITS, ItemLimits, LogIn, SpanIn
+from collector.privacy import KEEP_ALL, PiiPolicy
 from storage import facts as F
 from storage.catalogue import LEVELS, level_rank, lookup
 from storage.records import EventRow, Record, SpanRow, ToolCallRow
@@ -63,10 +68,11 @@ def _dumps(value: Any) -> str:
 
 
 _NO_RESOURCE: tuple[str | None, str | None] = (None, None)
-_last_resource: tuple[int, dict[str, Any] | None, tuple[str | None, str | None]] = (0, None, _NO_RESOURCE)
+_last_resource: tuple[int, dict[str, Any] | None, PiiPolicy | None, tuple[str | None, str | None]] = (
+    0, None, None, _NO_RESOURCE)
 
 
-def _resource_of(resource: dict[str, Any]) -> tuple[str | None, str | None]:
+def _resource_of(resource: dict[str, Any], privacy: PiiPolicy = KEEP_ALL) -> tuple[str | None, str | None]:
     """(id, JSON) of a resource, computed once for all the spans of a ResourceSpans (they share the dict).
 
     The id is a hash of the JSON: storage keeps each distinct resource once (``resources``), not on every span.
@@ -74,12 +80,16 @@ def _resource_of(resource: dict[str, Any]) -> tuple[str | None, str | None]:
     global _last_resource
     if not resource:
         return _NO_RESOURCE
-    key, cached_dict, cached = _last_resource
-    if cached_dict is resource and key == id(resource):
+    key, cached_dict, cached_policy, cached = _last_resource
+    if cached_dict is resource and key == id(resource) and cached_policy is privacy:
         return cached
     text = _dumps(resource)
+    if privacy.active:
+        redacted = privacy.attributes(resource, serialized=text)
+        if redacted is not resource:
+            text = _dumps(redacted)
     identity = (hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest(), text)
-    _last_resource = (id(resource), resource, identity)
+    _last_resource = (id(resource), resource, privacy, identity)
     return identity
 
 
@@ -171,16 +181,23 @@ def severity_level(severity_number: int, severity_text: str = "") -> str:
 
 def _event_row(*, time_ns: int, event: str, call_id: str, explicit: bool, trace_id: str | None,
                span_id: str | None, level: str | None, message: str | None, data: Any, source: str,
-               identity: str, turn_number: int | None = None) -> EventRow:
+               identity: str, tenant: str, privacy: PiiPolicy, turn_number: int | None = None,
+               tool_span: bool = False) -> EventRow:
     event_type = lookup(event)
     category = event_type.category if event_type else "other"
     if event_type and (level is None or level_rank(event_type.default_level) > level_rank(level)):
         level = event_type.default_level
     event_id = hashlib.blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+    data_json = None if data is None else _dumps(data)
+    # after the identity: a retried record gets the same id whatever the policy hides
+    if privacy.active and privacy.needs(lambda: f"{message or ''}\n{data_json or ''}",
+                                        data if isinstance(data, dict) else {}):
+        message, data = privacy.event(event, message, data, tool_span=tool_span)
+        data_json = None if data is None else _dumps(data)
     return EventRow(
         time=_time(time_ns), event_id=event_id, call_id=call_id, call_id_explicit=explicit,
         trace_id=trace_id, span_id=span_id, category=category, event=event, level=level or "INFO",
-        message=message, data=None if data is None else _dumps(data), source=source, turn_number=turn_number,
+        message=message, data=data_json, source=source, turn_number=turn_number, tenant=tenant,
     )
 
 
@@ -191,7 +208,25 @@ def _check_length(value: str | None, what: str, limit: int) -> None:
                            f"({shorten(value, 40)!r})", reason="id_too_long")
 
 
-def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, prices: PriceTable, batch: MappedBatch) -> None:
+def _probe(attributes_json: str, span: SpanIn, facts: dict[str, Any], mapping: SpanMapping) -> str:
+    """The text a span's rows would hold, in one string, for the PII detectors' quick search: its attributes
+    and events, and the texts mappers made of them (numbers in facts are times and counts, left out)."""
+    texts = [attributes_json, span.name, span.status_message or ""]
+    if span.events:
+        texts.append(_dumps(span.events))
+    texts.extend(value for value in facts.values() if type(value) is str)
+    for tool in mapping.tool_calls:
+        texts.extend(text for text in (tool.arguments, tool.result, tool.error) if text)
+    for derived in mapping.events:
+        if derived.message:
+            texts.append(derived.message)
+        if derived.data:
+            texts.append(_dumps(derived.data))
+    return "\n".join(texts)
+
+
+def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, prices: PriceTable, batch: MappedBatch,
+               tenant: str, privacy: PiiPolicy) -> None:
     mapper = select_mapper(span)
     mapping = mapper.map_span(span) if mapper is not None else _UNCLAIMED
     explicit_id = mapping.call_id or explicit_call_id(span)
@@ -212,22 +247,40 @@ def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, prices: Pric
     _check_length(facts.get(F.AGENT), "call.agent", max_id)
     batch.dropped_values += _clean_facts(facts)
     service_name = as_text(span.resource.get("service.name"))
-    resource_id, resource_json = _resource_of(span.resource)
+    resource_id, resource_json = _resource_of(span.resource, privacy)
+    span_name, status_message, span_events = span.name, span.status_message, span.events
+    attributes_json = _dumps(span.attributes)
+    tool_calls, derived_events = mapping.tool_calls, mapping.events
+    redact = privacy.needs(lambda: _probe(attributes_json, span, facts, mapping), span.attributes,
+                           *(event["attributes"] for event in span.events))
+    if not redact:
+        privacy = KEEP_ALL   # nothing of this span to hide: its event rows skip the policy too
+    else:   # the policy's one place: everything below is built from what it lets through
+        tool_span = mapping.stage in ("tool", "transfer")
+        redacted = privacy.attributes(span.attributes, tool_span=tool_span, serialized=attributes_json)
+        if redacted is not span.attributes:
+            attributes_json = _dumps(redacted)
+        span_events = privacy.span_events(span.events, tool_span=tool_span)
+        facts = privacy.facts(facts)
+        span_name = privacy.text(span_name)
+        status_message = privacy.status(status_message, tool_span=tool_span) if status_message else status_message
+        tool_calls = tuple(privacy.tool_call(tool) for tool in tool_calls)
+        derived_events = tuple(privacy.derived(derived) for derived in derived_events)
     rows: list[Record] = []
     rows.append(SpanRow(
         start_time=_time(span.start_ns), end_time=_time(span.end_ns),
         duration_ms=(span.end_ns - span.start_ns) / 1e6, trace_id=span.trace_id, span_id=span.span_id,
         parent_span_id=span.parent_span_id, call_id=call_id, call_id_explicit=explicit,
-        turn_number=turn_number, stage=mapping.stage, name=span.name, service_name=service_name,
+        turn_number=turn_number, stage=mapping.stage, name=span_name, service_name=service_name,
         scope_name=span.scope_name or None, kind=span.kind, status_code=span.status_code,
-        status_message=span.status_message, provider=mapping.provider, model=mapping.model,
+        status_message=status_message, provider=mapping.provider, model=mapping.model,
         ttfb_ms=_finite(mapping.ttfb_ms), input_tokens=_int4(mapping.input_tokens),
         output_tokens=_int4(mapping.output_tokens),
         framework=mapper.name if mapper is not None else "unknown",
-        attributes=_dumps(span.attributes), events=_dumps(span.events) if span.events else None,
-        resource=resource_json, facts=_dumps(facts) if facts else None, resource_id=resource_id,
+        attributes=attributes_json, events=_dumps(span_events) if span_events else None,
+        resource=resource_json, facts=_dumps(facts) if facts else None, resource_id=resource_id, tenant=tenant,
     ))
-    for tool in mapping.tool_calls:
+    for tool in tool_calls:
         _check_length(tool.tool_call_id, "tool call id", max_id)
         started_at, ended_at = _time_or_none(tool.start_ns), _time_or_none(tool.end_ns)
         rows.append(ToolCallRow(
@@ -236,9 +289,9 @@ def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, prices: Pric
             duration_ms=(tool.end_ns - tool.start_ns) / 1e6 if tool.start_ns and started_at and tool.end_ns
             and ended_at else None,
             arguments=tool.arguments, result=tool.result, is_error=tool.is_error, error=tool.error,
-            span_id=span.span_id,
+            span_id=span.span_id, tenant=tenant,
         ))
-    for derived in mapping.events:
+    for derived in derived_events:
         if not 0 < derived.time_ns <= _MAX_NS:
             batch.dropped_values += 1   # e.g. start + an absurd latency attribute: the span still says it
             continue
@@ -246,7 +299,8 @@ def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, prices: Pric
             time_ns=derived.time_ns, event=derived.event, call_id=call_id, explicit=explicit,
             trace_id=span.trace_id, span_id=span.span_id, level=derived.level, message=derived.message,
             data=derived.data, source="derived", turn_number=mapping.turn_number,
-            identity=f"d|{span.trace_id}|{span.span_id}|{derived.event}|{derived.time_ns}",
+            identity=f"d|{span.trace_id}|{span.span_id}|{derived.event}|{derived.time_ns}", tenant=tenant,
+            privacy=KEEP_ALL,   # derived_events went through the policy above
         ))
     for index, span_event in enumerate(span.events):
         name = span_event["name"]
@@ -262,6 +316,7 @@ def _span_rows(span: SpanIn, out: list[Record], limits: ItemLimits, prices: Pric
             explicit=explicit, trace_id=span.trace_id, span_id=span.span_id, level=level, message=message,
             data=attributes or None, source="span_event", turn_number=mapping.turn_number,
             identity=f"e|{span.trace_id}|{span.span_id}|{index}|{name}|{span_event['time_unix_nano']}",
+            tenant=tenant, privacy=privacy, tool_span=mapping.stage in ("tool", "transfer"),
         ))
     out.extend(rows)  # all of the span's rows or none: a failure above leaves nothing half-mapped
 
@@ -294,13 +349,14 @@ def _map_items(items: Iterable[Any], add_rows: Callable[[Any, list[Record], Mapp
 
 
 def map_spans(items: Iterable[SpanIn | RejectedSpan], limits: ItemLimits = DEFAULT_LIMITS, *,
-              prices: PriceTable) -> MappedBatch:
-    """Rows of the spans of one request; ``prices`` prices each span's usage (collector/cost.py)."""
-    return _map_items(items, lambda span, out, batch: _span_rows(span, out, limits, prices, batch),
+              prices: PriceTable, tenant: str = "default", privacy: PiiPolicy = KEEP_ALL) -> MappedBatch:
+    """Rows of the spans of one request; ``prices`` prices each span's usage (collector/cost.py); every row
+    carries ``tenant``; ``privacy`` is the PII policy (collector/privacy.py)."""
+    return _map_items(items, lambda span, out, batch: _span_rows(span, out, limits, prices, batch, tenant, privacy),
                       lambda span: f"span {shorten(span.name, 80)!r} ({span.span_id})")
 
 
-def _log_row(record: LogIn, limits: ItemLimits) -> EventRow:
+def _log_row(record: LogIn, limits: ItemLimits, tenant: str, privacy: PiiPolicy) -> EventRow:
     event = record.event_name or as_text(record.attributes.get("event.name")) or ""
     _check_length(event, "event name", limits.max_id_length)
     explicit_id = as_text(record.attr(*CALL_ID_KEYS))
@@ -323,10 +379,11 @@ def _log_row(record: LogIn, limits: ItemLimits) -> EventRow:
         time_ns=record.time_ns, event=event or "log", call_id=call_id, explicit=explicit_id is not None,
         trace_id=record.trace_id, span_id=record.span_id,
         level=severity_level(record.severity_number, record.severity_text), message=message,
-        data=data or None, source="log", identity=identity,
+        data=data or None, source="log", identity=identity, tenant=tenant, privacy=privacy,
     )
 
 
-def map_logs(items: Iterable[LogIn | RejectedSpan], limits: ItemLimits = DEFAULT_LIMITS) -> MappedBatch:
-    return _map_items(items, lambda record, out, batch: out.append(_log_row(record, limits)),
+def map_logs(items: Iterable[LogIn | RejectedSpan], limits: ItemLimits = DEFAULT_LIMITS, *,
+             tenant: str = "default", privacy: PiiPolicy = KEEP_ALL) -> MappedBatch:
+    return _map_items(items, lambda record, out, batch: out.append(_log_row(record, limits, tenant, privacy)),
                       lambda record: f"log record {shorten(record.event_name or '(unnamed)', 80)!r}")

@@ -1,5 +1,8 @@
 """The collector's lifecycle: check the schema → writer + deriver → batcher → gRPC + HTTP receivers; bounded stop.
 
+API keys are loaded after the schema check (collector/auth.py), before the receivers open; TLS files are read
+when the collector is built, so a bad certificate fails at once with its file named.
+
 ``serve`` never changes the schema or the routines (``callscope migrate`` does): it checks that the database is
 at a revision this release runs on and refuses to start otherwise (storage/migrate.py ``check_schema``). The
 telephony rates of its price table are written only when they differ from the stored ones.
@@ -18,6 +21,7 @@ import signal
 
 import asyncpg
 
+from collector.auth import Authenticator
 from collector.batcher import Batcher
 from collector.cost import PriceTable
 from collector.health import DatabaseHealth
@@ -27,6 +31,7 @@ from collector.otlp.http import HttpReceiver
 from collector.otlp.ingest import Ingest
 from collector.settings import Settings
 from collector.telemetry import Metrics
+from collector.tls import ServerTls
 from storage.migrate import check_schema, migrate, store_telephony_rates
 from storage.deriver import Deriver
 from storage.writer import WriterPool
@@ -62,9 +67,13 @@ class Collector:
         limits = ItemLimits(max_attributes=settings.max_attributes, max_value_length=settings.max_value_length,
                             max_value_depth=settings.max_value_depth, max_id_length=settings.max_id_length,
                             max_json_depth=settings.max_json_depth)
+        self.tls = ServerTls.from_settings(settings)
+        self.authenticator = Authenticator(settings.database_url, required=settings.auth_required,
+                                           refresh_s=settings.auth_refresh_s)
         self.ingest = Ingest(self.batcher, prices=self.prices, limits=limits, metrics=self.metrics,
                              max_concurrent_requests=settings.max_concurrent_requests,
-                             retry_after_s=settings.retry_after_s)
+                             retry_after_s=settings.retry_after_s, authenticator=self.authenticator,
+                             privacy=settings.pii_policy())
         self.health = DatabaseHealth(settings.database_url, self.batcher,
                                      probe_interval_s=settings.health_probe_interval_s)
         # Numbers only storage/ knows reach the metrics through callbacks (storage never imports collector/):
@@ -106,11 +115,13 @@ class Collector:
         await self.writer.start()
         await self.deriver.start()
         await self.batcher.start()
+        await self.authenticator.start()
         self.grpc = GrpcReceiver(self.ingest, host=settings.bind_address, port=settings.grpc_port,
                                  max_message_bytes=settings.max_message_bytes,
-                                 max_concurrent_requests=settings.max_concurrent_requests)
+                                 max_concurrent_requests=settings.max_concurrent_requests, tls=self.tls)
         self.http = HttpReceiver(self.ingest, host=settings.bind_address, port=settings.http_port,
-                                 max_message_bytes=settings.max_message_bytes, health=self.health.check)
+                                 max_message_bytes=settings.max_message_bytes, health=self.health.check,
+                                 tls=self.tls)
         await self.grpc.start()
         try:
             await self.http.start()
@@ -118,7 +129,11 @@ class Collector:
             await self.grpc.stop(0)
             raise
         log.info("receiver.started", extra={"grpc_port": self.grpc.port, "http_port": self.http.port,
-                                            "bind_address": settings.bind_address})
+                                            "bind_address": settings.bind_address, "auth": settings.auth,
+                                            "tls": "mutual" if self.tls is not None and self.tls.mutual else
+                                            "on" if self.tls is not None else "off",
+                                            "pii": {k: v for k, v in self.ingest.privacy.actions.items()
+                                                    if v != "keep"}})
 
     async def close(self, grace_s: float = 10.0) -> None:
         """Stop accepting, flush what was accepted (in-flight Exports get their answer), finish the claimed and
@@ -151,6 +166,10 @@ class Collector:
             await asyncio.wait_for(receivers, max(left(), 0.5))
         except asyncio.TimeoutError:
             cut_short.append("receivers")
+        try:   # the keys' last use, written once more
+            await asyncio.wait_for(self.authenticator.close(), max(left(), 0.5))
+        except asyncio.TimeoutError:
+            cut_short.append("api key last use")
         try:
             await asyncio.wait_for(self.writer.close(), max(left(), 0.5))
         except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):

@@ -42,6 +42,29 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("database_url", "postgresql://postgres@127.0.0.1:5432/callscope",
             "PostgreSQL connection URL (TimescaleDB is used when the extension is installed)."),
     Setting("bind_address", "0.0.0.0", "Address the OTLP receivers listen on."),
+    Setting("auth", "required",
+            "required: every Export needs 'Authorization: Bearer <key>' with a key from `callscope keys create` "
+            "(else UNAUTHENTICATED / HTTP 401, nothing stored); off: anyone who reaches the ports writes, as "
+            "tenant 'default' (a warning is logged at start). /health, /metrics and gRPC health need no key."),
+    Setting("auth_refresh_s", 5.0,
+            "How often the receivers reload API keys (seconds): a revoked key is refused within this time.",
+            float),
+    Setting("tls_cert_file", "",
+            "PEM certificate (chain) of the receivers; with tls_key_file set, gRPC and HTTP serve TLS only. "
+            "Renewed files are picked up without a restart."),
+    Setting("tls_key_file", "", "PEM private key of tls_cert_file (unencrypted)."),
+    Setting("tls_client_ca_file", "",
+            "PEM CA bundle: with it, clients must present a certificate it signed (mutual TLS)."),
+    Setting("pii", "card=mask",
+            "PII policy: comma-separated class=action over the default card=mask (a bare action sets every "
+            "class). Classes: phone, email, card, transcript, tool (arguments and results), recording (URLs), "
+            "personal (attributes marked personal); actions: keep, mask, hash. See docs/security.md."),
+    Setting("pii_salt", "",
+            "Secret salt of pii hash (at least 16 characters, the same on every collector); required when a "
+            "class is hashed."),
+    Setting("pii_attributes", "",
+            "Your own personal attributes: comma-separated name[=class] (default class personal; name.* for a "
+            "prefix), e.g. 'customer.name,customer.mobile=phone'."),
     Setting("grpc_port", 4317, "OTLP/gRPC port (TraceService, LogsService, grpc.health.v1).", int),
     Setting("http_port", 4318, "OTLP/HTTP port (/v1/traces, /v1/logs, /health).", int),
     Setting("max_message_mib", 16, "Largest accepted request, in MiB, after decompression.", int),
@@ -113,6 +136,14 @@ SETTINGS: tuple[Setting, ...] = (
 class Settings:
     database_url: str
     bind_address: str
+    auth: str
+    auth_refresh_s: float
+    tls_cert_file: str
+    tls_key_file: str
+    tls_client_ca_file: str
+    pii: str
+    pii_salt: str
+    pii_attributes: str
     grpc_port: int
     http_port: int
     max_message_mib: int
@@ -149,6 +180,16 @@ class Settings:
     @property
     def queue_bytes(self) -> int:
         return self.queue_mib * 1024 * 1024
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth == "required"
+
+    def pii_policy(self):  # type: ignore[no-untyped-def]
+        """The ``PiiPolicy`` these settings select (collector/privacy.py)."""
+        from collector.privacy import PiiPolicy, parse_attributes, parse_policy
+
+        return PiiPolicy(parse_policy(self.pii), salt=self.pii_salt, attributes=parse_attributes(self.pii_attributes))
 
     def validate(self) -> None:
         problems = []
@@ -190,6 +231,18 @@ class Settings:
             problems.append("log_level must be debug, info, warning or error")
         if self.retention_days < 0 or self.compress_after_days < 0:
             problems.append("retention_days and compress_after_days must be ≥ 0")
+        if self.auth not in ("required", "off"):
+            problems.append(f"auth must be required or off, got {self.auth!r}")
+        if self.auth_refresh_s <= 0:
+            problems.append("auth_refresh_s must be > 0")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            problems.append("tls_cert_file and tls_key_file go together (set both, or neither for plaintext)")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            problems.append("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        try:
+            self.pii_policy()
+        except ValueError as exc:
+            problems.append(str(exc))
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
 

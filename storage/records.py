@@ -1,6 +1,7 @@
 """Normalized records: what mappers produce and the writer stores (decode → map → **records** → batch → write).
 
-Fields are the columns of design.md §3 in COPY order. Ids are lowercase hex ``str``, times are timezone-aware
+Fields are the columns of design.md §3 in COPY order; ``tenant`` (last, ``'default'`` unless the request's API key
+names another tenant) is decided by the receiver, never by the data. Ids are lowercase hex ``str``, times are timezone-aware
 ``datetime`` in UTC, durations are ``float`` milliseconds. Records are immutable and flow one way.
 
 They are typed ``NamedTuple``s rather than frozen dataclasses: built once per span on the hot path (a tuple is
@@ -43,6 +44,7 @@ class SpanRow(NamedTuple):
     resource: str | None     # JSON text of resource attributes
     facts: str | None        # JSON text: this span's contribution to its call and turn (see storage/facts.py)
     resource_id: str | None  # hash of ``resource``: the resource is stored once (table resources), not per span
+    tenant: str = "default"  # the tenant of the API key the request came with
 
 
 class EventRow(NamedTuple):
@@ -59,6 +61,7 @@ class EventRow(NamedTuple):
     data: str | None         # JSON text
     source: str              # log | span_event | derived
     turn_number: int | None  # its span's turn where known when stored; else derivation links it once
+    tenant: str = "default"
 
 
 class ToolCallRow(NamedTuple):
@@ -75,6 +78,7 @@ class ToolCallRow(NamedTuple):
     is_error: bool
     error: str | None
     span_id: str
+    tenant: str = "default"
 
 
 Record = Union[SpanRow, EventRow, ToolCallRow]

@@ -7,14 +7,14 @@ Alembic migrations (storage/migrations/) create exactly these tables; a test com
 from __future__ import annotations
 
 from sqlalchemy import (
-    ARRAY, BigInteger, Boolean, Column, DateTime, Float, Index, Integer, MetaData, PrimaryKeyConstraint, SmallInteger,
-    Identity, Table, Text, text,
+    ARRAY, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, MetaData,
+    PrimaryKeyConstraint, SmallInteger, Identity, Table, Text, text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = ["metadata", "calls", "turns", "spans", "tool_calls", "events", "event_types", "call_traces",
            "HYPERTABLES", "dirty_calls", "call_quarantine", "telephony_rates", "resources", "turn_latency_1m",
-           "turn_latency_1h", "call_status_1h", "turn_rollup_dirty", "call_rollup_dirty"]
+           "turn_latency_1h", "call_status_1h", "turn_rollup_dirty", "call_rollup_dirty", "tenants", "api_keys"]
 
 metadata = MetaData()
 TZ = DateTime(timezone=True)
@@ -242,6 +242,25 @@ telephony_rates = Table(
     Column("updated_at", TZ, nullable=False, server_default=text("now()")),
 )
 
+# ours: tenants (a single-tenant install has only 'default') and the API keys that write as one of them.
+# Only a SHA-256 digest of each key is stored (storage/keys.py); the reader role cannot read either table.
+tenants = Table(
+    "tenants", metadata,
+    Column("name", Text, primary_key=True),
+    Column("created_at", TZ, nullable=False, server_default=text("now()")),
+    Column("retention_days", Integer),   # NULL: the collector's retention_days
+)
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant", Text, ForeignKey("tenants.name", onupdate="CASCADE"), nullable=False),
+    Column("label", Text),
+    Column("key_hash", LargeBinary, nullable=False, unique=True),
+    Column("created_at", TZ, nullable=False, server_default=text("now()")),
+    Column("revoked_at", TZ),
+    Column("last_used_at", TZ),
+)
+Index("api_keys_tenant_idx", api_keys.c.tenant)
 
 
 def _turn_latency(name: str) -> Table:

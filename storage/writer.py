@@ -64,6 +64,10 @@ _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_spans (LIKE spans INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS stage_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS stage_tools (LIKE tool_calls INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+    # Records carry their tenant (storage/records.py); staged with them until the stored tables have the column.
+    "ALTER TABLE stage_spans ADD COLUMN IF NOT EXISTS tenant text",
+    "ALTER TABLE stage_events ADD COLUMN IF NOT EXISTS tenant text",
+    "ALTER TABLE stage_tools ADD COLUMN IF NOT EXISTS tenant text",
 )
 
 # The routine that stores a staged batch (plain SQL, storage/write.sql): one round trip per batch.

@@ -70,8 +70,9 @@ async def database_url(template_database: str) -> AsyncIterator[str]:
 
 
 def collector_settings(database_url: str, **overrides: object) -> Settings:
+    # auth off: tests that are not about API keys send without one (tests/test_security.py covers keys)
     settings = build_settings({"database_url": database_url, "bind_address": "127.0.0.1", "grpc_port": 0,
-                               "http_port": 0, "max_wait_ms": 20, "log_format": "text"}, environ={})
+                               "http_port": 0, "max_wait_ms": 20, "log_format": "text", "auth": "off"}, environ={})
     return replace(settings, **overrides) if overrides else settings
 
 

@@ -101,6 +101,7 @@ class CollectorProcess:
             "CALLSCOPE_GRPC_PORT": str(self.grpc_port),
             "CALLSCOPE_HTTP_PORT": str(self.http_port),
             "CALLSCOPE_LOG_FORMAT": "text",
+            "CALLSCOPE_AUTH": "off",   # fault tests are about the database; tests/test_security.py covers keys
             "CALLSCOPE_DERIVE_INTERVAL_MS": "100",
             # derived rows must not depend on when a test happens to look (design §4: stale after idle time)
             "CALLSCOPE_IDLE_TIMEOUT_S": "86400",

@@ -44,7 +44,8 @@ class SdkAgent:
     reorder, split and repeat what an agent sends.
     """
 
-    def __init__(self, kind: str, collector=None, service_name: str = "voice-agent") -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, kind: str, collector=None, service_name: str = "voice-agent",  # type: ignore[no-untyped-def]
+                 resource: dict | None = None) -> None:
         if kind == "memory":
             span_exporter, log_exporter = InMemorySpanExporter(), InMemoryLogRecordExporter()
             self.memory = (span_exporter, log_exporter)
@@ -52,7 +53,7 @@ class SdkAgent:
         else:
             span_exporter, log_exporter = exporters(kind, collector)
             span_processor, log_processor = BatchSpanProcessor(span_exporter), BatchLogRecordProcessor(log_exporter)
-        resource = Resource.create({"service.name": service_name})
+        resource = Resource.create({"service.name": service_name, **(resource or {})})
         self.tracer_provider = TracerProvider(resource=resource)
         self.tracer_provider.add_span_processor(span_processor)
         self.logger_provider = LoggerProvider(resource=resource)

@@ -11,15 +11,16 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 
 class GrpcClient:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, api_key: str | None = None) -> None:
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self.traces = trace_service_pb2_grpc.TraceServiceStub(self.channel)
         self.logs = logs_service_pb2_grpc.LogsServiceStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
     async def send(self, request, timeout: float = 30.0):  # type: ignore[no-untyped-def]
         if isinstance(request, trace_service_pb2.ExportTraceServiceRequest):
-            return await self.traces.Export(request, timeout=timeout)
-        return await self.logs.Export(request, timeout=timeout)
+            return await self.traces.Export(request, timeout=timeout, metadata=self.metadata)
+        return await self.logs.Export(request, timeout=timeout, metadata=self.metadata)
 
     async def close(self) -> None:
         await self.channel.close()

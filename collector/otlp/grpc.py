@@ -5,6 +5,9 @@ statuses. The services are registered with an identity request deserializer, so 
 parse (random bytes, invalid UTF-8 in a string, nesting past the parser's depth limit) is answered
 INVALID_ARGUMENT with the reason and logged, instead of the UNKNOWN that grpc sends when its own
 deserializer fails. gzip is still undone by grpc, within ``grpc.max_receive_message_length``.
+
+The ``authorization`` metadata is checked before the body is parsed (a request without a valid key costs no
+decoding); with ``ServerTls`` the port accepts TLS only. The health service answers without a key.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from collector.errors import CallscopeError, InternalError, grpc_code_of
+from collector.errors import CallscopeError, InternalError, Unauthenticated, grpc_code_of
 from collector.otlp.ingest import ExportResult, Ingest
 from collector.otlp.codec import parse_logs, parse_traces
 from collector.otlp.status import error_message, grpc_trailers
+from collector.tls import ServerTls
 
 __all__ = ["GrpcReceiver"]
 
@@ -33,14 +37,22 @@ _SERVICES = (_TRACE_SERVICE, _LOGS_SERVICE)
 _GRPC_HEADROOM = 32
 
 
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":   # grpc lower-cases metadata keys
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
 def _export_handler(ingest: Ingest, parse: Callable[..., Any], export: Callable[..., Awaitable[ExportResult]],
                     response_type: Any, rejected_field: str) -> grpc.RpcMethodHandler:
     async def handle(body: bytes, context: grpc.aio.ServicerContext) -> Any:
         error: CallscopeError
         try:
+            tenant = await ingest.tenant_of(_authorization(context))
             with ingest.admit():
                 request = parse(body, "protobuf", limits=ingest.limits)
-                result = await export(request, transport="grpc")
+                result = await export(request, transport="grpc", tenant=tenant)
         except CallscopeError as refused:
             error = refused
         except Exception as exc:   # a bug: logged with its traceback, answered as retryable
@@ -55,7 +67,10 @@ def _export_handler(ingest: Ingest, parse: Callable[..., Any], export: Callable[
             return response
         ingest.count_refused(error, "grpc")
         code = grpc_code_of(error)
-        log.info("export.refused", extra={"transport": "grpc", "code": code.name, "error": error_message(error)})
+        if isinstance(error, Unauthenticated):
+            ingest.unauthenticated_log.add(transport="grpc", peer=context.peer(), error=error_message(error))
+        else:
+            log.info("export.refused", extra={"transport": "grpc", "code": code.name, "error": error_message(error)})
         await context.abort(code, error_message(error), trailing_metadata=grpc_trailers(error))
 
     # request_deserializer=None: grpc hands over the raw bytes (see the module docstring).
@@ -65,7 +80,7 @@ def _export_handler(ingest: Ingest, parse: Callable[..., Any], export: Callable[
 
 class GrpcReceiver:
     def __init__(self, ingest: Ingest, *, host: str, port: int, max_message_bytes: int,
-                 max_concurrent_requests: int = 256) -> None:
+                 max_concurrent_requests: int = 256, tls: ServerTls | None = None) -> None:
         self._server = grpc.aio.server(
             options=[
                 # Refused by grpc before a byte reaches us (RESOURCE_EXHAUSTED "received message larger than max").
@@ -85,7 +100,10 @@ class GrpcReceiver:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = self._server.add_insecure_port(address)
+        if tls is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, tls.grpc_credentials())
         if self.port == 0:
             raise OSError(f"cannot listen for OTLP/gRPC on {address}")
 

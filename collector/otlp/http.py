@@ -3,11 +3,14 @@
 
 Responses and error bodies use the request's encoding, as the OTLP/HTTP specification requires; refusals
 carry ``Retry-After`` so exporters back off and retry. What can be refused before the body is read is: a
-``Content-Length`` over ``max_message_mib`` (413) and a request over ``max_concurrent_requests`` (429).
+``Content-Length`` over ``max_message_mib`` (413), a request over ``max_concurrent_requests`` (429) and, first of
+all, a request without a valid API key (401 with ``WWW-Authenticate: Bearer``). ``/health`` and ``/metrics``
+answer without a key. With ``ServerTls`` the port accepts TLS only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, Awaitable, Callable
@@ -17,11 +20,12 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from collector.errors import CallscopeError, InternalError, InvalidRequest
+from collector.errors import CallscopeError, InternalError, InvalidRequest, Unauthenticated
 from collector.otlp.ingest import ExportResult, Ingest
 from collector.otlp.codec import decompress, parse_logs, parse_traces
 from collector.otlp.status import error_message, http_error
 from collector.telemetry import CONTENT_TYPE_LATEST
+from collector.tls import RELOAD_CHECK_S, ServerTls
 
 __all__ = ["HttpReceiver"]
 
@@ -58,8 +62,11 @@ def _respond(message, encoding: str, *, status: int = 200, headers: dict[str, st
 
 class HttpReceiver:
     def __init__(self, ingest: Ingest, *, host: str, port: int, max_message_bytes: int,
-                 health: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]] | None = None) -> None:
+                 health: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]] | None = None,
+                 tls: ServerTls | None = None) -> None:
         self._ingest = ingest
+        self._tls = tls
+        self._reload_task: asyncio.Task[None] | None = None
         self._host, self._requested_port = host, port
         self._max_bytes = max_message_bytes
         self._health = health
@@ -75,13 +82,27 @@ class HttpReceiver:
 
     async def start(self) -> None:
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self._host, self._requested_port)
+        self._site = web.TCPSite(self._runner, self._host, self._requested_port,
+                                 ssl_context=self._tls.ssl_context() if self._tls is not None else None)
         await self._site.start()
+        if self._tls is not None:
+            self._reload_task = asyncio.create_task(self._reload_certificates(), name="callscope-tls-reload")
         server = self._site._server  # aiohttp exposes the bound sockets only here
         if server is not None and server.sockets:
             self.port = server.sockets[0].getsockname()[1]
 
+    def reload_certificates(self) -> bool:
+        """Load renewed certificate files for new connections (checked every ``RELOAD_CHECK_S``)."""
+        return self._tls.reload_if_changed() if self._tls is not None else False
+
+    async def _reload_certificates(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_CHECK_S)
+            self.reload_certificates()
+
     async def stop(self, grace_s: float) -> None:
+        if self._reload_task is not None:
+            self._reload_task.cancel()
         self._runner._shutdown_timeout = grace_s  # aiohttp reads it in cleanup(); no public setter
         await self._runner.cleanup()
 
@@ -101,10 +122,11 @@ class HttpReceiver:
         encoding = "protobuf"
         error: CallscopeError
         try:
+            tenant = await self._ingest.tenant_of(request.headers.get("Authorization"))
             encoding = _encoding_of(request)
             with self._ingest.admit():
                 message = parse(await self._body(request), encoding, limits=self._ingest.limits)
-                result: ExportResult = await export(message, transport="http")
+                result: ExportResult = await export(message, transport="http", tenant=tenant)
         except _UnsupportedMediaType as unsupported:
             self._ingest.count_refused(unsupported, "http")
             return web.Response(status=415, text=str(unsupported))
@@ -120,7 +142,12 @@ class HttpReceiver:
         status, body, headers = http_error(error)
         if isinstance(error, _TooLarge):
             status = 413
-        log.info("export.refused", extra={"transport": "http", "status": status, "error": error_message(error)})
+        if isinstance(error, Unauthenticated):
+            headers = {**headers, "WWW-Authenticate": 'Bearer realm="callscope"'}
+            encoding = "json" if request.content_type.lower() == _JSON else "protobuf"
+            self._ingest.unauthenticated_log.add(transport="http", peer=request.remote, error=error_message(error))
+        else:
+            log.info("export.refused", extra={"transport": "http", "status": status, "error": error_message(error)})
         return _respond(body, encoding, status=status, headers=headers)
 
     @staticmethod

@@ -1,9 +1,10 @@
 """Transport-agnostic Export: decoded request → map → batch → committed, with its partial-success report.
 
-The gRPC servicer and the HTTP route are thin adapters around ``Ingest.export_traces`` / ``export_logs``;
-only their ``transport`` label differs. ``Ingest.admit`` bounds how many requests are being decoded, mapped
-or waiting for their commit at once (both transports together): memory per request is bounded by
-``max_message_mib``, so this bounds the total.
+The gRPC servicer and the HTTP route are thin adapters around ``Ingest.tenant_of`` (the request's API key → its
+tenant, collector/auth.py) and ``Ingest.export_traces`` / ``export_logs``, which take that tenant and carry it
+on every row; only their ``transport`` label differs. The PII policy is applied while mapping. ``Ingest.admit``
+bounds how many requests are being decoded, mapped or waiting for their commit at once (both transports
+together): memory per request is bounded by ``max_message_mib``, so this bounds the total.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ from typing import Iterator
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from collector.auth import DEFAULT_TENANT, Authenticator
 from collector.batcher import Batcher
 from collector.cost import PriceTable
 from collector.errors import (
-    MAX_MESSAGE_CHARS, CallscopeError, InvalidRequest, Overloaded, StorageRejected, StorageUnavailable, shorten,
+    MAX_MESSAGE_CHARS, CallscopeError, InvalidRequest, Overloaded, StorageRejected, StorageUnavailable,
+    Unauthenticated, shorten,
 )
 from collector.logs import ThrottledLog
 from collector.items import DEFAULT_LIMITS, ItemLimits
 from collector.otlp.codec import DecodeStats, ValueDecoder, count_items, iter_logs, iter_spans
 from collector.pipeline import MappedBatch, map_logs, map_spans
+from collector.privacy import KEEP_ALL, PiiPolicy
 from collector.telemetry import Metrics
 
 __all__ = ["Ingest", "ExportResult", "refusal_reason"]
@@ -61,15 +65,20 @@ def refusal_reason(error: CallscopeError) -> str:
         return "storage_rejected"
     if isinstance(error, InvalidRequest):
         return "invalid_request"
+    if isinstance(error, Unauthenticated):
+        return "unauthenticated"
     return "internal"
 
 
 class Ingest:
     def __init__(self, batcher: Batcher, *, prices: PriceTable, limits: ItemLimits = DEFAULT_LIMITS,
                  metrics: Metrics | None = None, max_concurrent_requests: int = 256,
-                 retry_after_s: float = 1.0) -> None:
+                 retry_after_s: float = 1.0, authenticator: Authenticator | None = None,
+                 privacy: PiiPolicy = KEEP_ALL) -> None:
         self._batcher = batcher
         self.prices = prices
+        self._authenticator = authenticator   # None: auth off, everything is tenant 'default'
+        self.privacy = privacy
         self.limits = limits
         self.metrics = metrics or Metrics()
         self._max_requests = max_concurrent_requests
@@ -77,6 +86,8 @@ class Ingest:
         self._in_progress = 0
         self._rejected_log = ThrottledLog(log, "export.partially_rejected")
         self._crash_log = ThrottledLog(log, "export.item_crashed", level=logging.ERROR)
+        # one client with a bad key retries for ever: a line every 10 s with the count, not one per request
+        self.unauthenticated_log = ThrottledLog(log, "export.unauthenticated")
         self.metrics.register_gauge_callback("callscope_requests_in_progress",
                                              "Export requests being decoded, mapped or waiting for their commit.",
                                              lambda: self._in_progress)
@@ -101,20 +112,29 @@ class Ingest:
     def count_refused(self, error: CallscopeError, transport: str) -> None:
         self.metrics.refused.labels(refusal_reason(error), transport).inc()
 
-    async def export_traces(self, request: ExportTraceServiceRequest, *, transport: str) -> ExportResult:
+    async def tenant_of(self, authorization: str | None) -> str:
+        """The tenant a request writes as, from its ``Authorization`` value; raises ``Unauthenticated``."""
+        if self._authenticator is None:
+            return DEFAULT_TENANT
+        return await self._authenticator.tenant_of(authorization)
+
+    async def export_traces(self, request: ExportTraceServiceRequest, *, transport: str,
+                            tenant: str) -> ExportResult:
         if count_items(request) == 0:
             return ExportResult()
         self._batcher.check_capacity()
         stats = DecodeStats()
-        batch = map_spans(iter_spans(request, ValueDecoder(self.limits, stats)), self.limits, prices=self.prices)
+        batch = map_spans(iter_spans(request, ValueDecoder(self.limits, stats)), self.limits, prices=self.prices,
+                          tenant=tenant, privacy=self.privacy)
         return await self._commit(batch, stats, "spans", transport)
 
-    async def export_logs(self, request: ExportLogsServiceRequest, *, transport: str) -> ExportResult:
+    async def export_logs(self, request: ExportLogsServiceRequest, *, transport: str, tenant: str) -> ExportResult:
         if count_items(request) == 0:
             return ExportResult()
         self._batcher.check_capacity()
         stats = DecodeStats()
-        batch = map_logs(iter_logs(request, ValueDecoder(self.limits, stats)), self.limits)
+        batch = map_logs(iter_logs(request, ValueDecoder(self.limits, stats)), self.limits, tenant=tenant,
+                         privacy=self.privacy)
         return await self._commit(batch, stats, "log records", transport)
 
     def _count(self, batch: MappedBatch, stats: DecodeStats, signal: str, transport: str) -> None:

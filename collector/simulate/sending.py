@@ -8,13 +8,16 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.simulate.retry import GaveUp, RetryPolicy, with_retries
 from collector.simulate.scenarios import iter_calls
 from collector.simulate.transport import Permanent, open_transport
+
+if TYPE_CHECKING:
+    from collector.tls import ClientTls
 
 __all__ = ["SimulationReport", "run_simulation"]
 
@@ -57,18 +60,21 @@ def _request_key(request: Any) -> int:
 
 async def run_simulation(endpoint: str, *, calls: int, concurrency: int = 8, seed: int = 1, insecure: bool = True,
                          progress: Callable[[int], None] | None = None, timeout: float = 30.0,
-                         retry: RetryPolicy = RetryPolicy()) -> SimulationReport:
+                         retry: RetryPolicy = RetryPolicy(), tls: ClientTls | None = None,
+                         api_key: str | None = None) -> SimulationReport:
     """Generate ``calls`` calls and send them to an OTLP receiver, ``concurrency`` calls at a time.
 
     ``endpoint`` is ``host:port`` (or ``grpc://host:port``) for OTLP/gRPC, ``http(s)://host:port`` for
     OTLP/HTTP protobuf. Each call's trace and log requests go out in time order (its root span last).
     Retryable answers (transport.py) are retried per ``retry`` (retry.py: the server's RetryInfo /
     Retry-After, else exponential backoff from 1 s with ±20 % jitter, up to 120 s per request); ``timeout``
-    bounds each attempt. ``progress`` gets the number of calls finished so far.
+    bounds each attempt. ``progress`` gets the number of calls finished so far. ``tls`` talks TLS to the
+    collector (gRPC, or HTTP at ``https://``); ``api_key`` is sent as ``Authorization: Bearer <key>``.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
-    transport = open_transport(endpoint, insecure=insecure, timeout=timeout, concurrency=concurrency)
+    transport = open_transport(endpoint, insecure=insecure, timeout=timeout, concurrency=concurrency, tls=tls,
+                               api_key=api_key)
     stats = {"spans": 0, "logs": 0, "requests": 0, "retries": 0, "rejected_spans": 0, "rejected_logs": 0,
              "failed": 0, "calls": 0}
     errors: list[str] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -23,6 +23,9 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 )
+
+if TYPE_CHECKING:
+    from collector.tls import ClientTls
 
 __all__ = ["Retryable", "Permanent", "Transport", "open_transport", "retry_delay_from_status"]
 
@@ -96,21 +99,26 @@ def _retry_after(value: str | None) -> float | None:
 class _GrpcTransport:
     name = "grpc"
 
-    def __init__(self, target: str, *, insecure: bool, timeout: float) -> None:
+    def __init__(self, target: str, *, insecure: bool, timeout: float, tls: ClientTls | None = None,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
         from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
         options = [("grpc.max_send_message_length", 64 * 1024 * 1024),
                    ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        self.channel = (grpc.aio.insecure_channel(target, options=options) if insecure
-                        else grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options))
+        if tls is not None:
+            self.channel = tls.grpc_channel(target, options)
+        else:
+            self.channel = (grpc.aio.insecure_channel(target, options=options) if insecure
+                            else grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options))
+        self.metadata = metadata
         self.traces = trace_service_pb2_grpc.TraceServiceStub(self.channel)
         self.logs = logs_service_pb2_grpc.LogsServiceStub(self.channel)
         self.timeout = timeout
 
     async def _call(self, method: Any, request: Any) -> Any:
         try:
-            return await method(request, timeout=self.timeout)
+            return await method(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             message = f"{exc.code().name}: {exc.details()}"
             delay = _retry_info_delay(exc.trailing_metadata())
@@ -134,20 +142,24 @@ class _GrpcTransport:
 class _HttpTransport:
     name = "http"
 
-    def __init__(self, base: str, *, timeout: float, concurrency: int) -> None:
+    def __init__(self, base: str, *, timeout: float, concurrency: int, tls: ClientTls | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         import aiohttp
 
         self._aiohttp = aiohttp
         self.base = base.rstrip("/")
+        self.headers = {"Content-Type": "application/x-protobuf", **(headers or {})}
+        self.server_hostname = tls.server_name if tls is not None else None
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(1, concurrency)),
+            connector=aiohttp.TCPConnector(limit=max(1, concurrency),
+                                           ssl=tls.ssl_context() if tls is not None else True),
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
 
     async def _post(self, path: str, body: bytes) -> bytes:
         try:
-            async with self.session.post(self.base + path, data=body,
-                                         headers={"Content-Type": "application/x-protobuf"}) as resp:
+            async with self.session.post(self.base + path, data=body, headers=self.headers,
+                                         server_hostname=self.server_hostname) as resp:
                 payload = await resp.read()
                 if resp.status == 200:
                     return payload
@@ -173,8 +185,12 @@ class _HttpTransport:
 Transport = _GrpcTransport | _HttpTransport
 
 
-def open_transport(endpoint: str, *, insecure: bool, timeout: float, concurrency: int) -> Transport:
-    """``http(s)://host:port`` → OTLP/HTTP protobuf; ``host:port`` or ``grpc://host:port`` → OTLP/gRPC."""
+def open_transport(endpoint: str, *, insecure: bool, timeout: float, concurrency: int,
+                   tls: ClientTls | None = None, api_key: str | None = None) -> Transport:
+    """``http(s)://host:port`` → OTLP/HTTP protobuf; ``host:port`` or ``grpc://host:port`` → OTLP/gRPC.
+    ``tls``: talk TLS with these trust roots / client certificate; ``api_key``: sent as ``Authorization: Bearer``."""
+    authorization = {"authorization": f"Bearer {api_key}"} if api_key else {}
     if endpoint.startswith(("http://", "https://")):
-        return _HttpTransport(endpoint, timeout=timeout, concurrency=concurrency)
-    return _GrpcTransport(endpoint.removeprefix("grpc://"), insecure=insecure, timeout=timeout)
+        return _HttpTransport(endpoint, timeout=timeout, concurrency=concurrency, tls=tls, headers=authorization)
+    return _GrpcTransport(endpoint.removeprefix("grpc://"), insecure=insecure, timeout=timeout, tls=tls,
+                          metadata=tuple(authorization.items()))
