@@ -26,7 +26,7 @@ from storage.errors import StorageRejected, StorageUnavailable
 from storage.records import EventRow, Record, SpanRow, ToolCallRow, columns_of
 from storage.routines import routine_name
 
-__all__ = ["PostgresWriter", "WriterPool", "WriteResult", "storage_errors", "SERVER_SETTINGS", "WRITE_ROUTINE",
+__all__ = ["PostgresWriter", "WriterPool", "WriteResult", "storage_errors", "SERVER_SETTINGS", "WRITE_ROUTINE", "STAGED_ONLY",
            "WRITE_STATEMENTS"]
 
 log = logging.getLogger("callscope.storage")
@@ -65,10 +65,12 @@ _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS stage_tools (LIKE tool_calls INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
     # Records carry their tenant (storage/records.py); staged with them until the stored tables have the column.
-    "ALTER TABLE stage_spans ADD COLUMN IF NOT EXISTS tenant text",
-    "ALTER TABLE stage_events ADD COLUMN IF NOT EXISTS tenant text",
-    "ALTER TABLE stage_tools ADD COLUMN IF NOT EXISTS tenant text",
+    *(f"ALTER TABLE {stage} ADD COLUMN IF NOT EXISTS tenant text" for stage in ("stage_spans", "stage_events",
+                                                                                "stage_tools")),
 )
+# Record fields that are staged but not stored yet: the tenant reaches the writer's input; storing it (a tenant
+# column on the public tables, row-level security) is the tenancy migration's.
+STAGED_ONLY = frozenset({"tenant"})
 
 # The routine that stores a staged batch (plain SQL, storage/write.sql): one round trip per batch.
 WRITE_ROUTINE = Path(__file__).with_name("write.sql").read_text(encoding="utf-8")
