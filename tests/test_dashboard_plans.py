@@ -22,7 +22,8 @@ from storage import rollup
 FILES = render_provisioning(DashboardOptions())
 BOARDS = {json.loads(t)["uid"]: json.loads(t) for rel, t in FILES.items() if rel.endswith(".json")}
 RULES = [r for g in yaml.safe_load(FILES["alerting/callscope-rules.yaml"])["groups"] for r in g["rules"]]
-BIG = ("calls", "turns", "spans", "events", "tool_calls", "turn_latency_1m", "turn_latency_1h", "call_status_1h")
+BIG = ("calls", "turns", "spans", "events", "tool_calls", "turn_latency_1m", "turn_latency_1h", "call_status_1h",
+       "turn_latency_breakdown_1h", "stage_latency_1m", "latency_stage_1h", "event_counts_1m", "event_counts_1h")
 CALLS = 50_000
 DAYS = 4
 
@@ -71,8 +72,8 @@ async def unanalyzed(template_database: str) -> AsyncIterator[tuple[asyncpg.Conn
         await conn.execute(statement, start)
     # the deriver's way (and the refresh's own plans must not need statistics either: it runs here on
     # never-analyzed tables, one index range scan per bucket)
-    await conn.execute(rollup.MARK_ALL_TURN_BUCKETS)
-    await conn.execute(rollup.MARK_ALL_CALL_BUCKETS)
+    for mark in rollup.MARK_ALL_BUCKETS:
+        await conn.execute(mark)
     await rollup.drain_rollups(conn, 5000)
     never = await conn.fetchval(
         "SELECT count(*) FROM pg_stat_user_tables WHERE relname = ANY($1) AND last_analyze IS NULL "
@@ -118,11 +119,16 @@ async def test_the_latency_rollup_is_read_only_within_the_range(
     board = BOARDS[DASHBOARD_UIDS["latency"]]
     panels = [p for top in board["panels"] for p in [top, *top.get("panels", [])]]
     sql = next(p for p in panels if p["title"] == "p95 Voice-to-voice")["targets"][0]["rawSql"]
+    filtered = {"agent": ["sarah"], "model": ["llama"]}
     for span in (timedelta(days=3), timedelta(days=30)):
-        rendered = render(sql, variables=variables_from_dashboard(board), frm=now - span, to=now)
-        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN (FORMAT TEXT) " + rendered))
-        assert re.search(r"(Index Scan using|Bitmap Index Scan on) turn_latency_1h_bucket_idx", plan), plan
-        assert "turns" not in re.findall(r"Scan(?: using \w+)? on (\w+)", plan), plan
+        # every variable "All": the pre-merged rows; agent and model both filtered: every dimension set
+        for values, index in (({}, "turn_latency_breakdown_1h_bucket_idx"), (filtered, "turn_latency_1h_bucket_idx")):
+            rendered = render(sql, variables=variables_from_dashboard(board, values), frm=now - span, to=now)
+            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN (FORMAT TEXT) " + rendered))
+            assert re.search(rf"(Index Scan using|Bitmap Index Scan on) {index}", plan), plan
+            scanned = re.findall(r"Scan(?: using \w+)? on (\w+)", plan)
+            assert "turns" not in scanned, plan
+            assert ("turn_latency_1h" in scanned) == (index == "turn_latency_1h_bucket_idx"), plan
     rendered = render(sql, variables=variables_from_dashboard(board), frm=now - timedelta(hours=24), to=now)
     plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + rendered))
     assert "turns_started_at_idx" in plan and "turn_latency_1h" not in plan, plan
