@@ -793,13 +793,23 @@ def events_source(extra: str = "") -> str:
     return "(\n" + "\n  UNION ALL\n".join(branches) + "\n) s"
 
 
-def events_over_time(dimension: str) -> str:
-    return f"""SELECT $__timeGroupAlias(s.time, $__interval),
-  s.{dimension} AS metric,
-  sum(s.events)::bigint AS events
-FROM {events_source()}
+def _events_per_interval(dimension: str, extra: str = "", alias: str = "events") -> str:
+    """Events per time group and ``dimension``. Rows are first added up per bucket (a timestamp and text key,
+    cheap to group) and only then put in Grafana's time groups (numeric arithmetic per row)."""
+    return f"""SELECT $__timeGroupAlias(g.time, $__interval),
+  g.metric,
+  sum(g.n)::bigint AS {alias}
+FROM (
+  SELECT s.time, s.{dimension} AS metric, sum(s.events) AS n
+  FROM {events_source(extra).replace(chr(10), chr(10) + "  ")}
+  GROUP BY 1, 2
+) g
 GROUP BY 1, 2
 ORDER BY 1"""
+
+
+def events_over_time(dimension: str) -> str:
+    return _events_per_interval(dimension)
 
 
 def _events_by_kind() -> str:
@@ -838,41 +848,68 @@ def _events_by_kind() -> str:
 
 
 EVENTS_BY_TYPE = f"""SELECT
-  s.category,
-  s.event,
-  coalesce(et.display_name, s.event) AS display_name,
-  s.level,
-  sum(s.events)::bigint AS events,
-  sum(s.calls)::bigint AS calls,
-  max(s.last_time) AS last_seen
-FROM {_events_by_kind()}
-LEFT JOIN event_types et ON et.event = s.event
-GROUP BY 1, 2, 3, 4
-ORDER BY events DESC
+  g.category,
+  g.event,
+  coalesce(et.display_name, g.event) AS display_name,
+  g.level,
+  g.events,
+  g.calls,
+  g.last_seen
+FROM (
+  SELECT s.category, s.event, s.level, sum(s.events)::bigint AS events, sum(s.calls)::bigint AS calls,
+         max(s.last_time) AS last_seen
+  FROM {_events_by_kind().replace(chr(10), chr(10) + "  ")}
+  GROUP BY 1, 2, 3
+) g
+LEFT JOIN event_types et ON et.event = g.event
+ORDER BY g.events DESC
 LIMIT 200"""
 
-# The newest rows of a few event kinds: one index range scan per kind (events_event_time_idx, newest first,
-# at most 500 rows each), then the newest 500 of those. Reads a bounded number of rows whatever the range
-# and whatever the planner estimates.
+def _newest(select: str, time_column: str, limit: int = 500) -> str:
+    """The newest ``limit`` rows of ``select`` (a SELECT whose WHERE ends with ``AND {window}``), read in
+    windows going back from the end of the range, 1, 2, 4, 8 … hours long, stopping once ``limit`` rows are
+    found (an incremental sort on the windows' ordinal: the planner knows they come in order). Without
+    statistics the planner takes a rare-looking filter for a few rows and would otherwise sort every matching
+    row of the range (a bitmap scan). Here a frequent kind costs a window or two of its rows, a rare one a
+    few index probes per doubling (about 10 for 30 days). The LIMIT inside keeps each window's subquery a
+    parameterized index scan (one without it is flattened into a join that reads the whole range once)."""
+    end = "($__timeTo()::timestamptz + interval '1 microsecond')"   # windows are [lo, hi): hi of the first is "to"
+    window = (f"{time_column} >= {end} - (2 ^ (w.k + 1) - 1) * interval '1 hour' "
+              f"AND {time_column} < {end} - (2 ^ w.k - 1) * interval '1 hour' "
+              f"AND $__timeFilter({time_column})")
+    return f"""SELECT x.*
+    FROM generate_series(0, 20) WITH ORDINALITY AS w(k, ord)
+    CROSS JOIN LATERAL (
+      {select.replace("{window}", window)}
+      ORDER BY {time_column} DESC
+      LIMIT {limit}
+    ) x
+    ORDER BY w.ord, x."time" DESC
+    LIMIT {limit}"""
+
+
+# The newest rows of a few event kinds: per kind, hour by hour through events_event_time_idx (at most 500
+# rows each), then the newest 500 of those. Reads a bounded number of rows whatever the range and whatever
+# the planner estimates.
 _FAILED_EVENTS = ("integration.failed", "tool.transfer.failed", "integration.approval_denied")
 
+_FAILED_TOOLS = _newest("""SELECT tc.started_at AS "time", tc.call_id, 'tool' AS kind, tc.tool_name AS name,
+             coalesce(tc.error, left(tc.result, 300)) AS error
+      FROM tool_calls tc
+      WHERE tc.is_error AND {window}""", "tc.started_at")
+
+_FAILED_EVENT_ROWS = _newest("""SELECT e.time AS "time", e.call_id, e.event AS kind,
+             coalesce(e.data->>'tool_name', e.data->>'name', e.event) AS name, coalesce(e.message, e.data::text) AS error
+      FROM call_events e
+      WHERE e.event = n.event AND {window}""", "e.time")
+
 FAILED_INTEGRATIONS = f"""SELECT "time", call_id, kind, name, error FROM (
-  (SELECT tc.started_at AS "time", tc.call_id, 'tool' AS kind, tc.tool_name AS name,
-         coalesce(tc.error, left(tc.result, 300)) AS error
-  FROM tool_calls tc
-  WHERE $__timeFilter(tc.started_at) AND tc.is_error
-  ORDER BY tc.started_at DESC
-  LIMIT 500)
+  ({_FAILED_TOOLS})
   UNION ALL
   SELECT l.*
   FROM (VALUES {", ".join(f"('{e}')" for e in _FAILED_EVENTS)}) AS n(event)
   CROSS JOIN LATERAL (
-    SELECT e.time, e.call_id, e.event, coalesce(e.data->>'tool_name', e.data->>'name', e.event),
-           coalesce(e.message, e.data::text)
-    FROM call_events e
-    WHERE e.event = n.event AND $__timeFilter(e.time)
-    ORDER BY e.time DESC
-    LIMIT 500
+    {_FAILED_EVENT_ROWS}
   ) l
 ) f
 ORDER BY "time" DESC
@@ -890,21 +927,20 @@ FROM (
   SELECT s.* FROM {events_source("e.category = 'webhook'").replace(chr(10), chr(10) + "  ")}
 ) s"""
 
-WEBHOOK_OVER_TIME = f"""SELECT $__timeGroupAlias(s.time, $__interval),
-  s.event AS metric,
-  sum(s.events)::bigint AS deliveries
-FROM {events_source("e.category = 'webhook'")}
-GROUP BY 1, 2
-ORDER BY 1"""
+WEBHOOK_OVER_TIME = _events_per_interval("event", "e.category = 'webhook'", "deliveries")
 
 
 def _event_list(condition: str, *, with_event: bool = True) -> str:
     """The newest 500 events matching ``condition`` (on ``e.category`` / ``e.event``) in the time range, with
-    their call and data: one index range scan per event name (events_event_time_idx, newest first, at most
-    500 rows each). The names: those of the catalogue (event_types) and of the event rollup rows in the range
-    that match ``condition`` (kinds the catalogue no longer lists)."""
+    their call and data: per event name, hour by hour through events_event_time_idx (``_newest``). The names:
+    those of the catalogue (event_types) and of the event rollup rows in the range that match ``condition``
+    (kinds the catalogue no longer lists)."""
     event_column = "\n  l.event," if with_event else ""
     on = lambda alias: condition.replace("e.", f"{alias}.")  # noqa: E731
+    rows = _newest(f"""SELECT e.time AS "time", e.call_id, e.event, e.level, e.message,
+             coalesce(e.data, '{{}}'::jsonb)::text AS data
+      FROM call_events e
+      WHERE e.event = n.event AND {condition} AND {{window}}""", "e.time")
     return f"""SELECT
   l.time AS "time",
   l.call_id,{event_column}
@@ -924,12 +960,7 @@ FROM (
     AND {on("r")}
 ) n
 CROSS JOIN LATERAL (
-  SELECT e.time, e.call_id, e.event, e.level, e.message, coalesce(e.data, '{{}}'::jsonb)::text AS data
-  FROM call_events e
-  WHERE e.event = n.event AND $__timeFilter(e.time)
-    AND {condition}
-  ORDER BY e.time DESC
-  LIMIT 500
+  {rows}
 ) l
 ORDER BY l.time DESC
 LIMIT 500"""
@@ -937,17 +968,21 @@ LIMIT 500"""
 
 WEBHOOK_LIST = _event_list("e.category = 'webhook' AND e.event <> 'webhook.queued'")
 
-PATH_ERRORS = """SELECT
-  e.time AS "time",
-  e.call_id,
-  e.level,
-  e.message,
-  coalesce(e.data, '{}'::jsonb)::text AS data
-FROM call_events e
-WHERE $__timeFilter(e.time)
-  AND e.event = 'path.error'
-ORDER BY e.time DESC
-LIMIT 500"""
+_PATH_ERROR_ROWS = _newest("""SELECT e.time AS "time", e.call_id, e.level, e.message,
+             coalesce(e.data, '{}'::jsonb)::text AS data
+      FROM call_events e
+      WHERE e.event = 'path.error' AND {window}""", "e.time")
+
+PATH_ERRORS = f"""SELECT
+  l.time AS "time",
+  l.call_id,
+  l.level,
+  l.message,
+  l.data
+FROM (
+  {_PATH_ERROR_ROWS}
+) l
+ORDER BY l.time DESC"""
 
 TRANSFERS = _event_list("(e.category = 'transfer' OR e.event LIKE 'tool.transfer.%')")
 

@@ -478,22 +478,26 @@ _RESOLVED_CALL = ("CASE WHEN e.call_id_explicit OR e.trace_id IS NULL THEN e.cal
                   "(SELECT k.call_id FROM call_traces k WHERE k.trace_id = e.trace_id), e.call_id) END")
 
 # Whether a call (as call_events resolves it) has an event of this category / event / level before a time:
-# the call's own rows (events_call_idx) and the rows stored under one of its trace ids (events_trace_idx),
-# exactly the two branches of callscope_call_events. The kind is compared with IS NOT DISTINCT FROM, which no
-# index serves, so the lookups stay on the call's rows whatever the planner estimates.
+# the call's own rows (events_call_idx: call id and time) and the rows stored under one of its trace ids
+# (events_trace_idx), exactly the two branches of callscope_call_events. Written so that no plan can widen
+# the lookups beyond the call's rows, whatever the planner estimates: the kind is compared with IS NOT
+# DISTINCT FROM (no index serves it), and on the trace branch the time is tested in the select list, not as
+# a condition (a condition "time < x" invites a BitmapAnd with a scan of events_time_idx over all earlier
+# events). No JIT: without statistics the estimates of these lookups pass any JIT threshold.
 _EVENT_SEEN_BEFORE = """
 CREATE OR REPLACE FUNCTION callscope_event_seen_before(of_call text, of_category text, of_event text,
                                                        of_level text, before_time timestamptz) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE SET jit = off AS $$
   SELECT EXISTS (SELECT 1 FROM events p
                  WHERE p.call_id = of_call AND p.time < before_time
                    AND (p.category, p.event, p.level) IS NOT DISTINCT FROM (of_category, of_event, of_level)
                    AND (p.call_id_explicit OR p.trace_id IS NULL OR NOT EXISTS (
                         SELECT 1 FROM call_traces k WHERE k.trace_id = p.trace_id AND k.call_id <> of_call)))
-      OR EXISTS (SELECT 1 FROM events p
-                 WHERE p.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k WHERE k.call_id = of_call))
-                   AND NOT p.call_id_explicit AND p.call_id <> of_call AND p.time < before_time
-                   AND (p.category, p.event, p.level) IS NOT DISTINCT FROM (of_category, of_event, of_level))
+      OR coalesce((SELECT bool_or(p.time < before_time) FROM events p
+                   WHERE p.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k WHERE k.call_id = of_call))
+                     AND NOT p.call_id_explicit AND p.call_id <> of_call
+                     AND (p.category, p.event, p.level) IS NOT DISTINCT FROM (of_category, of_event, of_level)),
+                  false)
 $$"""
 
 
