@@ -607,10 +607,11 @@ def latency_p95_stat(metric: str) -> str:
 FROM {_quantile_union(metric, (0.95,), ())}"""
 
 
-#: Stage series up to this long read latency_stage_1m alone (one point per minute or wider); longer ones the
-#: whole hours from latency_stage_1h. The stage table gives the same figures either way (sums over the same
-#: minutes), so it switches to the hours for anything longer than STAGE_TABLE_RAW_MAX.
-STAGE_RAW_MAX = LATENCY_RAW_MAX
+#: Stage series up to this long read latency_stage_1m alone (one point per minute or wider; on plain
+#: PostgreSQL a view that reads the spans); longer ones the whole hours from latency_stage_1h (one point per
+#: hour, like the Calls dashboard's series beyond CALLS_RAW_MAX). The stage table gives the same figures either
+#: way (sums over the same minutes), so it switches to the hours for anything longer than STAGE_TABLE_RAW_MAX.
+STAGE_RAW_MAX = CALLS_RAW_MAX
 STAGE_TABLE_RAW_MAX = "2 hours"
 
 

@@ -132,3 +132,34 @@ async def test_the_latency_rollup_is_read_only_within_the_range(
     rendered = render(sql, variables=variables_from_dashboard(board), frm=now - timedelta(hours=24), to=now)
     plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + rendered))
     assert "turns_started_at_idx" in plan and "turn_latency_1h" not in plan, plan
+
+
+async def test_the_refreshes_read_by_index_without_statistics(unanalyzed: tuple[asyncpg.Connection, datetime]) -> None:
+    """Each refresh statement reads one bucket's rows through an index per bucket, whatever the estimates."""
+    conn, now = unanalyzed
+    minutes = f"ARRAY[date_bin('1 minute', '{now.isoformat()}'::timestamptz - interval '1 day', {rollup._ORIGIN})]"
+    hours = minutes.replace("1 minute", "1 hour")
+    statements = {
+        "stage minutes": rollup._STAGE_MINUTE_ROWS, "stage hours": rollup._STAGE_HOUR_ROWS,
+        "event minutes": rollup._EVENT_MINUTE_ROWS, "event hours": rollup._EVENT_HOUR_ROWS,
+        "breakdown hours": rollup._breakdown_rows("hours"),
+    }
+    for name, sql in statements.items():
+        plan = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN " + sql.replace("unnest(minutes)", f"unnest({minutes})").replace("unnest(hours)", f"unnest({hours})")))
+        scanned = set(re.findall(r"Seq Scan on (\w+)", plan)) & set(BIG)
+        assert not scanned, f"{name}: {scanned}\n{plan}"
+    # callscope_event_seen_before's lookups, planned as the function plans them (generic parameters): the call's
+    # own rows and its traces' rows, never a range of events_time_idx
+    body = rollup._EVENT_SEEN_BEFORE.split("$$")[1]
+    for name, arg in (("of_call", "$1"), ("of_category", "$2"), ("of_event", "$3"), ("of_level", "$4"),
+                      ("before_time", "$5")):
+        body = body.replace(name, arg)
+    async with conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE seen(text, text, text, text, timestamptz) AS {body}")
+        plan = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN EXECUTE seen('p7', 'webhook', 'webhook.sent', 'INFO', now())"))
+        await conn.execute("DEALLOCATE seen")
+    assert "events_call_idx" in plan and "events_trace_idx" in plan and "events_time_idx" not in plan, plan
+    assert not set(re.findall(r"Seq Scan on (\w+)", plan)) & set(BIG), plan
