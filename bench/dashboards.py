@@ -323,7 +323,8 @@ async def main() -> None:
     connection = await asyncpg.connect(url)
     try:
         build["rows"] = {t: await connection.fetchval(f"SELECT count(*) FROM {t}") for t in TABLES}
-        build["database_size"] = await connection.fetchval("SELECT pg_size_pretty(pg_database_size(current_database()))")
+        build["database_size"] = await connection.fetchval(
+            "SELECT pg_size_pretty(pg_database_size(current_database()))")
         # never analyzed: drop whatever statistics an earlier run left
         await connection.execute("DELETE FROM pg_statistic WHERE starelid IN (SELECT c.oid FROM pg_class c "
                                  "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public')")

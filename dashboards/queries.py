@@ -460,7 +460,8 @@ def _rollup_filter(alias: str = "r") -> str:
 
 def _rollup_quantiles(table: str, guard: str, metric: str, qs: tuple[float, ...],
                       keys: tuple[tuple[str, str, str], ...]) -> str:
-    """Percentiles from the histograms of ``table`` (every dimension set, all filters applied): the bins are unnested in the select list, added up per
+    """Percentiles from the histograms of ``table`` (every dimension set, all filters applied): the bins are
+    unnested in the select list, added up per
     bucket and bin (no expression per bin: Grafana's time group is numeric arithmetic), then per time group
     and bin, and each group's sorted histogram is read by callscope_hist_quantiles_sorted."""
     p = _prefix(metric)
@@ -532,6 +533,7 @@ def _breakdown_quantiles(metric: str, qs: tuple[float, ...], keys: tuple[tuple[s
         (["coalesce(r.value, 'unknown') AS metric"] if has_value else [])
     partition = ", ".join((["$__timeGroup(r.bucket, $__interval)"] if has_time else []) +
                           (["coalesce(r.value, 'unknown')"] if has_value else []))
+    window = f"PARTITION BY {partition}" if partition else ""
     value_filter = f"\n      AND {multi_filter(variable, 'r.value')}" if variable else ""
     d_keys = "".join(f"d.{n}, " for n in names)
     u_keys = "".join(f"u.{n}, " for n in names)
@@ -541,7 +543,7 @@ def _breakdown_quantiles(metric: str, qs: tuple[float, ...], keys: tuple[tuple[s
     group_m = f"\n  GROUP BY {positions}" if names else "\n  HAVING count(*) > 0"
     return f"""  (WITH d AS MATERIALIZED (
     SELECT {"".join(x + ", " for x in selects)}r.{p}_bins AS bins, r.{p}_counts AS counts,
-           r.{p}_min_ms AS lo, r.{p}_max_ms AS hi, count(*) OVER ({f"PARTITION BY {partition}" if partition else ""}) AS k
+           r.{p}_min_ms AS lo, r.{p}_max_ms AS hi, count(*) OVER ({window}) AS k
     FROM turn_latency_breakdown_1h r
     WHERE {_HOUR_TURNS} AND {guard}
       AND $__timeFilter(r.bucket) AND r.breakdown = '{breakdown}'{value_filter}
@@ -900,7 +902,8 @@ _FAILED_TOOLS = _newest("""SELECT tc.started_at AS "time", tc.call_id, 'tool' AS
       WHERE tc.is_error AND {window}""", "tc.started_at")
 
 _FAILED_EVENT_ROWS = _newest("""SELECT e.time AS "time", e.call_id, e.event AS kind,
-             coalesce(e.data->>'tool_name', e.data->>'name', e.event) AS name, coalesce(e.message, e.data::text) AS error
+             coalesce(e.data->>'tool_name', e.data->>'name', e.event) AS name,
+             coalesce(e.message, e.data::text) AS error
       FROM call_events e
       WHERE e.event = n.event AND {window}""", "e.time")
 

@@ -410,8 +410,9 @@ $$"""
 # Span stages: stage_latency_1m (what the view latency_stage_1m computes, per minute) and latency_stage_1h
 # ---------------------------------------------------------------------------------------------------------
 
-_STAGE_MINUTE_ROWS = f"""INSERT INTO stage_latency_1m (bucket, stage, provider, model, samples, ttfb_samples, avg_ttfb_ms,
-                                p50_ttfb_ms, p95_ttfb_ms, p99_ttfb_ms, avg_duration_ms, p95_duration_ms)
+_STAGE_MINUTE_ROWS = f"""INSERT INTO stage_latency_1m (bucket, stage, provider, model, samples, ttfb_samples,
+                                avg_ttfb_ms, p50_ttfb_ms, p95_ttfb_ms, p99_ttfb_ms, avg_duration_ms,
+                                p95_duration_ms)
   SELECT b.bucket, g.*
   FROM unnest(minutes) AS b(bucket)
   CROSS JOIN LATERAL (
@@ -427,8 +428,9 @@ _STAGE_MINUTE_ROWS = f"""INSERT INTO stage_latency_1m (bucket, stage, provider, 
   ) g"""
 
 #: How an hour adds up its minutes; the continuous aggregate of migration 0007 uses the same expressions.
-STAGE_HOUR_MEASURES = ("sum(m.samples)::bigint", "sum(m.ttfb_samples)::bigint", "sum(m.avg_ttfb_ms * m.ttfb_samples)",
-                       "sum(m.p95_ttfb_ms * m.ttfb_samples)", "max(m.p95_ttfb_ms)", "sum(m.avg_duration_ms * m.samples)")
+STAGE_HOUR_MEASURES = ("sum(m.samples)::bigint", "sum(m.ttfb_samples)::bigint",
+                       "sum(m.avg_ttfb_ms * m.ttfb_samples)", "sum(m.p95_ttfb_ms * m.ttfb_samples)",
+                       "max(m.p95_ttfb_ms)", "sum(m.avg_duration_ms * m.samples)")
 
 _STAGE_HOUR_ROWS = f"""INSERT INTO latency_stage_1h (bucket, stage, provider, model, samples, ttfb_samples, ttfb_sum_ms,
                                 p95_ttfb_sum_ms, max_p95_ttfb_ms, duration_sum_ms)

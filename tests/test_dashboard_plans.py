@@ -145,8 +145,8 @@ async def test_the_refreshes_read_by_index_without_statistics(unanalyzed: tuple[
         "breakdown hours": rollup._breakdown_rows("hours"),
     }
     for name, sql in statements.items():
-        plan = "\n".join(r[0] for r in await conn.fetch(
-            "EXPLAIN " + sql.replace("unnest(minutes)", f"unnest({minutes})").replace("unnest(hours)", f"unnest({hours})")))
+        sql = sql.replace("unnest(minutes)", f"unnest({minutes})").replace("unnest(hours)", f"unnest({hours})")
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql))
         scanned = set(re.findall(r"Seq Scan on (\w+)", plan)) & set(BIG)
         assert not scanned, f"{name}: {scanned}\n{plan}"
     # callscope_event_seen_before's lookups, planned as the function plans them (generic parameters): the call's

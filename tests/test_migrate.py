@@ -117,7 +117,8 @@ async def test_hypertables_compression_and_retention_with_timescaledb():
             "WHERE view_name = 'latency_stage_1m'")
         hourly = await connection.fetchrow(
             "SELECT materialized_only, (SELECT count(*) FROM timescaledb_information.jobs j "
-            "WHERE j.proc_name = 'policy_refresh_continuous_aggregate' AND j.hypertable_name = a.materialization_hypertable_name) AS policies "
+            "WHERE j.proc_name = 'policy_refresh_continuous_aggregate' "
+            "AND j.hypertable_name = a.materialization_hypertable_name) AS policies "
             "FROM timescaledb_information.continuous_aggregates a WHERE view_name = 'latency_stage_1h'")
         stage_table = await connection.fetchval("SELECT to_regclass('stage_latency_1m') IS NOT NULL")
         await connection.close()

@@ -530,9 +530,12 @@ async def test_a_call_is_counted_once_across_its_trace_id(db: asyncpg.Connection
     await db.execute("INSERT INTO call_traces (trace_id, call_id) VALUES ('t-1', 'call-x')")
     await db.execute(
         """INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, category, event, level, source)
-           VALUES ('2026-02-01 10:00:10+00', 'a', 't-1', false, 't-1', 'user', 'user.message_received', 'INFO', 'log'),
-                  ('2026-02-01 10:05:10+00', 'b', 'call-x', true, 't-1', 'user', 'user.message_received', 'INFO', 'log'),
-                  ('2026-02-01 10:07:10+00', 'c', 't-2', false, 't-2', 'user', 'user.message_received', 'INFO', 'log')""")
+           SELECT v.time::timestamptz, v.id, v.call_id, v.explicit, v.trace_id, 'user', 'user.message_received',
+                  'INFO', 'log'
+           FROM (VALUES ('2026-02-01 10:00:10+00', 'a', 't-1', false, 't-1'),
+                        ('2026-02-01 10:05:10+00', 'b', 'call-x', true, 't-1'),
+                        ('2026-02-01 10:07:10+00', 'c', 't-2', false, 't-2'))
+                AS v(time, id, call_id, explicit, trace_id)""")
     await db.execute(rollup.MARK_ALL_EVENT_BUCKETS)
     await rollup.drain_rollups(db)
     assert await db.fetchval("SELECT sum(calls) FROM event_counts_1h") == 2     # call-x and t-2
