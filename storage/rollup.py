@@ -87,6 +87,7 @@ TURN_DIMENSIONS = ("agent", "llm_model", "llm_provider", "stt_provider", "tts_pr
 #: The single breakdowns of turn_latency_breakdown_1h ("all": every turn of the hour, value NULL). Panels that
 #: break down by one of them, or by none, read these pre-merged rows instead of merging every dimension set.
 TURN_BREAKDOWNS = ("all", "agent", "llm_model", "llm_provider", "stt_provider", "tts_provider")
+_BREAKDOWN_LIST = "'{" + ",".join(TURN_BREAKDOWNS) + "}'::text[]"  # its index leads with the breakdown
 #: Dimensions of call_status_1h.
 CALL_DIMENSIONS = ("status", "direction", "campaign", "agent")
 
@@ -186,7 +187,8 @@ BEGIN
 END
 $$"""
 
-# Percentiles of a histogram whose bins are unique and ascending (as the dashboards' queries build it): one walk.
+# Percentiles of a histogram whose bins are unique and ascending (as the dashboards' queries build it): one walk
+# per percentile, from the nearer end (a p95 passes the few bins above it, not the many below).
 _HIST_QUANTILES_SORTED = """
 CREATE OR REPLACE FUNCTION callscope_hist_quantiles_sorted(bins smallint[], counts bigint[], qs float8[],
                                                            lo float8 DEFAULT NULL, hi float8 DEFAULT NULL)
@@ -195,6 +197,7 @@ DECLARE
   len int := coalesce(cardinality(bins), 0);
   total bigint := 0;
   result float8[] := '{}';
+  c bigint;
   q float8;
   rk float8;
   j bigint;
@@ -205,9 +208,11 @@ DECLARE
   v1 float8;
   v float8;
 BEGIN
-  FOR i IN 1..len LOOP
-    total := total + counts[i];
-  END LOOP;
+  IF len > 0 THEN
+    FOREACH c IN ARRAY counts LOOP
+      total := total + c;
+    END LOOP;
+  END IF;
   FOREACH q IN ARRAY qs LOOP
     IF total = 0 OR q IS NULL THEN
       result := result || NULL::float8;
@@ -216,18 +221,35 @@ BEGIN
     rk := least(greatest(q, 0), 1) * (total - 1);
     j := floor(rk)::bigint;
     k := least(j + 1, total - 1);
-    i := 1;
-    cum := counts[1];
-    WHILE cum <= j LOOP
-      i := i + 1;
-      cum := cum + counts[i];
-    END LOOP;
-    v0 := callscope_hist_mid(bins[i]);
-    WHILE cum <= k LOOP
-      i := i + 1;
-      cum := cum + counts[i];
-    END LOOP;
-    v1 := callscope_hist_mid(bins[i]);
+    IF j < total / 2 THEN
+      -- upwards: cum = ranks up to the end of bin i (bin i holds ranks [cum - counts[i], cum))
+      i := 1;
+      cum := counts[1];
+      WHILE cum <= j LOOP
+        i := i + 1;
+        cum := cum + counts[i];
+      END LOOP;
+      v0 := callscope_hist_mid(bins[i]);
+      WHILE cum <= k LOOP
+        i := i + 1;
+        cum := cum + counts[i];
+      END LOOP;
+      v1 := callscope_hist_mid(bins[i]);
+    ELSE
+      -- downwards, the same bins found from the top
+      i := len;
+      cum := total;
+      WHILE cum - counts[i] > k LOOP
+        cum := cum - counts[i];
+        i := i - 1;
+      END LOOP;
+      v1 := callscope_hist_mid(bins[i]);
+      WHILE cum - counts[i] > j LOOP
+        cum := cum - counts[i];
+        i := i - 1;
+      END LOOP;
+      v0 := callscope_hist_mid(bins[i]);
+    END IF;
     v := v0 + (rk - j) * (v1 - v0);
     IF lo IS NOT NULL AND v < lo THEN v := lo; END IF;
     IF hi IS NOT NULL AND v > hi THEN v := hi; END IF;
@@ -370,7 +392,7 @@ BEGIN
   {_turn_rows("turn_latency_1m", "1 minute", "minutes")};
   DELETE FROM turn_latency_1h WHERE bucket = ANY(hours);
   {_hour_rows("hours")};
-  DELETE FROM turn_latency_breakdown_1h WHERE bucket = ANY(hours);
+  DELETE FROM turn_latency_breakdown_1h WHERE breakdown = ANY({_BREAKDOWN_LIST}) AND bucket = ANY(hours);
   {_breakdown_rows("hours")};
   RETURN cardinality(minutes);
 END

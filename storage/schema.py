@@ -255,7 +255,10 @@ def _turn_latency(name: str, keys: tuple[str, ...] = ("agent", "llm_model", "llm
             Column(f"{prefix}_counts", ARRAY(Integer)),
         ]
     table = Table(name, metadata, *columns)
-    Index(f"{name}_bucket_idx", table.c.bucket)
+    if "breakdown" in keys:   # read one breakdown at a time
+        Index(f"{name}_breakdown_bucket_idx", table.c.breakdown, table.c.bucket)
+    else:
+        Index(f"{name}_bucket_idx", table.c.bucket)
     return table
 
 
