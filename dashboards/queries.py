@@ -518,12 +518,17 @@ def _breakdown_options(dimension: str | None) -> tuple[list[tuple[str, str, str 
     return [(dimension, f"{a} AND {m}", None)], f"NOT ({a} AND {m})"
 
 
+#: Percentiles turn_latency_breakdown_1h stores per row, as columns <latency>_p50_ms … (storage/rollup.py,
+#: STORED_QUANTILES): a point that one row covers reads them instead of walking the row's histogram.
+_STORED_QUANTILES = {0.5: "p50", 0.95: "p95", 0.99: "p99"}
+
+
 def _breakdown_quantiles(metric: str, qs: tuple[float, ...], keys: tuple[tuple[str, str, str], ...],
                          breakdown: str, guard: str, variable: str | None) -> str:
     """Percentiles from the pre-merged hourly rows of one breakdown: a time group and value that one row
-    covers (the usual case: one hour per point) reads that row's sorted histogram directly; only groups of
-    several rows (points wider than an hour, or the whole range for a stat) merge their bins. Same
-    histograms as merging turn_latency_1h, so the same results."""
+    covers (the usual case: one hour per point) reads that row's stored percentiles (or walks its sorted
+    histogram for other ones); only groups of several rows (points wider than an hour, or the whole range for
+    a stat) merge their bins. Same histograms as merging turn_latency_1h, so the same results."""
     p = _prefix(metric)
     quantiles = "'{" + ",".join(f"{q:g}" for q in qs) + "}'::float8[]"
     has_time = any(not expr for _, expr, _ in keys)
@@ -541,15 +546,21 @@ def _breakdown_quantiles(metric: str, qs: tuple[float, ...], keys: tuple[tuple[s
     positions = ", ".join(str(i) for i in range(1, len(names) + 1))
     group_u = f"GROUP BY {positions}, u.bin" if names else "GROUP BY u.bin"
     group_m = f"\n  GROUP BY {positions}" if names else "\n  HAVING count(*) > 0"
+    stored = all(q in _STORED_QUANTILES for q in qs)
+    # one row per point: its stored percentiles (the same function on the same histogram, run when written)
+    single = (f"ARRAY[{', '.join(f'd.{_STORED_QUANTILES[q]}' for q in qs)}]" if stored else
+              f"callscope_hist_quantiles_sorted(d.bins, d.counts::bigint[], {quantiles}, d.lo, d.hi)")
+    stored_cols = "".join(f"r.{p}_{_STORED_QUANTILES[q]}_ms AS {_STORED_QUANTILES[q]}, " for q in qs) if stored else ""
     return f"""  (WITH d AS MATERIALIZED (
-    SELECT {"".join(x + ", " for x in selects)}r.{p}_bins AS bins, r.{p}_counts AS counts,
+    SELECT {"".join(x + ", " for x in selects)}
+           {stored_cols}r.{p}_bins AS bins, r.{p}_counts AS counts,
            r.{p}_min_ms AS lo, r.{p}_max_ms AS hi, count(*) OVER ({window}) AS k
     FROM turn_latency_breakdown_1h r
     WHERE {_HOUR_TURNS} AND {guard}
       AND $__timeFilter(r.bucket) AND r.breakdown = '{breakdown}'{value_filter}
       AND r.{p}_samples > 0
   )
-  SELECT {d_keys}callscope_hist_quantiles_sorted(d.bins, d.counts::bigint[], {quantiles}, d.lo, d.hi) AS q
+  SELECT {d_keys}{single} AS q
   FROM d
   WHERE d.k = 1
   UNION ALL

@@ -60,6 +60,8 @@ __all__ = [
     "STAGES",
     "STAGE_HOUR_MEASURES",
     "TURN_BREAKDOWNS",
+    "STORED_QUANTILES",
+    "quantile_column",
     "ROLLUP_ROUTINES",
     "REFRESHES",
     "event_groups",
@@ -88,6 +90,16 @@ TURN_DIMENSIONS = ("agent", "llm_model", "llm_provider", "stt_provider", "tts_pr
 #: break down by one of them, or by none, read these pre-merged rows instead of merging every dimension set.
 TURN_BREAKDOWNS = ("all", "agent", "llm_model", "llm_provider", "stt_provider", "tts_provider")
 _BREAKDOWN_LIST = "'{" + ",".join(TURN_BREAKDOWNS) + "}'::text[]"  # its index leads with the breakdown
+#: Percentiles turn_latency_breakdown_1h stores per row (what the dashboards' series ask of one hour), read
+#: from the row's histogram by callscope_hist_quantiles_sorted when the row is written.
+STORED_QUANTILES = (0.5, 0.95, 0.99)
+
+
+def quantile_column(prefix: str, q: float) -> str:
+    """The column of turn_latency_breakdown_1h holding percentile ``q`` of a latency, e.g. llm_ttft_p95_ms."""
+    return f"{prefix}_p{round(q * 100):d}_ms"
+
+
 #: Dimensions of call_status_1h.
 CALL_DIMENSIONS = ("status", "direction", "campaign", "agent")
 
@@ -317,12 +329,15 @@ def _turn_rows(table: str, step: str, buckets: str) -> str:
   ) g"""
 
 
-def _merged_rows(table: str, keys: tuple[tuple[str, str], ...], source: str, where: str, buckets: str) -> str:
+def _merged_rows(table: str, keys: tuple[tuple[str, str], ...], source: str, where: str, buckets: str, *,
+                 quantiles: bool = False) -> str:
     """INSERT rows of ``table`` for the buckets in ``buckets`` by adding up histogram rows of ``source`` (alias
     ``m``; ``where`` selects one bucket's rows, ``b.bucket`` is the bucket): per group of ``keys`` ((column,
     expression) pairs), counts and sums add up, min / max combine, and the histograms are concatenated and
-    merged bin by bin (sorted, unique bins). Work per bucket is bounded by the source rows of that bucket."""
+    merged bin by bin (sorted, unique bins). Work per bucket is bounded by the source rows of that bucket.
+    ``quantiles``: also store each latency's STORED_QUANTILES, read from the merged histogram."""
     sums, cats, outs, merges = [], [], [], []
+    stored = "'{" + ",".join(f"{q:g}" for q in STORED_QUANTILES) + "}'::float8[]"
     for i, p in enumerate(LATENCY_METRICS.values(), start=1):
         sums.append(f"sum(m.{p}_samples)::int AS {p}_samples, sum(m.{p}_sum_ms) AS {p}_sum_ms, "
                     f"min(m.{p}_min_ms) AS {p}_min_ms, max(m.{p}_max_ms) AS {p}_max_ms")
@@ -332,9 +347,16 @@ def _merged_rows(table: str, keys: tuple[tuple[str, str], ...], source: str, whe
             f"  CROSS JOIN LATERAL (SELECT array_agg(z.b ORDER BY z.b) AS bins, array_agg(z.n ORDER BY z.b) AS counts\n"
             f"                      FROM (SELECT u.b, sum(u.n)::int AS n FROM unnest(s.cb{i}, s.cc{i}) AS u(b, n)\n"
             f"                            GROUP BY u.b) z) h{i}")
+        if quantiles:
+            outs[-1] += ", " + ", ".join(f"q{i}.q[{j}]" for j in range(1, len(STORED_QUANTILES) + 1))
+            merges.append(
+                f"  CROSS JOIN LATERAL (SELECT callscope_hist_quantiles_sorted(h{i}.bins, h{i}.counts::bigint[],\n"
+                f"                      {stored}, s.{p}_min_ms, s.{p}_max_ms) AS q) q{i}")
     columns = []
     for p in LATENCY_METRICS.values():
         columns += [f"{p}_samples", f"{p}_sum_ms", f"{p}_min_ms", f"{p}_max_ms", f"{p}_bins", f"{p}_counts"]
+        if quantiles:
+            columns += [quantile_column(p, q) for q in STORED_QUANTILES]
     nl = "\n"
     key_exprs = ", ".join(f"{expr} AS {name}" for name, expr in keys)
     key_outs = ", ".join(f"s.{name}" for name, _ in keys)
@@ -366,7 +388,7 @@ def _breakdown_rows(buckets: str) -> str:
     pairs = ", ".join(["('all', NULL::text)"] + [f"('{d}', m.{d})" for d in TURN_BREAKDOWNS[1:]])
     return _merged_rows("turn_latency_breakdown_1h", (("breakdown", "d.breakdown"), ("value", "d.value")),
                         f"turn_latency_1h m CROSS JOIN LATERAL (VALUES {pairs}) AS d(breakdown, value)",
-                        "m.bucket = b.bucket", buckets)
+                        "m.bucket = b.bucket", buckets, quantiles=True)
 
 
 _ARRAY_CAT = """

@@ -240,7 +240,8 @@ telephony_rates = Table(
 
 
 def _turn_latency(name: str, keys: tuple[str, ...] = ("agent", "llm_model", "llm_provider", "stt_provider",
-                                                         "tts_provider", "campaign", "direction")) -> Table:
+                                                         "tts_provider", "campaign", "direction"),
+                  quantiles: tuple[str, ...] = ()) -> Table:
     """Turn latencies per bucket and ``keys``, with percentile-capable histograms (storage/rollup.py)."""
     columns = [Column("bucket", TZ, nullable=False)]
     columns += [Column(key, Text, nullable=key != "breakdown") for key in keys]
@@ -254,6 +255,7 @@ def _turn_latency(name: str, keys: tuple[str, ...] = ("agent", "llm_model", "llm
             Column(f"{prefix}_bins", ARRAY(SmallInteger)),
             Column(f"{prefix}_counts", ARRAY(Integer)),
         ]
+        columns += [Column(f"{prefix}_{q}_ms", Float) for q in quantiles]
     table = Table(name, metadata, *columns)
     if "breakdown" in keys:   # read one breakdown at a time
         Index(f"{name}_breakdown_bucket_idx", table.c.breakdown, table.c.bucket)
@@ -286,8 +288,10 @@ call_status_1h = Table(
 Index("call_status_1h_bucket_idx", call_status_1h.c.bucket)
 
 # ours: turn_latency_1h pre-merged per single breakdown (migration 0007): per hour, breakdown ('all', 'agent',
-# 'llm_model', 'llm_provider', 'stt_provider', 'tts_provider') and its value, the same measures.
-turn_latency_breakdown_1h = _turn_latency("turn_latency_breakdown_1h", ("breakdown", "value"))
+# 'llm_model', 'llm_provider', 'stt_provider', 'tts_provider') and its value, the same measures, and each
+# latency's p50 / p95 / p99 read from the merged histogram (storage.rollup.STORED_QUANTILES).
+turn_latency_breakdown_1h = _turn_latency("turn_latency_breakdown_1h", ("breakdown", "value"),
+                                          ("p50", "p95", "p99"))
 
 # ours: span latency per stage, provider and model (migration 0007). On plain PostgreSQL both are tables the
 # deriver keeps: stage_latency_1m holds exactly what the view latency_stage_1m computes for a minute,

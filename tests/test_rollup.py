@@ -649,3 +649,15 @@ async def test_an_event_list_stops_at_500_of_the_newest(db: asyncpg.Connection) 
     rows = await db.fetch(render(sql, variables=variables_from_dashboard(board), frm=frm, to=to))
     expected = await db.fetch("SELECT time FROM events WHERE time <= $1 ORDER BY time DESC LIMIT 500", to)
     assert [r["time"] for r in rows] == [r[0] for r in expected]
+
+
+async def test_breakdown_rows_store_the_percentiles_of_their_histogram(ledger: asyncpg.Connection) -> None:
+    from dashboards import queries
+
+    assert set(queries._STORED_QUANTILES) == set(rollup.STORED_QUANTILES)
+    columns = ", ".join(rollup.quantile_column("tts_ttfb", q) for q in rollup.STORED_QUANTILES)
+    rows = await ledger.fetch(
+        f"""SELECT ARRAY[{columns}] AS stored,
+                   callscope_hist_quantiles(tts_ttfb_bins, tts_ttfb_counts, $1, tts_ttfb_min_ms, tts_ttfb_max_ms) AS walked
+            FROM turn_latency_breakdown_1h WHERE tts_ttfb_samples > 0""", list(rollup.STORED_QUANTILES))
+    assert rows and all(r["stored"] == r["walked"] for r in rows)

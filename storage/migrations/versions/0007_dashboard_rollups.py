@@ -2,9 +2,10 @@
 span stage latencies per hour, event counts per minute and hour; failed tool calls through a partial index
 
 * ``turn_latency_breakdown_1h``: ``turn_latency_1h`` added up per hour and single breakdown (``all``, ``agent``,
-  ``llm_model``, ``llm_provider``, ``stt_provider``, ``tts_provider``) and its value. "p95 by provider" over
-  30 days then reads one histogram per hour and provider instead of merging every dimension set. Filled here
-  from the existing ``turn_latency_1h`` rows; the turn refresh keeps it.
+  ``llm_model``, ``llm_provider``, ``stt_provider``, ``tts_provider``) and its value, with each latency's p50 /
+  p95 / p99 read from the merged histogram. "p95 by provider" over 30 days then reads one stored value per hour
+  and provider instead of merging every dimension set. The turn refresh keeps it; every hour
+  ``turn_latency_1h`` holds is marked so that the refresh fills it.
 * Span stages. Where ``latency_stage_1m`` is a TimescaleDB continuous aggregate (migration 0002),
   ``latency_stage_1h`` is a real-time continuous aggregate on top of it (hierarchical, TimescaleDB >= 2.9),
   refreshed by a policy over its whole history (only invalidated or unmaterialized hours are recomputed). On
@@ -41,7 +42,6 @@ TZ = sa.DateTime(timezone=True)
 ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
 STAGES = "'stt', 'llm', 'tts', 'tool'"
 METRICS = ("voice_to_voice", "stt", "llm_ttft", "tts_ttfb")
-BREAKDOWNS = ("agent", "llm_model", "llm_provider", "stt_provider", "tts_provider")
 ROUTINES = (
     "callscope_refresh_stage_rollup(int)",
     "callscope_refresh_event_rollup(int)",
@@ -83,6 +83,9 @@ def _breakdown_table() -> None:
             sa.Column(f"{prefix}_max_ms", sa.Float()),
             sa.Column(f"{prefix}_bins", sa.ARRAY(sa.SmallInteger())),
             sa.Column(f"{prefix}_counts", sa.ARRAY(sa.Integer())),
+            sa.Column(f"{prefix}_p50_ms", sa.Float()),
+            sa.Column(f"{prefix}_p95_ms", sa.Float()),
+            sa.Column(f"{prefix}_p99_ms", sa.Float()),
         ]
     op.create_table("turn_latency_breakdown_1h", *columns)
     # a panel reads one breakdown: its rows only (they lie together, one hour's rows after another)
@@ -90,32 +93,11 @@ def _breakdown_table() -> None:
                     ["breakdown", "bucket"])
 
 
-def _fill_breakdowns() -> None:
-    """The breakdown rows of every hour turn_latency_1h already holds (hours still marked for the turn refresh
-    are recomputed with their breakdowns when it runs)."""
-    pairs = ", ".join(["('all', NULL::text)"] + [f"('{d}', h.{d})" for d in BREAKDOWNS])
-    sums, cats, outs, merges, columns = [], [], [], [], []
-    for i, p in enumerate(METRICS, start=1):
-        sums.append(f"sum(h.{p}_samples)::int AS {p}_samples, sum(h.{p}_sum_ms) AS {p}_sum_ms, "
-                    f"min(h.{p}_min_ms) AS {p}_min_ms, max(h.{p}_max_ms) AS {p}_max_ms")
-        cats.append(f"callscope_array_cat(h.{p}_bins) AS cb{i}, callscope_array_cat(h.{p}_counts) AS cc{i}")
-        outs.append(f"s.{p}_samples, s.{p}_sum_ms, s.{p}_min_ms, s.{p}_max_ms, z{i}.bins, z{i}.counts")
-        merges.append(f"CROSS JOIN LATERAL (SELECT array_agg(u.b ORDER BY u.b) AS bins, "
-                      f"array_agg(u.n ORDER BY u.b) AS counts FROM (SELECT x.b, sum(x.n)::int AS n "
-                      f"FROM unnest(s.cb{i}, s.cc{i}) AS x(b, n) GROUP BY x.b) u) z{i}")
-        columns += [f"{p}_samples", f"{p}_sum_ms", f"{p}_min_ms", f"{p}_max_ms", f"{p}_bins", f"{p}_counts"]
-    # the aggregate is installed by install_routines after the migrations; create it here if this is the
-    # first time (0006 and 0007 in one run)
-    op.execute("CREATE OR REPLACE AGGREGATE callscope_array_cat(anycompatiblearray) "
-               "(SFUNC = array_cat, STYPE = anycompatiblearray)")
-    op.execute(f"""INSERT INTO turn_latency_breakdown_1h (bucket, breakdown, value, turns, {", ".join(columns)})
-SELECT s.bucket, s.breakdown, s.value, s.turns, {", ".join(outs)}
-FROM (
-  SELECT h.bucket, d.breakdown, d.value, sum(h.turns)::int AS turns, {", ".join(sums)}, {", ".join(cats)}
-  FROM turn_latency_1h h CROSS JOIN LATERAL (VALUES {pairs}) AS d(breakdown, value)
-  GROUP BY 1, 2, 3
-) s
-{" ".join(merges)}""")
+def _mark_breakdown_hours() -> None:
+    """Every hour turn_latency_1h already holds gets its breakdown rows at the next turn refresh: its first
+    minute is marked, and a refresh recomputes that minute, its hour and the hour's breakdown rows (hours still
+    marked by 0006's backfill get theirs when it reaches them)."""
+    op.execute("INSERT INTO turn_rollup_dirty (bucket) SELECT DISTINCT bucket FROM turn_latency_1h ORDER BY 1")
 
 
 def _latency_stage_1m_is_continuous_aggregate(conn: sa.Connection) -> bool:
@@ -202,7 +184,7 @@ def _event_counts(name: str) -> None:
 def upgrade() -> None:
     conn = op.get_bind()
     _breakdown_table()
-    _fill_breakdowns()
+    _mark_breakdown_hours()
     _queue("stage_rollup_dirty")
     _queue("event_rollup_dirty")
     if not (_latency_stage_1m_is_continuous_aggregate(conn) and _create_hourly_continuous_aggregate(conn)):
