@@ -530,20 +530,27 @@ _RESOLVED_CALL = ("CASE WHEN e.call_id_explicit OR e.trace_id IS NULL THEN e.cal
 # DISTINCT FROM (no index serves it), and on the trace branch the time is tested in the select list, not as
 # a condition (a condition "time < x" invites a BitmapAnd with a scan of events_time_idx over all earlier
 # events). No JIT: without statistics the estimates of these lookups pass any JIT threshold.
-_EVENT_SEEN_BEFORE = """
+def seen_before(call: str, category: str, event: str, level: str, before: str) -> str:
+    """SQL: whether ``call`` has an event of this kind before ``before`` (the body of
+    callscope_event_seen_before, and what the refresh evaluates inline: one plan for the whole statement)."""
+    kind = f"(p.category, p.event, p.level) IS NOT DISTINCT FROM ({category}, {event}, {level})"
+    return f"""(EXISTS (SELECT 1 FROM events p
+                 WHERE p.call_id = {call} AND p.time < {before}
+                   AND {kind}
+                   AND (p.call_id_explicit OR p.trace_id IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM call_traces k WHERE k.trace_id = p.trace_id AND k.call_id <> {call})))
+      OR coalesce((SELECT bool_or(p.time < {before}) FROM events p
+                   WHERE p.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k WHERE k.call_id = {call}))
+                     AND NOT p.call_id_explicit AND p.call_id <> {call}
+                     AND {kind}),
+                  false))"""
+
+
+_EVENT_SEEN_BEFORE = f"""
 CREATE OR REPLACE FUNCTION callscope_event_seen_before(of_call text, of_category text, of_event text,
                                                        of_level text, before_time timestamptz) RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE SET jit = off AS $$
-  SELECT EXISTS (SELECT 1 FROM events p
-                 WHERE p.call_id = of_call AND p.time < before_time
-                   AND (p.category, p.event, p.level) IS NOT DISTINCT FROM (of_category, of_event, of_level)
-                   AND (p.call_id_explicit OR p.trace_id IS NULL OR NOT EXISTS (
-                        SELECT 1 FROM call_traces k WHERE k.trace_id = p.trace_id AND k.call_id <> of_call)))
-      OR coalesce((SELECT bool_or(p.time < before_time) FROM events p
-                   WHERE p.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k WHERE k.call_id = of_call))
-                     AND NOT p.call_id_explicit AND p.call_id <> of_call
-                     AND (p.category, p.event, p.level) IS NOT DISTINCT FROM (of_category, of_event, of_level)),
-                  false)
+  SELECT {seen_before("of_call", "of_category", "of_event", "of_level", "before_time")}
 $$"""
 
 
@@ -551,17 +558,20 @@ def event_groups(where: str, segment_start: str) -> str:
     """Rows (category, event, level, events, calls, last_time) of the events matching ``where`` (alias ``e``),
     grouped by kind: ``calls`` counts the calls whose first event of that kind lies in the segment that starts
     at ``segment_start`` (none of theirs before it). Summed over segments that partition a range, that is the
-    number of calls whose first event of the kind lies in the range. Used by the refresh (one minute) and by
-    the dashboards for the partial minutes at the ends of a range."""
+    number of calls whose first event of the kind lies in the range. The refresh's statement for one minute;
+    the dashboards call callscope_event_seen_before (the same test) for the partial minutes at the ends of a
+    range. Inline here: a function call per (call, kind) costs more than its two index lookups."""
     return f"""SELECT x.category, x.event, x.level, sum(x.n)::int AS events,
-           (count(*) FILTER (WHERE NOT callscope_event_seen_before(x.call_id, x.category, x.event, x.level,
-                                                                   {segment_start})))::int AS calls,
+           (count(*) FILTER (WHERE NOT x.seen))::int AS calls,
            max(x.last_time) AS last_time
     FROM (
-      SELECT {_RESOLVED_CALL} AS call_id, e.category, e.event, e.level, count(*) AS n, max(e.time) AS last_time
-      FROM events e
-      WHERE {where}
-      GROUP BY 1, 2, 3, 4
+      SELECT y.*, {seen_before("y.call_id", "y.category", "y.event", "y.level", segment_start)} AS seen
+      FROM (
+        SELECT {_RESOLVED_CALL} AS call_id, e.category, e.event, e.level, count(*) AS n, max(e.time) AS last_time
+        FROM events e
+        WHERE {where}
+        GROUP BY 1, 2, 3, 4
+      ) y
     ) x
     GROUP BY 1, 2, 3"""
 
