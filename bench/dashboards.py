@@ -9,7 +9,9 @@ provisioning, expanded the way Grafana expands it, timed on a large database wit
 2. They are cloned in SQL (generate_series) until there are ``--calls`` calls: new call / trace / span /
    event ids, every row of a clone shifted by the same offset, offsets spread uniformly over ``--days`` days
    ending now. The seed rows are then removed.
-3. The rollups are filled the way the deriver keeps them (every bucket marked, then refreshed), timed.
+3. The rollups are filled the way the deriver keeps them (every bucket marked, then refreshed), timed. With
+   ``--reuse`` the database is migrated to this version first, and rollups it adds (empty, or marked by the
+   migration's backfill) are filled the same way.
 4. Queries: every SQL target of every dashboard, every query variable and every alert rule, rendered with
    bench/grafana_emulator.py (template variables at their defaults, "All"; ``call_id`` a median call), for
    the ranges 1 h, 24 h and 30 days ending now (alert rules: their own window and 24 h), as the reader role
@@ -133,29 +135,43 @@ async def _clone(connection: asyncpg.Connection, *, calls: int, days: int) -> di
     return timings
 
 
-async def _fill_rollups(connection: asyncpg.Connection) -> dict[str, float]:
-    start = time.perf_counter()
-    await connection.execute(rollup.MARK_ALL_TURN_BUCKETS)
-    await connection.execute(rollup.MARK_ALL_CALL_BUCKETS)
-    marked = time.perf_counter()
-    minutes = hours = 0
-    while True:
-        done = await rollup.refresh_turn_rollup(connection, 2000)
-        if not done:
-            break
-        minutes += done
-    print(f"turn rollup: {minutes} minutes", file=sys.stderr)
-    turns_done = time.perf_counter()
-    while True:
-        done = await rollup.refresh_call_rollup(connection, 2000)
-        if not done:
-            break
-        hours += done
-    end = time.perf_counter()
-    return {"mark_s": marked - start, "turn_refresh_s": turns_done - marked, "turn_minutes": minutes,
-            "turn_refresh_ms_per_minute": (turns_done - marked) * 1000 / max(1, minutes),
-            "call_refresh_s": end - turns_done, "call_hours": hours,
-            "call_refresh_ms_per_hour": (end - turns_done) * 1000 / max(1, hours)}
+# (name, mark every bucket, refresh, a table the refresh fills, its queue)
+_ROLLUPS = (
+    ("turn", rollup.MARK_ALL_TURN_BUCKETS, rollup.refresh_turn_rollup, "turn_latency_1m", "turn_rollup_dirty"),
+    ("call", rollup.MARK_ALL_CALL_BUCKETS, rollup.refresh_call_rollup, "call_status_1h", "call_rollup_dirty"),
+    ("stage", rollup.MARK_ALL_STAGE_BUCKETS, rollup.refresh_stage_rollup, "stage_latency_1m", "stage_rollup_dirty"),
+    ("event", rollup.MARK_ALL_EVENT_BUCKETS, rollup.refresh_event_rollup, "event_counts_1m", "event_rollup_dirty"),
+)
+
+
+async def _fill_rollups(connection: asyncpg.Connection, *, only_empty: bool = False) -> dict[str, Any]:
+    """Fill the rollups the way the deriver keeps them: every bucket marked, then refreshed in rounds of 2000
+    buckets, timed per rollup. ``only_empty`` (``--reuse``): mark only rollups that are empty with an empty
+    queue (new in this version); whatever is marked (a migration's backfill) is refreshed either way."""
+    out: dict[str, Any] = {}
+    for name, mark, refresh, table, queue in _ROLLUPS:
+        if not await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+            continue  # a continuous aggregate keeps it (TimescaleDB)
+        start = time.perf_counter()
+        marked = False
+        if not only_empty or not await connection.fetchval(
+                f"SELECT EXISTS (SELECT 1 FROM {table}) OR EXISTS (SELECT 1 FROM {queue})"):
+            await connection.execute(mark)
+            marked = True
+        queued = time.perf_counter()
+        buckets = 0
+        while True:
+            done = await refresh(connection, 2000)
+            if not done:
+                break
+            buckets += done
+            print(f"{name} rollup: {buckets} buckets", file=sys.stderr)
+        end = time.perf_counter()
+        if buckets:
+            out[name] = {"marked_all": marked, "mark_s": round(queued - start, 1), "buckets": buckets,
+                         "refresh_s": round(end - queued, 1),
+                         "refresh_ms_per_bucket": round((end - queued) * 1000 / buckets, 2)}
+    return out
 
 
 def _queries() -> list[dict[str, Any]]:
@@ -282,7 +298,14 @@ async def main() -> None:
     url = args.database_url
     build: dict[str, Any] = {}
     if args.reuse:
-        await migrate(url)  # this version's routines
+        start = time.perf_counter()
+        await migrate(url)  # this version's schema and routines
+        build["migrate_s"] = round(time.perf_counter() - start, 1)
+        connection = await asyncpg.connect(url)
+        try:
+            build["rollups"] = await _fill_rollups(connection, only_empty=True)
+        finally:
+            await connection.close()
     else:
         name = url.rpartition("/")[2]
         admin = await asyncpg.connect(_admin_url(url))
@@ -301,7 +324,8 @@ async def main() -> None:
     connection = await asyncpg.connect(url)
     try:
         build["rows"] = {t: await connection.fetchval(f"SELECT count(*) FROM {t}") for t in TABLES}
-        build["database_size"] = await connection.fetchval("SELECT pg_size_pretty(pg_database_size(current_database()))")
+        build["database_size"] = await connection.fetchval(
+            "SELECT pg_size_pretty(pg_database_size(current_database()))")
         # never analyzed: drop whatever statistics an earlier run left
         await connection.execute("DELETE FROM pg_statistic WHERE starelid IN (SELECT c.oid FROM pg_class c "
                                  "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public')")

@@ -3,12 +3,15 @@
 Conventions (docs/dashboards.md, "Writing queries"):
 
 * Only the public schema of design §3, the Grafana relations of migration ``0002_grafana``
-  (``latency_stage_1m``) and the rollups of ``0006_turn_rollup`` (``turn_latency_1m``, ``turn_latency_1h``,
-  ``call_status_1h``; storage/rollup.py) are read.
+  (``latency_stage_1m``), the rollups of ``0006_turn_rollup`` (``turn_latency_1m``, ``turn_latency_1h``,
+  ``call_status_1h``) and of ``0007_dashboard_rollups`` (``turn_latency_breakdown_1h``, ``latency_stage_1h``,
+  ``event_counts_1m``, ``event_counts_1h``; storage/rollup.py) are read, and the routines that migrations
+  install (``callscope_hist_quantiles_sorted``, ``callscope_event_seen_before``).
 * Long ranges read the rollups, short ranges the raw rows (exact). The choice is made in SQL: every source
   is a ``UNION ALL`` of branches guarded by the length of the range (``$__timeTo() - $__timeFrom()``, a
-  constant the planner folds, so only one branch is planned and run). See ``CALLS_RAW_MAX`` and
-  ``LATENCY_RAW_MAX``.
+  constant the planner folds, so only one branch is planned and run). See ``CALLS_RAW_MAX``,
+  ``LATENCY_RAW_MAX``, ``EVENTS_RAW_MAX`` and ``EVENTS_MINUTE_MAX``. Whether a variable is "All" is a
+  constant too (``'__all' IN (${v})``), so pre-merged rollup rows are read when the other filters are "All".
 * Every query selects by index first (time range, call id): plans must not depend on statistics
   (tests/test_dashboard_plans.py checks them on never-analyzed tables).
 * Multi-value variables have the custom all value ``'__all'`` (quotes included; Grafana inserts a custom all
@@ -123,8 +126,8 @@ VAR_LLM_MODEL = f"""SELECT DISTINCT v FROM (
   SELECT t.llm_model AS v FROM turns t
   WHERE {_RAW_TURNS} AND $__timeFilter(t.started_at)
   UNION ALL
-  SELECT r.llm_model FROM turn_latency_1h r
-  WHERE {_HOUR_TURNS} AND $__timeFilter(r.bucket)
+  SELECT r.value FROM turn_latency_breakdown_1h r
+  WHERE {_HOUR_TURNS} AND $__timeFilter(r.bucket) AND r.breakdown = 'llm_model'
 ) d
 WHERE v IS NOT NULL
 ORDER BY 1"""
@@ -481,7 +484,8 @@ def _rollup_filter(alias: str = "r") -> str:
 
 def _rollup_quantiles(table: str, guard: str, metric: str, qs: tuple[float, ...],
                       keys: tuple[tuple[str, str, str], ...]) -> str:
-    """Percentiles from the histograms of ``table``: the bins are unnested in the select list, added up per
+    """Percentiles from the histograms of ``table`` (every dimension set, all filters applied): the bins are
+    unnested in the select list, added up per
     bucket and bin (no expression per bin: Grafana's time group is numeric arithmetic), then per time group
     and bin, and each group's sorted histogram is read by callscope_hist_quantiles_sorted."""
     p = _prefix(metric)
@@ -518,12 +522,88 @@ def _rollup_quantiles(table: str, guard: str, metric: str, qs: tuple[float, ...]
   ) m{outer_group}"""
 
 
+_AGENT_ALL = f"{ALL_VALUE} IN (${{agent}})"
+_MODEL_ALL = f"{ALL_VALUE} IN (${{model}})"
+
+
+def _breakdown_options(dimension: str | None) -> tuple[list[tuple[str, str, str | None]], str]:
+    """Which turn_latency_breakdown_1h rows answer a latency query broken down by ``dimension`` (None: not
+    broken down) under the agent / model variables: [(breakdown, guard, variable filtering its value)], and the
+    guard of the fallback to turn_latency_1h (every filter applies there). Guards are constants once Grafana
+    has inserted the variables, and exclusive."""
+    a, m = _AGENT_ALL, _MODEL_ALL
+    if dimension is None:
+        return ([("all", f"{a} AND {m}", None), ("agent", f"NOT {a} AND {m}", "agent"),
+                 ("llm_model", f"{a} AND NOT {m}", "model")], f"NOT {a} AND NOT {m}")
+    if dimension == "agent":
+        return [("agent", m, "agent")], f"NOT {m}"
+    if dimension == "llm_model":
+        return [("llm_model", a, "model")], f"NOT {a}"
+    return [(dimension, f"{a} AND {m}", None)], f"NOT ({a} AND {m})"
+
+
+#: Percentiles turn_latency_breakdown_1h stores per row, as columns <latency>_p50_ms … (storage/rollup.py,
+#: STORED_QUANTILES): a point that one row covers reads them instead of walking the row's histogram.
+_STORED_QUANTILES = {0.5: "p50", 0.95: "p95", 0.99: "p99"}
+
+
+def _breakdown_quantiles(metric: str, qs: tuple[float, ...], keys: tuple[tuple[str, str, str], ...],
+                         breakdown: str, guard: str, variable: str | None) -> str:
+    """Percentiles from the pre-merged hourly rows of one breakdown: a time group and value that one row
+    covers (the usual case: one hour per point) reads that row's stored percentiles (or walks its sorted
+    histogram for other ones); only groups of several rows (points wider than an hour, or the whole range for
+    a stat) merge their bins. Same histograms as merging turn_latency_1h, so the same results."""
+    p = _prefix(metric)
+    quantiles = "'{" + ",".join(f"{q:g}" for q in qs) + "}'::float8[]"
+    has_time = any(not expr for _, expr, _ in keys)
+    has_value = any(expr for _, expr, _ in keys)
+    names = (['"time"'] if has_time else []) + (["metric"] if has_value else [])
+    selects = (["$__timeGroupAlias(r.bucket, $__interval)"] if has_time else []) + \
+        (["coalesce(r.value, 'unknown') AS metric"] if has_value else [])
+    partition = ", ".join((["$__timeGroup(r.bucket, $__interval)"] if has_time else []) +
+                          (["coalesce(r.value, 'unknown')"] if has_value else []))
+    window = f"PARTITION BY {partition}" if partition else ""
+    value_filter = f"\n      AND {multi_filter(variable, 'r.value')}" if variable else ""
+    d_keys = "".join(f"d.{n}, " for n in names)
+    u_keys = "".join(f"u.{n}, " for n in names)
+    m_keys = "".join(f"m.{n}, " for n in names)
+    positions = ", ".join(str(i) for i in range(1, len(names) + 1))
+    group_u = f"GROUP BY {positions}, u.bin" if names else "GROUP BY u.bin"
+    group_m = f"\n  GROUP BY {positions}" if names else "\n  HAVING count(*) > 0"
+    stored = all(q in _STORED_QUANTILES for q in qs)
+    # one row per point: its stored percentiles (the same function on the same histogram, run when written)
+    single = (f"ARRAY[{', '.join(f'd.{_STORED_QUANTILES[q]}' for q in qs)}]" if stored else
+              f"callscope_hist_quantiles_sorted(d.bins, d.counts::bigint[], {quantiles}, d.lo, d.hi)")
+    stored_cols = "".join(f"r.{p}_{_STORED_QUANTILES[q]}_ms AS {_STORED_QUANTILES[q]}, " for q in qs) if stored else ""
+    return f"""  (WITH d AS MATERIALIZED (
+    SELECT {"".join(x + ", " for x in selects)}
+           {stored_cols}r.{p}_bins AS bins, r.{p}_counts AS counts,
+           r.{p}_min_ms AS lo, r.{p}_max_ms AS hi, count(*) OVER ({window}) AS k
+    FROM turn_latency_breakdown_1h r
+    WHERE {_HOUR_TURNS} AND {guard}
+      AND $__timeFilter(r.bucket) AND r.breakdown = '{breakdown}'{value_filter}
+      AND r.{p}_samples > 0
+  )
+  SELECT {d_keys}{single} AS q
+  FROM d
+  WHERE d.k = 1
+  UNION ALL
+  SELECT {m_keys}callscope_hist_quantiles_sorted(array_agg(m.bin ORDER BY m.bin),
+           array_agg(m.n ORDER BY m.bin), {quantiles}, min(m.lo), max(m.hi)) AS q
+  FROM (
+    SELECT {u_keys}u.bin, sum(u.n)::bigint AS n, min(u.lo) AS lo, max(u.hi) AS hi
+    FROM (SELECT {d_keys}unnest(d.bins) AS bin, unnest(d.counts) AS n, d.lo, d.hi FROM d WHERE d.k > 1) u
+    {group_u}
+  ) m{group_m})"""
+
+
 def _quantile_union(metric: str, qs: tuple[float, ...], keys: tuple[tuple[str, str, str], ...]) -> str:
     """Rows of (keys..., q float8[]): the percentiles ``qs`` of ``metric`` per group of ``keys``.
 
     ``keys``: (raw turns expression with its alias, rollup column or "" for the time group, alias); none for
-    one row. Exactly one branch runs, chosen by the length of the range: raw turns (exact percentile_cont)
-    or the 1-hour rollup (within 2 %).
+    one row. Exactly one branch runs, chosen by the length of the range and the variables: raw turns (exact
+    percentile_cont), the pre-merged rows of one breakdown when the filters allow it, else every dimension
+    set of the 1-hour rollup (both within 2 %).
     """
     quantiles = "'{" + ",".join(f"{q:g}" for q in qs) + "}'::float8[]"
     raw_keys = "".join(f"{raw}, " for raw, _, _ in keys)
@@ -534,7 +614,11 @@ def _quantile_union(metric: str, qs: tuple[float, ...], keys: tuple[tuple[str, s
   WHERE {_RAW_TURNS}
     AND {_turn_filter()}
     AND t.{metric} IS NOT NULL{group}"""]
-    branches.append(_rollup_quantiles("turn_latency_1h", _HOUR_TURNS, metric, qs, keys))
+    dimension = next((expr for _, expr, _ in keys if expr), None)
+    options, fallback = _breakdown_options(dimension)
+    for breakdown, guard, variable in options:
+        branches.append(_breakdown_quantiles(metric, qs, keys, breakdown, guard, variable))
+    branches.append(_rollup_quantiles("turn_latency_1h", f"{_HOUR_TURNS} AND {fallback}", metric, qs, keys))
     return "(\n" + "\n  UNION ALL\n".join(branches) + "\n) p"
 
 
@@ -560,26 +644,68 @@ def latency_p95_stat(metric: str) -> str:
 FROM {_quantile_union(metric, (0.95,), ())}"""
 
 
-LATENCY_STAGE_ROLLUP = """SELECT $__timeGroupAlias(r.bucket, $__interval),
+#: Stage series up to this long read latency_stage_1m alone (one point per minute or wider; on plain
+#: PostgreSQL a view that reads the spans); longer ones the whole hours from latency_stage_1h (one point per
+#: hour, like the Calls dashboard's series beyond CALLS_RAW_MAX). The stage table gives the same figures either
+#: way (sums over the same minutes), so it switches to the hours for anything longer than STAGE_TABLE_RAW_MAX.
+STAGE_RAW_MAX = CALLS_RAW_MAX
+STAGE_TABLE_RAW_MAX = "2 hours"
+
+
+def _stage_source(raw_max: str) -> str:
+    """Rows (bucket, stage, provider, model, samples, ttfb_samples, ttfb_sum_ms, p95_ttfb_sum_ms,
+    max_p95_ttfb_ms, duration_sum_ms) covering exactly the minutes of latency_stage_1m in the range.
+
+    Ranges up to ``raw_max``: latency_stage_1m (a view over spans on plain PostgreSQL, a real-time continuous
+    aggregate on TimescaleDB). Longer ones: latency_stage_1h for the whole hours, latency_stage_1m for the
+    minutes of the partial first and last hour. The hour columns are sums over minutes, so every sum,
+    sample-weighted mean and maximum below equals the one over the minutes.
+    """
+    rng = f"{_RANGE} <= interval '{raw_max}'"
+    long = f"{_RANGE} > interval '{raw_max}'"
+    minute_cols = ("r.bucket, r.stage, r.provider, r.model, r.samples, r.ttfb_samples, "
+                   "r.avg_ttfb_ms * r.ttfb_samples, r.p95_ttfb_ms * r.ttfb_samples, r.p95_ttfb_ms, "
+                   "r.avg_duration_ms * r.samples")
+    return f"""(
+  SELECT r.bucket, r.stage, r.provider, r.model, r.samples, r.ttfb_samples,
+         r.avg_ttfb_ms * r.ttfb_samples AS ttfb_sum_ms, r.p95_ttfb_ms * r.ttfb_samples AS p95_ttfb_sum_ms,
+         r.p95_ttfb_ms AS max_p95_ttfb_ms, r.avg_duration_ms * r.samples AS duration_sum_ms
+  FROM latency_stage_1m r
+  WHERE {rng} AND $__timeFilter(r.bucket)
+  UNION ALL
+  SELECT {minute_cols}
+  FROM latency_stage_1m r
+  WHERE {long} AND r.bucket >= $__timeFrom()::timestamptz AND r.bucket < {_FIRST_HOUR}
+  UNION ALL
+  SELECT {minute_cols}
+  FROM latency_stage_1m r
+  WHERE {long} AND r.bucket >= {_END_HOUR} AND r.bucket <= $__timeTo()::timestamptz
+  UNION ALL
+  SELECT h.bucket, h.stage, h.provider, h.model, h.samples, h.ttfb_samples, h.ttfb_sum_ms, h.p95_ttfb_sum_ms,
+         h.max_p95_ttfb_ms, h.duration_sum_ms
+  FROM latency_stage_1h h
+  WHERE {long} AND h.bucket >= {_FIRST_HOUR} AND h.bucket < {_END_HOUR}
+) r"""
+
+
+LATENCY_STAGE_ROLLUP = f"""SELECT $__timeGroupAlias(r.bucket, $__interval),
   r.stage || ' · ' || coalesce(r.provider, 'unknown') || ' / ' || coalesce(r.model, 'unknown') AS metric,
-  sum(r.p95_ttfb_ms * r.ttfb_samples) / sum(r.ttfb_samples) AS p95_ttfb
-FROM latency_stage_1m r
-WHERE $__timeFilter(r.bucket)
-  AND r.ttfb_samples > 0
+  sum(r.p95_ttfb_sum_ms) / sum(r.ttfb_samples) AS p95_ttfb
+FROM {_stage_source(STAGE_RAW_MAX)}
+WHERE r.ttfb_samples > 0
   AND r.stage IN ('stt', 'llm', 'tts')
 GROUP BY 1, 2
 ORDER BY 1"""
 
-LATENCY_STAGE_TABLE = """SELECT
+LATENCY_STAGE_TABLE = f"""SELECT
   r.stage,
   coalesce(r.provider, 'unknown') AS provider,
   coalesce(r.model, 'unknown') AS model,
   sum(r.samples) AS spans,
-  sum(r.avg_ttfb_ms * r.ttfb_samples) / NULLIF(sum(r.ttfb_samples), 0) AS avg_ttfb_ms,
-  max(r.p95_ttfb_ms) AS worst_minute_p95_ttfb_ms,
-  sum(r.avg_duration_ms * r.samples) / NULLIF(sum(r.samples), 0) AS avg_duration_ms
-FROM latency_stage_1m r
-WHERE $__timeFilter(r.bucket)
+  sum(r.ttfb_sum_ms) / NULLIF(sum(r.ttfb_samples), 0) AS avg_ttfb_ms,
+  max(r.max_p95_ttfb_ms) AS worst_minute_p95_ttfb_ms,
+  sum(r.duration_sum_ms) / NULLIF(sum(r.samples), 0) AS avg_duration_ms
+FROM {_stage_source(STAGE_TABLE_RAW_MAX)}
 GROUP BY 1, 2, 3
 ORDER BY 1, 2, 3"""
 
@@ -608,16 +734,25 @@ LATENCY_SLOWEST_TURNS = f"""SELECT s.* FROM (
   UNION ALL
   (SELECT x.*
   FROM (
-    SELECT r.bucket
+    (SELECT r.bucket
+    FROM turn_latency_breakdown_1h r
+    WHERE {_HOUR_TURNS} AND {_AGENT_ALL} AND {_MODEL_ALL}
+      AND r.bucket > $__timeFrom()::timestamptz - interval '1 hour' AND r.bucket <= $__timeTo()::timestamptz
+      AND r.breakdown = 'all'
+      AND r.voice_to_voice_samples > 0
+    ORDER BY r.voice_to_voice_max_ms DESC
+    LIMIT 52)
+    UNION ALL
+    (SELECT r.bucket
     FROM turn_latency_1h r
-    WHERE {_HOUR_TURNS}
+    WHERE {_HOUR_TURNS} AND NOT ({_AGENT_ALL} AND {_MODEL_ALL})
       AND r.bucket > $__timeFrom()::timestamptz - interval '1 hour' AND r.bucket <= $__timeTo()::timestamptz
       AND {multi_filter('agent', 'r.agent')}
       AND {multi_filter('model', 'r.llm_model')}
       AND r.voice_to_voice_samples > 0
     GROUP BY r.bucket
     ORDER BY max(r.voice_to_voice_max_ms) DESC
-    LIMIT 52
+    LIMIT 52)
   ) h
   CROSS JOIN LATERAL (
     SELECT {_SLOW_COLUMNS}
@@ -636,48 +771,185 @@ LIMIT 50"""
 # Events & integrations
 # ---------------------------------------------------------------------------------------------------------
 
-_EVENTS_FILTER = (
-    f"$__timeFilter(e.time)\n  AND {multi_filter('category', 'e.category')}"
-    f"\n  AND {multi_filter('level', 'e.level')}"
-)
+#: Event ranges up to this long read the events themselves; up to EVENTS_MINUTE_MAX the 1-minute event
+#: rollup, longer ones the 1-hour rollup (the minutes of the partial first / last hour from the 1-minute one).
+#: The partial first and last minute are always read raw, so counts are exact on every range.
+EVENTS_RAW_MAX = "1 hour"
+EVENTS_MINUTE_MAX = "24 hours"
+
+_RAW_EVENTS = f"{_RANGE} <= interval '{EVENTS_RAW_MAX}'"
+_ROLLED_EVENTS = f"{_RANGE} > interval '{EVENTS_RAW_MAX}'"
+_MINUTE_EVENTS = f"{_ROLLED_EVENTS} AND {_RANGE} <= interval '{EVENTS_MINUTE_MAX}'"
+_HOUR_EVENTS = f"{_RANGE} > interval '{EVENTS_MINUTE_MAX}'"
+# The whole minutes inside the range: [_FIRST_MINUTE, _END_MINUTE).
+_FIRST_MINUTE = (f"(date_bin('1 minute', $__timeFrom()::timestamptz - interval '1 microsecond', {_ORIGIN})"
+                 " + interval '1 minute')")
+_END_MINUTE = f"date_bin('1 minute', $__timeTo()::timestamptz, {_ORIGIN})"
 
 
-def events_over_time(dimension: str) -> str:
-    return f"""SELECT $__timeGroupAlias(e.time, $__interval),
-  e.{dimension} AS metric,
-  count(*) AS events
-FROM events e
-WHERE {_EVENTS_FILTER}
+def _event_filter(alias: str, extra: str = "") -> str:
+    """The dashboard's category / level filters (and ``extra``, written for alias ``e``) on ``alias``."""
+    parts = [multi_filter("category", f"{alias}.category"), multi_filter("level", f"{alias}.level")]
+    if extra:
+        parts.append(extra.replace("e.", f"{alias}."))
+    return "\n    AND ".join(parts)
+
+
+def _event_segments() -> list[tuple[str, str, str, str]]:
+    """The pieces an event range is read in: (source, guard, time condition, segment start). Exactly the
+    pieces of one kind of range run, and they partition it: raw events (short ranges; otherwise only the
+    partial first and last minute), 1-minute rows (the whole minutes, or only those of the partial first and
+    last hour of a long range), 1-hour rows (the whole hours of a long range)."""
+    frm, to = "$__timeFrom()::timestamptz", "$__timeTo()::timestamptz"
+    return [
+        ("raw", _RAW_EVENTS, "$__timeFilter(e.time)", frm),
+        ("raw", _ROLLED_EVENTS, f"e.time >= {frm} AND e.time < {_FIRST_MINUTE}", frm),
+        ("raw", _ROLLED_EVENTS, f"e.time >= {_END_MINUTE} AND e.time <= {to}", _END_MINUTE),
+        ("event_counts_1m", _MINUTE_EVENTS, f"r.bucket >= {_FIRST_MINUTE} AND r.bucket < {_END_MINUTE}", ""),
+        ("event_counts_1m", _HOUR_EVENTS, f"r.bucket >= {_FIRST_MINUTE} AND r.bucket < {_FIRST_HOUR}", ""),
+        ("event_counts_1m", _HOUR_EVENTS, f"r.bucket >= {_END_HOUR} AND r.bucket < {_END_MINUTE}", ""),
+        ("event_counts_1h", _HOUR_EVENTS, f"r.bucket >= {_FIRST_HOUR} AND r.bucket < {_END_HOUR}", ""),
+    ]
+
+
+def events_source(extra: str = "") -> str:
+    """Rows ("time", category, event, level, events) of the range's events that pass the dashboard's filters
+    and ``extra`` (a condition on ``e.category`` / ``e.event`` / ``e.level``): one per raw event, one per
+    rollup row. ``sum(events)`` is exact on every range."""
+    branches = []
+    for source, guard, when, _ in _event_segments():
+        if source == "raw":
+            branches.append(f"""  SELECT e.time AS "time", e.category, e.event, e.level, 1 AS events
+  FROM events e
+  WHERE {guard} AND {when}
+    AND {_event_filter("e", extra)}""")
+        else:
+            branches.append(f"""  SELECT r.bucket, r.category, r.event, r.level, r.events
+  FROM {source} r
+  WHERE {guard} AND {when}
+    AND {_event_filter("r", extra)}""")
+    return "(\n" + "\n  UNION ALL\n".join(branches) + "\n) s"
+
+
+def _events_per_interval(dimension: str, extra: str = "", alias: str = "events") -> str:
+    """Events per time group and ``dimension``. Rows are first added up per bucket (a timestamp and text key,
+    cheap to group) and only then put in Grafana's time groups (numeric arithmetic per row)."""
+    return f"""SELECT $__timeGroupAlias(g.time, $__interval),
+  g.metric,
+  sum(g.n)::bigint AS {alias}
+FROM (
+  SELECT s.time, s.{dimension} AS metric, sum(s.events) AS n
+  FROM {events_source(extra).replace(chr(10), chr(10) + "  ")}
+  GROUP BY 1, 2
+) g
 GROUP BY 1, 2
 ORDER BY 1"""
 
 
+def events_over_time(dimension: str) -> str:
+    return _events_per_interval(dimension)
+
+
+def _events_by_kind() -> str:
+    """Rows (category, event, level, events, calls, last_time) per kind of event in the range. Short ranges:
+    the events themselves, calls = distinct calls (exact). Longer ranges add up the rollup rows and the
+    partial first / last minute, where calls = the calls whose first event of that kind lies in the piece
+    (callscope_event_seen_before; storage/rollup.py): in total, the calls whose first event of the kind lies
+    in the range."""
+    frm = "$__timeFrom()::timestamptz"
+    branches = [f"""  SELECT e.category, e.event, e.level, count(*) AS events, count(DISTINCT e.call_id) AS calls,
+         max(e.time) AS last_time
+  FROM call_events e
+  WHERE {_RAW_EVENTS} AND $__timeFilter(e.time)
+    AND {_event_filter("e")}
+  GROUP BY 1, 2, 3"""]
+    for source, guard, when, start in _event_segments():
+        if source == "raw":
+            if start == frm and "$__timeFilter" in when:
+                continue  # the short range, above
+            branches.append(f"""  SELECT x.category, x.event, x.level, sum(x.n), count(*) FILTER (WHERE NOT
+           callscope_event_seen_before(x.call_id, x.category, x.event, x.level, {start})), max(x.last_time)
+  FROM (
+    SELECT e.call_id, e.category, e.event, e.level, count(*) AS n, max(e.time) AS last_time
+    FROM call_events e
+    WHERE {guard} AND {when}
+      AND {_event_filter("e").replace(chr(10) + "    AND", chr(10) + "      AND")}
+    GROUP BY 1, 2, 3, 4
+  ) x
+  GROUP BY 1, 2, 3""")
+        else:
+            branches.append(f"""  SELECT r.category, r.event, r.level, r.events, r.calls, r.last_time
+  FROM {source} r
+  WHERE {guard} AND {when}
+    AND {_event_filter("r")}""")
+    return "(\n" + "\n  UNION ALL\n".join(branches) + "\n) s"
+
+
 EVENTS_BY_TYPE = f"""SELECT
-  e.category,
-  e.event,
-  coalesce(et.display_name, e.event) AS display_name,
-  e.level,
-  count(*) AS events,
-  count(DISTINCT e.call_id) AS calls,
-  max(e.time) AS last_seen
-FROM call_events e
-LEFT JOIN event_types et ON et.event = e.event
-WHERE {_EVENTS_FILTER}
-GROUP BY 1, 2, 3, 4
-ORDER BY events DESC
+  g.category,
+  g.event,
+  coalesce(et.display_name, g.event) AS display_name,
+  g.level,
+  g.events,
+  g.calls,
+  g.last_seen
+FROM (
+  SELECT s.category, s.event, s.level, sum(s.events)::bigint AS events, sum(s.calls)::bigint AS calls,
+         max(s.last_time) AS last_seen
+  FROM {_events_by_kind().replace(chr(10), chr(10) + "  ")}
+  GROUP BY 1, 2, 3
+) g
+LEFT JOIN event_types et ON et.event = g.event
+ORDER BY g.events DESC
 LIMIT 200"""
 
-FAILED_INTEGRATIONS = """SELECT "time", call_id, kind, name, error FROM (
-  SELECT tc.started_at AS "time", tc.call_id, 'tool' AS kind, tc.tool_name AS name,
-         coalesce(tc.error, left(tc.result, 300)) AS error
-  FROM tool_calls tc
-  WHERE $__timeFilter(tc.started_at) AND tc.is_error
+def _newest(select: str, time_column: str, limit: int = 500) -> str:
+    """The newest ``limit`` rows of ``select`` (a SELECT whose WHERE ends with ``AND {window}``), read in
+    windows going back from the end of the range, 1, 2, 4, 8 … hours long, stopping once ``limit`` rows are
+    found (an incremental sort on the windows' ordinal: the planner knows they come in order). Without
+    statistics the planner takes a rare-looking filter for a few rows and would otherwise sort every matching
+    row of the range (a bitmap scan). Here a frequent kind costs a window or two of its rows, a rare one a
+    few index probes per doubling (about 10 for 30 days). The LIMIT inside keeps each window's subquery a
+    parameterized index scan (one without it is flattened into a join that reads the whole range once)."""
+    end = "($__timeTo()::timestamptz + interval '1 microsecond')"   # windows are [lo, hi): hi of the first is "to"
+    window = (f"{time_column} >= {end} - (2 ^ (w.k + 1) - 1) * interval '1 hour' "
+              f"AND {time_column} < {end} - (2 ^ w.k - 1) * interval '1 hour' "
+              f"AND $__timeFilter({time_column})")
+    return f"""SELECT x.*
+    FROM generate_series(0, 20) WITH ORDINALITY AS w(k, ord)
+    CROSS JOIN LATERAL (
+      {select.replace("{window}", window)}
+      ORDER BY {time_column} DESC
+      LIMIT {limit}
+    ) x
+    ORDER BY w.ord, x."time" DESC
+    LIMIT {limit}"""
+
+
+# The newest rows of a few event kinds: per kind, hour by hour through events_event_time_idx (at most 500
+# rows each), then the newest 500 of those. Reads a bounded number of rows whatever the range and whatever
+# the planner estimates.
+_FAILED_EVENTS = ("integration.failed", "tool.transfer.failed", "integration.approval_denied")
+
+_FAILED_TOOLS = _newest("""SELECT tc.started_at AS "time", tc.call_id, 'tool' AS kind, tc.tool_name AS name,
+             coalesce(tc.error, left(tc.result, 300)) AS error
+      FROM tool_calls tc
+      WHERE tc.is_error AND {window}""", "tc.started_at")
+
+_FAILED_EVENT_ROWS = _newest("""SELECT e.time AS "time", e.call_id, e.event AS kind,
+             coalesce(e.data->>'tool_name', e.data->>'name', e.event) AS name,
+             coalesce(e.message, e.data::text) AS error
+      FROM call_events e
+      WHERE e.event = n.event AND {window}""", "e.time")
+
+FAILED_INTEGRATIONS = f"""SELECT "time", call_id, kind, name, error FROM (
+  ({_FAILED_TOOLS})
   UNION ALL
-  SELECT e.time, e.call_id, e.event, coalesce(e.data->>'tool_name', e.data->>'name', e.event),
-         coalesce(e.message, e.data::text)
-  FROM call_events e
-  WHERE $__timeFilter(e.time)
-    AND e.event IN ('integration.failed', 'tool.transfer.failed', 'integration.approval_denied')
+  SELECT l.*
+  FROM (VALUES {", ".join(f"('{e}')" for e in _FAILED_EVENTS)}) AS n(event)
+  CROSS JOIN LATERAL (
+    {_FAILED_EVENT_ROWS}
+  ) l
 ) f
 ORDER BY "time" DESC
 LIMIT 500"""
@@ -685,43 +957,71 @@ LIMIT 500"""
 WEBHOOK_EVENTS = ("webhook.queued", "webhook.sent", "webhook.response_success", "webhook.response_failed",
                   "webhook.retry_exhausted")
 
-WEBHOOK_COUNTS = """SELECT
-  count(*) FILTER (WHERE e.event = 'webhook.sent') AS "Sent",
-  count(*) FILTER (WHERE e.event = 'webhook.response_success') AS "Success",
-  count(*) FILTER (WHERE e.event = 'webhook.response_failed') AS "Failed",
-  count(*) FILTER (WHERE e.event = 'webhook.retry_exhausted') AS "Retries exhausted"
-FROM events e
-WHERE $__timeFilter(e.time)
-  AND e.category = 'webhook'"""
+WEBHOOK_COUNTS = f"""SELECT
+  coalesce(sum(s.events) FILTER (WHERE s.event = 'webhook.sent'), 0)::bigint AS "Sent",
+  coalesce(sum(s.events) FILTER (WHERE s.event = 'webhook.response_success'), 0)::bigint AS "Success",
+  coalesce(sum(s.events) FILTER (WHERE s.event = 'webhook.response_failed'), 0)::bigint AS "Failed",
+  coalesce(sum(s.events) FILTER (WHERE s.event = 'webhook.retry_exhausted'), 0)::bigint AS "Retries exhausted"
+FROM (
+  SELECT s.* FROM {events_source("e.category = 'webhook'").replace(chr(10), chr(10) + "  ")}
+) s"""
 
-WEBHOOK_OVER_TIME = """SELECT $__timeGroupAlias(e.time, $__interval),
-  e.event AS metric,
-  count(*) AS deliveries
-FROM events e
-WHERE $__timeFilter(e.time)
-  AND e.category = 'webhook'
-GROUP BY 1, 2
-ORDER BY 1"""
+WEBHOOK_OVER_TIME = _events_per_interval("event", "e.category = 'webhook'", "deliveries")
+
 
 def _event_list(condition: str, *, with_event: bool = True) -> str:
-    """The newest 500 events matching ``condition`` in the time range, with their call and data."""
-    event_column = "\n  e.event," if with_event else ""
+    """The newest 500 events matching ``condition`` (on ``e.category`` / ``e.event``) in the time range, with
+    their call and data: per event name, hour by hour through events_event_time_idx (``_newest``). The names:
+    those of the catalogue (event_types) and of the event rollup rows in the range that match ``condition``
+    (kinds the catalogue no longer lists)."""
+    event_column = "\n  l.event," if with_event else ""
+    on = lambda alias: condition.replace("e.", f"{alias}.")  # noqa: E731
+    rows = _newest(f"""SELECT e.time AS "time", e.call_id, e.event, e.level, e.message,
+             coalesce(e.data, '{{}}'::jsonb)::text AS data
+      FROM call_events e
+      WHERE e.event = n.event AND {condition} AND {{window}}""", "e.time")
     return f"""SELECT
-  e.time AS "time",
-  e.call_id,{event_column}
-  e.level,
-  e.message,
-  coalesce(e.data, '{{}}'::jsonb)::text AS data
-FROM call_events e
-WHERE $__timeFilter(e.time)
-  AND {condition}
-ORDER BY e.time DESC
+  l.time AS "time",
+  l.call_id,{event_column}
+  l.level,
+  l.message,
+  l.data
+FROM (
+  SELECT t.event FROM event_types t
+  WHERE {on("t")}
+  UNION
+  SELECT r.event FROM event_counts_1h r
+  WHERE r.bucket > $__timeFrom()::timestamptz - interval '1 hour' AND r.bucket <= $__timeTo()::timestamptz
+    AND {on("r")}
+  UNION
+  SELECT r.event FROM event_counts_1m r
+  WHERE r.bucket >= {_END_HOUR} AND r.bucket <= $__timeTo()::timestamptz
+    AND {on("r")}
+) n
+CROSS JOIN LATERAL (
+  {rows}
+) l
+ORDER BY l.time DESC
 LIMIT 500"""
 
 
-WEBHOOK_LIST = _event_list("e.category = 'webhook'\n  AND e.event <> 'webhook.queued'")
+WEBHOOK_LIST = _event_list("e.category = 'webhook' AND e.event <> 'webhook.queued'")
 
-PATH_ERRORS = _event_list("e.event = 'path.error'", with_event=False)
+_PATH_ERROR_ROWS = _newest("""SELECT e.time AS "time", e.call_id, e.level, e.message,
+             coalesce(e.data, '{}'::jsonb)::text AS data
+      FROM call_events e
+      WHERE e.event = 'path.error' AND {window}""", "e.time")
+
+PATH_ERRORS = f"""SELECT
+  l.time AS "time",
+  l.call_id,
+  l.level,
+  l.message,
+  l.data
+FROM (
+  {_PATH_ERROR_ROWS}
+) l
+ORDER BY l.time DESC"""
 
 TRANSFERS = _event_list("(e.category = 'transfer' OR e.event LIKE 'tool.transfer.%')")
 

@@ -32,7 +32,7 @@ from typing import Callable
 import asyncpg
 
 from storage.errors import StorageUnavailable
-from storage.rollup import MARK_CALL_BUCKETS, MARK_TURN_BUCKETS, refresh_rollups
+from storage.rollup import MARK_CALL_BUCKETS, MARK_TURN_BUCKETS, MARKS_AT_END, refresh_rollups
 from storage.routines import routine_name
 from storage.writer import SERVER_SETTINGS, WriteResult, storage_errors
 
@@ -60,7 +60,8 @@ def _load_derive() -> tuple[tuple[str, str], ...]:
 
 def _with_rollup_marks(statements: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
     """The rollups' dirty buckets are marked before turns and call rows change and again after (storage/rollup.py):
-    the buckets a row leaves and the ones it moves to."""
+    the buckets a row leaves and the ones it moves to; the minutes of the calls' spans and events at the end,
+    from the work tables."""
     marks = ((MARK_TURN_BUCKETS, "turn"), (MARK_CALL_BUCKETS, "call"))
     out: list[tuple[str, str]] = []
     for name, sql in statements:
@@ -69,6 +70,7 @@ def _with_rollup_marks(statements: tuple[tuple[str, str], ...]) -> tuple[tuple[s
         out.append((name, sql))
         if name == "copy_agent_to_turns":
             out.extend((f"mark_{kind}_buckets_after", mark) for mark, kind in marks)
+    out.extend(MARKS_AT_END)
     return tuple(out)
 
 

@@ -51,10 +51,28 @@ __all__ = [
     "MARK_ALL_CALL_BUCKETS",
     "REFRESH_TURN_ROLLUP",
     "REFRESH_CALL_ROLLUP",
+    "REFRESH_STAGE_ROLLUP",
+    "REFRESH_EVENT_ROLLUP",
+    "MARK_STAGE_BUCKETS",
+    "MARK_EVENT_BUCKETS",
+    "MARKS_AT_END",
+    "MARK_ALL_STAGE_BUCKETS",
+    "MARK_ALL_EVENT_BUCKETS",
+    "MARK_ALL_BUCKETS",
+    "STAGES",
+    "STAGE_HOUR_MEASURES",
+    "TURN_BREAKDOWNS",
+    "STORED_QUANTILES",
+    "quantile_column",
     "ROLLUP_ROUTINES",
+    "REFRESHES",
+    "event_groups",
     "refresh_turn_rollup",
     "refresh_call_rollup",
+    "refresh_stage_rollup",
+    "refresh_event_rollup",
     "refresh_rollups",
+    "drain_rollups",
 ]
 
 #: Ratio between the bounds of a histogram bin: relative error of a percentile <= sqrt(HIST_RATIO) - 1.
@@ -70,6 +88,20 @@ LATENCY_METRICS = {
 
 #: Dimensions of the turn rollups (campaign and direction come from the call).
 TURN_DIMENSIONS = ("agent", "llm_model", "llm_provider", "stt_provider", "tts_provider", "campaign", "direction")
+#: The single breakdowns of turn_latency_breakdown_1h ("all": every turn of the hour, value NULL). Panels that
+#: break down by one of them, or by none, read these pre-merged rows instead of merging every dimension set.
+TURN_BREAKDOWNS = ("all", "agent", "llm_model", "llm_provider", "stt_provider", "tts_provider")
+_BREAKDOWN_LIST = "'{" + ",".join(TURN_BREAKDOWNS) + "}'::text[]"  # its index leads with the breakdown
+#: Percentiles turn_latency_breakdown_1h stores per row (what the dashboards' series ask of one hour), read
+#: from the row's histogram by callscope_hist_quantiles_sorted when the row is written.
+STORED_QUANTILES = (0.5, 0.95, 0.99)
+
+
+def quantile_column(prefix: str, q: float) -> str:
+    """The column of turn_latency_breakdown_1h holding percentile ``q`` of a latency, e.g. llm_ttft_p95_ms."""
+    return f"{prefix}_p{round(q * 100):d}_ms"
+
+
 #: Dimensions of call_status_1h.
 CALL_DIMENSIONS = ("status", "direction", "campaign", "agent")
 
@@ -87,6 +119,26 @@ SELECT DISTINCT date_bin('1 hour', c.started_at, {_ORIGIN})
 FROM calls c
 WHERE c.call_id = ANY($1::text[]) AND c.started_at IS NOT NULL"""
 
+#: The stages latency_stage_1m / stage_latency_1m cover (migration 0002's view).
+STAGES = ("stt", "llm", "tts", "tool")
+_STAGE_LIST = ", ".join(f"'{stage}'" for stage in STAGES)
+
+# Spans and events: marked at the end of the derive routine from its work tables, which hold every span and
+# event of the claimed calls (the rows a derivation deletes included) and the greeting events it inserts.
+# Spans are never rewritten and events only by derivation, so this covers every change of their minutes.
+MARK_STAGE_BUCKETS = f"""INSERT INTO stage_rollup_dirty (bucket)
+SELECT DISTINCT date_bin('1 minute', s.start_time, {_ORIGIN})
+FROM derive_spans s
+WHERE s.stage IN ({_STAGE_LIST})"""
+
+MARK_EVENT_BUCKETS = f"""INSERT INTO event_rollup_dirty (bucket)
+SELECT DISTINCT date_bin('1 minute', x.time, {_ORIGIN})
+FROM (SELECT e.time FROM derive_events e UNION ALL SELECT g.time FROM derive_greetings g) x
+WHERE x.time IS NOT NULL"""
+
+#: (name, statement) pairs the deriver runs at the end of its derive routine.
+MARKS_AT_END = (("mark_stage_buckets", MARK_STAGE_BUCKETS), ("mark_event_buckets", MARK_EVENT_BUCKETS))
+
 # Backfill (migration 0006 on existing data, bench/dashboards.py): every bucket that has rows.
 MARK_ALL_TURN_BUCKETS = f"""INSERT INTO turn_rollup_dirty (bucket)
 SELECT DISTINCT date_bin('1 minute', started_at, {_ORIGIN}) FROM turns WHERE started_at IS NOT NULL
@@ -96,9 +148,22 @@ MARK_ALL_CALL_BUCKETS = f"""INSERT INTO call_rollup_dirty (bucket)
 SELECT DISTINCT date_bin('1 hour', started_at, {_ORIGIN}) FROM calls WHERE started_at IS NOT NULL
 ORDER BY 1"""
 
-# This release's versions of the two refresh routines (storage/routines.py): $1 = max_buckets.
+MARK_ALL_STAGE_BUCKETS = f"""INSERT INTO stage_rollup_dirty (bucket)
+SELECT DISTINCT date_bin('1 minute', start_time, {_ORIGIN}) FROM spans WHERE stage IN ({_STAGE_LIST})
+ORDER BY 1"""
+
+MARK_ALL_EVENT_BUCKETS = f"""INSERT INTO event_rollup_dirty (bucket)
+SELECT DISTINCT date_bin('1 minute', time, {_ORIGIN}) FROM events
+ORDER BY 1"""
+
+#: Every backfill mark, in the order the refreshes below drain them.
+MARK_ALL_BUCKETS = (MARK_ALL_TURN_BUCKETS, MARK_ALL_CALL_BUCKETS, MARK_ALL_STAGE_BUCKETS, MARK_ALL_EVENT_BUCKETS)
+
+# This release's versions of the refresh routines (storage/routines.py): $1 = max_buckets.
 REFRESH_TURN_ROLLUP = f"SELECT {routine_name('callscope_refresh_turn_rollup')}($1::int)"
 REFRESH_CALL_ROLLUP = f"SELECT {routine_name('callscope_refresh_call_rollup')}($1::int)"
+REFRESH_STAGE_ROLLUP = f"SELECT {routine_name('callscope_refresh_stage_rollup')}($1::int)"
+REFRESH_EVENT_ROLLUP = f"SELECT {routine_name('callscope_refresh_event_rollup')}($1::int)"
 
 # ---------------------------------------------------------------------------------------------------------
 # Histogram functions (usable by the reader role: functions are executable by PUBLIC)
@@ -137,7 +202,8 @@ BEGIN
 END
 $$"""
 
-# Percentiles of a histogram whose bins are unique and ascending (as the dashboards' queries build it): one walk.
+# Percentiles of a histogram whose bins are unique and ascending (as the dashboards' queries build it): one walk
+# per percentile, from the nearer end (a p95 passes the few bins above it, not the many below).
 _HIST_QUANTILES_SORTED = """
 CREATE OR REPLACE FUNCTION callscope_hist_quantiles_sorted(bins smallint[], counts bigint[], qs float8[],
                                                            lo float8 DEFAULT NULL, hi float8 DEFAULT NULL)
@@ -146,6 +212,7 @@ DECLARE
   len int := coalesce(cardinality(bins), 0);
   total bigint := 0;
   result float8[] := '{}';
+  c bigint;
   q float8;
   rk float8;
   j bigint;
@@ -156,9 +223,11 @@ DECLARE
   v1 float8;
   v float8;
 BEGIN
-  FOR i IN 1..len LOOP
-    total := total + counts[i];
-  END LOOP;
+  IF len > 0 THEN
+    FOREACH c IN ARRAY counts LOOP
+      total := total + c;
+    END LOOP;
+  END IF;
   FOREACH q IN ARRAY qs LOOP
     IF total = 0 OR q IS NULL THEN
       result := result || NULL::float8;
@@ -167,18 +236,35 @@ BEGIN
     rk := least(greatest(q, 0), 1) * (total - 1);
     j := floor(rk)::bigint;
     k := least(j + 1, total - 1);
-    i := 1;
-    cum := counts[1];
-    WHILE cum <= j LOOP
-      i := i + 1;
-      cum := cum + counts[i];
-    END LOOP;
-    v0 := callscope_hist_mid(bins[i]);
-    WHILE cum <= k LOOP
-      i := i + 1;
-      cum := cum + counts[i];
-    END LOOP;
-    v1 := callscope_hist_mid(bins[i]);
+    IF j < total / 2 THEN
+      -- upwards: cum = ranks up to the end of bin i (bin i holds ranks [cum - counts[i], cum))
+      i := 1;
+      cum := counts[1];
+      WHILE cum <= j LOOP
+        i := i + 1;
+        cum := cum + counts[i];
+      END LOOP;
+      v0 := callscope_hist_mid(bins[i]);
+      WHILE cum <= k LOOP
+        i := i + 1;
+        cum := cum + counts[i];
+      END LOOP;
+      v1 := callscope_hist_mid(bins[i]);
+    ELSE
+      -- downwards, the same bins found from the top
+      i := len;
+      cum := total;
+      WHILE cum - counts[i] > k LOOP
+        cum := cum - counts[i];
+        i := i - 1;
+      END LOOP;
+      v1 := callscope_hist_mid(bins[i]);
+      WHILE cum - counts[i] > j LOOP
+        cum := cum - counts[i];
+        i := i - 1;
+      END LOOP;
+      v0 := callscope_hist_mid(bins[i]);
+    END IF;
     v := v0 + (rk - j) * (v1 - v0);
     IF lo IS NOT NULL AND v < lo THEN v := lo; END IF;
     IF hi IS NOT NULL AND v > hi THEN v := hi; END IF;
@@ -246,11 +332,15 @@ def _turn_rows(table: str, step: str, buckets: str) -> str:
   ) g"""
 
 
-def _hour_rows(buckets: str) -> str:
-    """INSERT the turn_latency_1h rows of the hours in ``buckets`` from their minute rows: work per hour is
-    bounded by the minute rows (60 per dimension set), not by the turns, however busy the hour."""
-    dims = ", ".join(f"m.{d}" for d in TURN_DIMENSIONS)
+def _merged_rows(table: str, keys: tuple[tuple[str, str], ...], source: str, where: str, buckets: str, *,
+                 quantiles: bool = False) -> str:
+    """INSERT rows of ``table`` for the buckets in ``buckets`` by adding up histogram rows of ``source`` (alias
+    ``m``; ``where`` selects one bucket's rows, ``b.bucket`` is the bucket): per group of ``keys`` ((column,
+    expression) pairs), counts and sums add up, min / max combine, and the histograms are concatenated and
+    merged bin by bin (sorted, unique bins). Work per bucket is bounded by the source rows of that bucket.
+    ``quantiles``: also store each latency's STORED_QUANTILES, read from the merged histogram."""
     sums, cats, outs, merges = [], [], [], []
+    stored = "'{" + ",".join(f"{q:g}" for q in STORED_QUANTILES) + "}'::float8[]"
     for i, p in enumerate(LATENCY_METRICS.values(), start=1):
         sums.append(f"sum(m.{p}_samples)::int AS {p}_samples, sum(m.{p}_sum_ms) AS {p}_sum_ms, "
                     f"min(m.{p}_min_ms) AS {p}_min_ms, max(m.{p}_max_ms) AS {p}_max_ms")
@@ -260,22 +350,48 @@ def _hour_rows(buckets: str) -> str:
             f"  CROSS JOIN LATERAL (SELECT array_agg(z.b ORDER BY z.b) AS bins, array_agg(z.n ORDER BY z.b) AS counts\n"
             f"                      FROM (SELECT u.b, sum(u.n)::int AS n FROM unnest(s.cb{i}, s.cc{i}) AS u(b, n)\n"
             f"                            GROUP BY u.b) z) h{i}")
+        if quantiles:
+            outs[-1] += ", " + ", ".join(f"q{i}.q[{j}]" for j in range(1, len(STORED_QUANTILES) + 1))
+            merges.append(
+                f"  CROSS JOIN LATERAL (SELECT callscope_hist_quantiles_sorted(h{i}.bins, h{i}.counts::bigint[],\n"
+                f"                      {stored}, s.{p}_min_ms, s.{p}_max_ms) AS q) q{i}")
     columns = []
     for p in LATENCY_METRICS.values():
         columns += [f"{p}_samples", f"{p}_sum_ms", f"{p}_min_ms", f"{p}_max_ms", f"{p}_bins", f"{p}_counts"]
+        if quantiles:
+            columns += [quantile_column(p, q) for q in STORED_QUANTILES]
     nl = "\n"
-    return f"""INSERT INTO turn_latency_1h (bucket, {", ".join(TURN_DIMENSIONS)}, turns, {", ".join(columns)})
-  SELECT b.bucket, {", ".join(f"s.{d}" for d in TURN_DIMENSIONS)}, s.turns, {", ".join(outs)}
+    key_exprs = ", ".join(f"{expr} AS {name}" for name, expr in keys)
+    key_outs = ", ".join(f"s.{name}" for name, _ in keys)
+    group = ", ".join(expr for _, expr in keys)
+    return f"""INSERT INTO {table} (bucket, {", ".join(name for name, _ in keys)}, turns, {", ".join(columns)})
+  SELECT b.bucket, {key_outs}, s.turns, {", ".join(outs)}
   FROM unnest({buckets}) AS b(bucket)
   CROSS JOIN LATERAL (
-    SELECT {dims}, sum(m.turns)::int AS turns,
+    SELECT {key_exprs}, sum(m.turns)::int AS turns,
            {("," + nl + "           ").join(sums)},
            {("," + nl + "           ").join(cats)}
-    FROM turn_latency_1m m
-    WHERE m.bucket >= b.bucket AND m.bucket < b.bucket + interval '1 hour'
-    GROUP BY {dims}
+    FROM {source}
+    WHERE {where}
+    GROUP BY {group}
   ) s
 {nl.join(merges)}"""
+
+
+def _hour_rows(buckets: str) -> str:
+    """INSERT the turn_latency_1h rows of the hours in ``buckets`` from their minute rows: work per hour is
+    bounded by the minute rows (60 per dimension set), not by the turns, however busy the hour."""
+    return _merged_rows("turn_latency_1h", tuple((d, f"m.{d}") for d in TURN_DIMENSIONS), "turn_latency_1m m",
+                        "m.bucket >= b.bucket AND m.bucket < b.bucket + interval '1 hour'", buckets)
+
+
+def _breakdown_rows(buckets: str) -> str:
+    """INSERT the turn_latency_breakdown_1h rows of the hours in ``buckets`` from their turn_latency_1h rows:
+    each row counts once per breakdown (its value of that breakdown; once more under 'all')."""
+    pairs = ", ".join(["('all', NULL::text)"] + [f"('{d}', m.{d})" for d in TURN_BREAKDOWNS[1:]])
+    return _merged_rows("turn_latency_breakdown_1h", (("breakdown", "d.breakdown"), ("value", "d.value")),
+                        f"turn_latency_1h m CROSS JOIN LATERAL (VALUES {pairs}) AS d(breakdown, value)",
+                        "m.bucket = b.bucket", buckets, quantiles=True)
 
 
 _ARRAY_CAT = """
@@ -301,6 +417,8 @@ BEGIN
   {_turn_rows("turn_latency_1m", "1 minute", "minutes")};
   DELETE FROM turn_latency_1h WHERE bucket = ANY(hours);
   {_hour_rows("hours")};
+  DELETE FROM turn_latency_breakdown_1h WHERE breakdown = ANY({_BREAKDOWN_LIST}) AND bucket = ANY(hours);
+  {_breakdown_rows("hours")};
   RETURN cardinality(minutes);
 END
 $$"""
@@ -335,11 +453,178 @@ BEGIN
 END
 $$"""
 
+# ---------------------------------------------------------------------------------------------------------
+# Span stages: stage_latency_1m (what the view latency_stage_1m computes, per minute) and latency_stage_1h
+# ---------------------------------------------------------------------------------------------------------
+
+_STAGE_MINUTE_ROWS = f"""INSERT INTO stage_latency_1m (bucket, stage, provider, model, samples, ttfb_samples,
+                                avg_ttfb_ms, p50_ttfb_ms, p95_ttfb_ms, p99_ttfb_ms, avg_duration_ms,
+                                p95_duration_ms)
+  SELECT b.bucket, g.*
+  FROM unnest(minutes) AS b(bucket)
+  CROSS JOIN LATERAL (
+    -- the view's own bucket expression and stage list: spans_latency_bucket_idx, one minute per lookup
+    SELECT s.stage, s.provider, s.model, count(*), count(s.ttfb_ms), avg(s.ttfb_ms),
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY s.ttfb_ms),
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY s.ttfb_ms),
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY s.ttfb_ms),
+           avg(s.duration_ms), percentile_cont(0.95) WITHIN GROUP (ORDER BY s.duration_ms)
+    FROM spans s
+    WHERE date_bin('1 minute', s.start_time, {_ORIGIN}) = b.bucket AND s.stage IN ({_STAGE_LIST})
+    GROUP BY 1, 2, 3
+  ) g"""
+
+#: How an hour adds up its minutes; the continuous aggregate of migration 0007 uses the same expressions.
+STAGE_HOUR_MEASURES = ("sum(m.samples)::bigint", "sum(m.ttfb_samples)::bigint",
+                       "sum(m.avg_ttfb_ms * m.ttfb_samples)", "sum(m.p95_ttfb_ms * m.ttfb_samples)",
+                       "max(m.p95_ttfb_ms)", "sum(m.avg_duration_ms * m.samples)")
+
+_STAGE_HOUR_ROWS = f"""INSERT INTO latency_stage_1h (bucket, stage, provider, model, samples, ttfb_samples, ttfb_sum_ms,
+                                p95_ttfb_sum_ms, max_p95_ttfb_ms, duration_sum_ms)
+  SELECT b.bucket, g.*
+  FROM unnest(hours) AS b(bucket)
+  CROSS JOIN LATERAL (
+    SELECT m.stage, m.provider, m.model, {", ".join(STAGE_HOUR_MEASURES)}
+    FROM stage_latency_1m m
+    WHERE m.bucket >= b.bucket AND m.bucket < b.bucket + interval '1 hour'
+    GROUP BY 1, 2, 3
+  ) g"""
+
+_REFRESH_STAGE_ROUTINE = f"""
+CREATE OR REPLACE FUNCTION callscope_refresh_stage_rollup(max_buckets int) RETURNS int
+LANGUAGE plpgsql SET jit = off AS $$
+DECLARE
+  minutes timestamptz[];
+  hours timestamptz[];
+BEGIN
+  PERFORM pg_advisory_xact_lock({_REFRESH_LOCK + 2});
+  minutes := ARRAY(SELECT DISTINCT m.bucket
+                   FROM (SELECT d.bucket FROM stage_rollup_dirty d ORDER BY d.id LIMIT max_buckets) m);
+  IF cardinality(minutes) = 0 THEN
+    RETURN 0;
+  END IF;
+  DELETE FROM stage_rollup_dirty WHERE bucket = ANY(minutes);
+  -- Where latency_stage_1m / latency_stage_1h are TimescaleDB continuous aggregates (migration 0007 creates
+  -- no stage_latency_1m then), TimescaleDB keeps them: the marks are only consumed.
+  IF to_regclass('stage_latency_1m') IS NULL THEN
+    RETURN cardinality(minutes);
+  END IF;
+  hours := ARRAY(SELECT DISTINCT date_bin('1 hour', m, {_ORIGIN}) FROM unnest(minutes) AS m);
+  DELETE FROM stage_latency_1m WHERE bucket = ANY(minutes);
+  {_STAGE_MINUTE_ROWS};
+  DELETE FROM latency_stage_1h WHERE bucket = ANY(hours);
+  {_STAGE_HOUR_ROWS};
+  RETURN cardinality(minutes);
+END
+$$"""
+
+# ---------------------------------------------------------------------------------------------------------
+# Events: event_counts_1m / event_counts_1h
+# ---------------------------------------------------------------------------------------------------------
+
+# The call an event belongs to now, as the view call_events resolves it (migration 0005).
+_RESOLVED_CALL = ("CASE WHEN e.call_id_explicit OR e.trace_id IS NULL THEN e.call_id ELSE coalesce("
+                  "(SELECT k.call_id FROM call_traces k WHERE k.trace_id = e.trace_id), e.call_id) END")
+
+# Whether a call (as call_events resolves it) has an event of this category / event / level before a time:
+# the call's own rows (events_call_idx: call id and time) and the rows stored under one of its trace ids
+# (events_trace_idx), exactly the two branches of callscope_call_events. Written so that no plan can widen
+# the lookups beyond the call's rows, whatever the planner estimates: the kind is compared with IS NOT
+# DISTINCT FROM (no index serves it), and on the trace branch the time is tested in the select list, not as
+# a condition (a condition "time < x" invites a BitmapAnd with a scan of events_time_idx over all earlier
+# events). No JIT: without statistics the estimates of these lookups pass any JIT threshold.
+def seen_before(call: str, category: str, event: str, level: str, before: str) -> str:
+    """SQL: whether ``call`` has an event of this kind before ``before`` (the body of
+    callscope_event_seen_before, and what the refresh evaluates inline: one plan for the whole statement)."""
+    kind = f"(p.category, p.event, p.level) IS NOT DISTINCT FROM ({category}, {event}, {level})"
+    return f"""(EXISTS (SELECT 1 FROM events p
+                 WHERE p.call_id = {call} AND p.time < {before}
+                   AND {kind}
+                   AND (p.call_id_explicit OR p.trace_id IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM call_traces k WHERE k.trace_id = p.trace_id AND k.call_id <> {call})))
+      OR coalesce((SELECT bool_or(p.time < {before}) FROM events p
+                   WHERE p.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k WHERE k.call_id = {call}))
+                     AND NOT p.call_id_explicit AND p.call_id <> {call}
+                     AND {kind}),
+                  false))"""
+
+
+_EVENT_SEEN_BEFORE = f"""
+CREATE OR REPLACE FUNCTION callscope_event_seen_before(of_call text, of_category text, of_event text,
+                                                       of_level text, before_time timestamptz) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE SET jit = off AS $$
+  SELECT {seen_before("of_call", "of_category", "of_event", "of_level", "before_time")}
+$$"""
+
+
+def event_groups(where: str, segment_start: str) -> str:
+    """Rows (category, event, level, events, calls, last_time) of the events matching ``where`` (alias ``e``),
+    grouped by kind: ``calls`` counts the calls whose first event of that kind lies in the segment that starts
+    at ``segment_start`` (none of theirs before it). Summed over segments that partition a range, that is the
+    number of calls whose first event of the kind lies in the range. The refresh's statement for one minute;
+    the dashboards call callscope_event_seen_before (the same test) for the partial minutes at the ends of a
+    range. Inline here: a function call per (call, kind) costs more than its two index lookups."""
+    return f"""SELECT x.category, x.event, x.level, sum(x.n)::int AS events,
+           (count(*) FILTER (WHERE NOT x.seen))::int AS calls,
+           max(x.last_time) AS last_time
+    FROM (
+      SELECT y.*, {seen_before("y.call_id", "y.category", "y.event", "y.level", segment_start)} AS seen
+      FROM (
+        SELECT {_RESOLVED_CALL} AS call_id, e.category, e.event, e.level, count(*) AS n, max(e.time) AS last_time
+        FROM events e
+        WHERE {where}
+        GROUP BY 1, 2, 3, 4
+      ) y
+    ) x
+    GROUP BY 1, 2, 3"""
+
+
+_EVENT_MINUTE_ROWS = f"""INSERT INTO event_counts_1m (bucket, category, event, level, events, calls, last_time)
+  SELECT b.bucket, g.*
+  FROM unnest(minutes) AS b(bucket)
+  CROSS JOIN LATERAL (
+    {event_groups("e.time >= b.bucket AND e.time < b.bucket + interval '1 minute'", "b.bucket")}
+  ) g"""
+
+_EVENT_HOUR_ROWS = """INSERT INTO event_counts_1h (bucket, category, event, level, events, calls, last_time)
+  SELECT b.bucket, g.*
+  FROM unnest(hours) AS b(bucket)
+  CROSS JOIN LATERAL (
+    SELECT m.category, m.event, m.level, sum(m.events)::int, sum(m.calls)::int, max(m.last_time)
+    FROM event_counts_1m m
+    WHERE m.bucket >= b.bucket AND m.bucket < b.bucket + interval '1 hour'
+    GROUP BY 1, 2, 3
+  ) g"""
+
+_REFRESH_EVENT_ROUTINE = f"""
+CREATE OR REPLACE FUNCTION callscope_refresh_event_rollup(max_buckets int) RETURNS int
+LANGUAGE plpgsql SET jit = off AS $$
+DECLARE
+  minutes timestamptz[];
+  hours timestamptz[];
+BEGIN
+  PERFORM pg_advisory_xact_lock({_REFRESH_LOCK + 3});
+  minutes := ARRAY(SELECT DISTINCT m.bucket
+                   FROM (SELECT d.bucket FROM event_rollup_dirty d ORDER BY d.id LIMIT max_buckets) m);
+  IF cardinality(minutes) = 0 THEN
+    RETURN 0;
+  END IF;
+  DELETE FROM event_rollup_dirty WHERE bucket = ANY(minutes);
+  hours := ARRAY(SELECT DISTINCT date_bin('1 hour', m, {_ORIGIN}) FROM unnest(minutes) AS m);
+  DELETE FROM event_counts_1m WHERE bucket = ANY(minutes);
+  {_EVENT_MINUTE_ROWS};
+  DELETE FROM event_counts_1h WHERE bucket = ANY(hours);
+  {_EVENT_HOUR_ROWS};
+  RETURN cardinality(minutes);
+END
+$$"""
+
 #: Installed by ``storage.migrate.install_routines`` (code, not schema): the refresh routines under this
 #: release's versioned names, the histogram functions and the aggregate under their stable names
 #: (storage/routines.py).
-ROLLUP_ROUTINES = (_ARRAY_CAT, _HIST_BIN, _HIST_MID, _HIST_QUANTILES_SORTED, _HIST_QUANTILES, _HIST_QUANTILE, _REFRESH_TURN_ROUTINE,
-                   _REFRESH_CALL_ROUTINE)
+ROLLUP_ROUTINES = (_ARRAY_CAT, _HIST_BIN, _HIST_MID, _HIST_QUANTILES_SORTED, _HIST_QUANTILES, _HIST_QUANTILE,
+                   _REFRESH_TURN_ROUTINE, _REFRESH_CALL_ROUTINE, _REFRESH_STAGE_ROUTINE, _EVENT_SEEN_BEFORE,
+                   _REFRESH_EVENT_ROUTINE)
 
 
 async def refresh_turn_rollup(connection: asyncpg.Connection, max_buckets: int = 1000, *,
@@ -362,11 +647,33 @@ async def refresh_call_rollup(connection: asyncpg.Connection, max_buckets: int =
             f"SELECT {routine_name('callscope_refresh_call_rollup', version)}($1::int)", max_buckets))
 
 
+async def refresh_stage_rollup(connection: asyncpg.Connection, max_buckets: int = 1000, *,
+                               version: int = ROUTINE_VERSION) -> int:
+    """Recompute up to ``max_buckets`` marked span minutes (and their hours); return how many minutes."""
+    async with connection.transaction():
+        return int(await connection.fetchval(
+            f"SELECT {routine_name('callscope_refresh_stage_rollup', version)}($1::int)", max_buckets))
+
+
+async def refresh_event_rollup(connection: asyncpg.Connection, max_buckets: int = 1000, *,
+                               version: int = ROUTINE_VERSION) -> int:
+    """Recompute up to ``max_buckets`` marked event minutes (and their hours); return how many minutes."""
+    async with connection.transaction():
+        return int(await connection.fetchval(
+            f"SELECT {routine_name('callscope_refresh_event_rollup', version)}($1::int)", max_buckets))
+
+
+#: Every refresh, in the order ``refresh_rollups`` runs them.
+REFRESHES = (refresh_turn_rollup, refresh_call_rollup, refresh_stage_rollup, refresh_event_rollup)
+
+
 async def refresh_rollups(connection: asyncpg.Connection, max_buckets: int = 1000, *,
                           version: int = ROUTINE_VERSION) -> int:
-    """Both refreshes, each in its own transaction; return the buckets recomputed."""
-    return (await refresh_turn_rollup(connection, max_buckets, version=version)
-            + await refresh_call_rollup(connection, max_buckets, version=version))
+    """Every refresh, each in its own transaction; return the buckets recomputed."""
+    total = 0
+    for refresh in REFRESHES:
+        total += await refresh(connection, max_buckets, version=version)
+    return total
 
 
 async def drain_rollups(connection: asyncpg.Connection, max_buckets: int = 1000) -> int:

@@ -35,6 +35,8 @@ VERSIONED_ROUTINES = (
     "callscope_derive",
     "callscope_refresh_turn_rollup",
     "callscope_refresh_call_rollup",
+    "callscope_refresh_stage_rollup",
+    "callscope_refresh_event_rollup",
     # the derive routine's casts: its results must not change under a running collector
     "callscope_float",
     "callscope_int",
@@ -50,6 +52,8 @@ STABLE_ROUTINES = (
     "callscope_hist_quantiles_sorted",
     "callscope_hist_quantiles",
     "callscope_hist_quantile",
+    # the dashboards call it for the partial minutes at the ends of a range
+    "callscope_event_seen_before",
 )
 
 _NAMES = re.compile(r"\b(" + "|".join(sorted(VERSIONED_ROUTINES, key=len, reverse=True)) + r")\b")

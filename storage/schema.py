@@ -14,7 +14,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = ["metadata", "calls", "turns", "spans", "tool_calls", "events", "event_types", "call_traces",
            "HYPERTABLES", "dirty_calls", "call_quarantine", "telephony_rates", "resources", "turn_latency_1m",
-           "turn_latency_1h", "call_status_1h", "turn_rollup_dirty", "call_rollup_dirty", "tenants", "api_keys"]
+           "turn_latency_1h", "call_status_1h", "turn_rollup_dirty", "call_rollup_dirty", "turn_latency_breakdown_1h",
+           "stage_latency_1m", "latency_stage_1h", "event_counts_1m", "event_counts_1h", "stage_rollup_dirty",
+           "event_rollup_dirty", "PLAIN_POSTGRESQL_ONLY", "tenants", "api_keys"]
 
 metadata = MetaData()
 TZ = DateTime(timezone=True)
@@ -162,6 +164,8 @@ tool_calls = Table(
 )
 Index("tool_calls_started_at_idx", tool_calls.c.started_at)
 Index("tool_calls_trace_idx", tool_calls.c.trace_id)
+# ours (migration 0007): the newest failed tool calls of a range without reading the successful ones
+Index("tool_calls_error_started_idx", tool_calls.c.started_at.desc(), postgresql_where=tool_calls.c.is_error)
 
 events = Table(
     "events", metadata,
@@ -263,19 +267,13 @@ api_keys = Table(
 Index("api_keys_tenant_idx", api_keys.c.tenant)
 
 
-def _turn_latency(name: str) -> Table:
-    """Turn latencies per bucket and dimensions, with percentile-capable histograms (storage/rollup.py)."""
-    columns = [
-        Column("bucket", TZ, nullable=False),
-        Column("agent", Text),
-        Column("llm_model", Text),
-        Column("llm_provider", Text),
-        Column("stt_provider", Text),
-        Column("tts_provider", Text),
-        Column("campaign", Text),
-        Column("direction", Text),
-        Column("turns", Integer, nullable=False),
-    ]
+def _turn_latency(name: str, keys: tuple[str, ...] = ("agent", "llm_model", "llm_provider", "stt_provider",
+                                                         "tts_provider", "campaign", "direction"),
+                  quantiles: tuple[str, ...] = ()) -> Table:
+    """Turn latencies per bucket and ``keys``, with percentile-capable histograms (storage/rollup.py)."""
+    columns = [Column("bucket", TZ, nullable=False)]
+    columns += [Column(key, Text, nullable=key != "breakdown") for key in keys]
+    columns += [Column("turns", Integer, nullable=False)]
     for prefix in ("voice_to_voice", "stt", "llm_ttft", "tts_ttfb"):
         columns += [
             Column(f"{prefix}_samples", Integer, nullable=False),
@@ -285,8 +283,12 @@ def _turn_latency(name: str) -> Table:
             Column(f"{prefix}_bins", ARRAY(SmallInteger)),
             Column(f"{prefix}_counts", ARRAY(Integer)),
         ]
+        columns += [Column(f"{prefix}_{q}_ms", Float) for q in quantiles]
     table = Table(name, metadata, *columns)
-    Index(f"{name}_bucket_idx", table.c.bucket)
+    if "breakdown" in keys:   # read one breakdown at a time
+        Index(f"{name}_breakdown_bucket_idx", table.c.breakdown, table.c.bucket)
+    else:
+        Index(f"{name}_bucket_idx", table.c.bucket)
     return table
 
 
@@ -313,20 +315,91 @@ call_status_1h = Table(
 )
 Index("call_status_1h_bucket_idx", call_status_1h.c.bucket)
 
-# ours: buckets whose rollup rows must be recomputed (append-only marks, like dirty_calls).
-turn_rollup_dirty = Table(
-    "turn_rollup_dirty", metadata,
-    Column("id", BigInteger, Identity(always=False), primary_key=True),
-    Column("bucket", TZ, nullable=False),
-)
-Index("turn_rollup_dirty_bucket_idx", turn_rollup_dirty.c.bucket)
+# ours: turn_latency_1h pre-merged per single breakdown (migration 0007): per hour, breakdown ('all', 'agent',
+# 'llm_model', 'llm_provider', 'stt_provider', 'tts_provider') and its value, the same measures, and each
+# latency's p50 / p95 / p99 read from the merged histogram (storage.rollup.STORED_QUANTILES).
+turn_latency_breakdown_1h = _turn_latency("turn_latency_breakdown_1h", ("breakdown", "value"),
+                                          ("p50", "p95", "p99"))
 
-call_rollup_dirty = Table(
-    "call_rollup_dirty", metadata,
-    Column("id", BigInteger, Identity(always=False), primary_key=True),
+# ours: span latency per stage, provider and model (migration 0007). On plain PostgreSQL both are tables the
+# deriver keeps: stage_latency_1m holds exactly what the view latency_stage_1m computes for a minute,
+# latency_stage_1h adds up its minutes. Where latency_stage_1m is a TimescaleDB continuous aggregate,
+# latency_stage_1h is a continuous aggregate on it (same columns) and stage_latency_1m does not exist.
+stage_latency_1m = Table(
+    "stage_latency_1m", metadata,
     Column("bucket", TZ, nullable=False),
+    Column("stage", Text, nullable=False),
+    Column("provider", Text),
+    Column("model", Text),
+    Column("samples", BigInteger, nullable=False),
+    Column("ttfb_samples", BigInteger, nullable=False),
+    Column("avg_ttfb_ms", Float),
+    Column("p50_ttfb_ms", Float),
+    Column("p95_ttfb_ms", Float),
+    Column("p99_ttfb_ms", Float),
+    Column("avg_duration_ms", Float),
+    Column("p95_duration_ms", Float),
 )
-Index("call_rollup_dirty_bucket_idx", call_rollup_dirty.c.bucket)
+Index("stage_latency_1m_bucket_idx", stage_latency_1m.c.bucket)
+
+latency_stage_1h = Table(
+    "latency_stage_1h", metadata,
+    Column("bucket", TZ, nullable=False),
+    Column("stage", Text, nullable=False),
+    Column("provider", Text),
+    Column("model", Text),
+    Column("samples", BigInteger, nullable=False),
+    Column("ttfb_samples", BigInteger, nullable=False),
+    # sum over the hour's minutes of avg_ttfb_ms * ttfb_samples (the hour's TTFB sum)
+    Column("ttfb_sum_ms", Float),
+    # sum over the hour's minutes of p95_ttfb_ms * ttfb_samples (numerator of the sample-weighted mean p95)
+    Column("p95_ttfb_sum_ms", Float),
+    Column("max_p95_ttfb_ms", Float),
+    # sum over the hour's minutes of avg_duration_ms * samples
+    Column("duration_sum_ms", Float),
+)
+Index("latency_stage_1h_bucket_idx", latency_stage_1h.c.bucket)
+
+#: Tables that exist only on plain PostgreSQL (continuous aggregates take their place on TimescaleDB).
+PLAIN_POSTGRESQL_ONLY = ("stage_latency_1m", "latency_stage_1h")
+
+
+def _event_counts(name: str) -> Table:
+    """Events per bucket (UTC minute / hour of ``events.time``), category, event and level (migration 0007)."""
+    table = Table(
+        name, metadata,
+        Column("bucket", TZ, nullable=False),
+        Column("category", Text, nullable=False),
+        Column("event", Text, nullable=False),
+        Column("level", Text, nullable=False),
+        Column("events", Integer, nullable=False),
+        # calls (as call_events resolves them) whose first event of this category / event / level lies here
+        Column("calls", Integer, nullable=False),
+        Column("last_time", TZ, nullable=False),
+    )
+    Index(f"{name}_bucket_idx", table.c.bucket)
+    return table
+
+
+event_counts_1m = _event_counts("event_counts_1m")
+event_counts_1h = _event_counts("event_counts_1h")
+
+
+def _queue(name: str) -> Table:
+    table = Table(
+        name, metadata,
+        Column("id", BigInteger, Identity(always=False), primary_key=True),
+        Column("bucket", TZ, nullable=False),
+    )
+    Index(f"{name}_bucket_idx", table.c.bucket)
+    return table
+
+
+# ours: buckets whose rollup rows must be recomputed (append-only marks, like dirty_calls).
+turn_rollup_dirty = _queue("turn_rollup_dirty")
+call_rollup_dirty = _queue("call_rollup_dirty")
+stage_rollup_dirty = _queue("stage_rollup_dirty")
+event_rollup_dirty = _queue("event_rollup_dirty")
 
 # table → time column; these become hypertables where TimescaleDB is installed.
 HYPERTABLES = {"spans": "start_time", "events": "time"}

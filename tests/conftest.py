@@ -108,6 +108,8 @@ async def simulated_db(template_database: str) -> AsyncIterator[str]:
         report = await run_simulation(f"127.0.0.1:{running.grpc.port}", calls=SIMULATED_CALLS, concurrency=8,
                                       seed=7)
         assert report.rejected == 0, report
+        # derived and rolled up, as the collector's workers leave it within their 30 s refresh interval
+        await running.settle()
     finally:
         await running.close(grace_s=1)
     yield url

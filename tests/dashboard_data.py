@@ -183,8 +183,8 @@ async def fill_ledger(conn: asyncpg.Connection, *, calls: int = CALLS, base: dat
 
 async def fill_rollups(conn: asyncpg.Connection) -> None:
     """Mark every bucket and refresh, as the deriver would after writing these rows."""
-    await conn.execute(rollup.MARK_ALL_TURN_BUCKETS)
-    await conn.execute(rollup.MARK_ALL_CALL_BUCKETS)
+    for mark in rollup.MARK_ALL_BUCKETS:
+        await conn.execute(mark)
     await rollup.drain_rollups(conn, 5000)
 
 

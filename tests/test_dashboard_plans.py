@@ -22,7 +22,8 @@ from storage import rollup
 FILES = render_provisioning(DashboardOptions())
 BOARDS = {json.loads(t)["uid"]: json.loads(t) for rel, t in FILES.items() if rel.endswith(".json")}
 RULES = [r for g in yaml.safe_load(FILES["alerting/callscope-rules.yaml"])["groups"] for r in g["rules"]]
-BIG = ("calls", "turns", "spans", "events", "tool_calls", "turn_latency_1m", "turn_latency_1h", "call_status_1h")
+BIG = ("calls", "turns", "spans", "events", "tool_calls", "turn_latency_1m", "turn_latency_1h", "call_status_1h",
+       "turn_latency_breakdown_1h", "stage_latency_1m", "latency_stage_1h", "event_counts_1m", "event_counts_1h")
 CALLS = 50_000
 DAYS = 4
 
@@ -71,8 +72,8 @@ async def unanalyzed(template_database: str) -> AsyncIterator[tuple[asyncpg.Conn
         await conn.execute(statement, start)
     # the deriver's way (and the refresh's own plans must not need statistics either: it runs here on
     # never-analyzed tables, one index range scan per bucket)
-    await conn.execute(rollup.MARK_ALL_TURN_BUCKETS)
-    await conn.execute(rollup.MARK_ALL_CALL_BUCKETS)
+    for mark in rollup.MARK_ALL_BUCKETS:
+        await conn.execute(mark)
     await rollup.drain_rollups(conn, 5000)
     never = await conn.fetchval(
         "SELECT count(*) FROM pg_stat_user_tables WHERE relname = ANY($1) AND last_analyze IS NULL "
@@ -118,11 +119,53 @@ async def test_the_latency_rollup_is_read_only_within_the_range(
     board = BOARDS[DASHBOARD_UIDS["latency"]]
     panels = [p for top in board["panels"] for p in [top, *top.get("panels", [])]]
     sql = next(p for p in panels if p["title"] == "p95 Voice-to-voice")["targets"][0]["rawSql"]
+    filtered = {"agent": ["sarah"], "model": ["llama"]}
     for span in (timedelta(days=3), timedelta(days=30)):
-        rendered = render(sql, variables=variables_from_dashboard(board), frm=now - span, to=now)
-        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN (FORMAT TEXT) " + rendered))
-        assert re.search(r"(Index Scan using|Bitmap Index Scan on) turn_latency_1h_bucket_idx", plan), plan
-        assert "turns" not in re.findall(r"Scan(?: using \w+)? on (\w+)", plan), plan
+        # every variable "All": the pre-merged rows; agent and model both filtered: every dimension set
+        for values, index in (({}, "turn_latency_breakdown_1h_breakdown_bucket_idx"),
+                              (filtered, "turn_latency_1h_bucket_idx")):
+            rendered = render(sql, variables=variables_from_dashboard(board, values), frm=now - span, to=now)
+            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN (FORMAT TEXT) " + rendered))
+            assert re.search(rf"(Index Scan using|Bitmap Index Scan on) {index}", plan), plan
+            scanned = re.findall(r"Scan(?: using \w+)? on (\w+)", plan)
+            assert "turns" not in scanned, plan
+            assert ("turn_latency_1h" in scanned) == (index == "turn_latency_1h_bucket_idx"), plan
     rendered = render(sql, variables=variables_from_dashboard(board), frm=now - timedelta(hours=24), to=now)
     plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + rendered))
     assert "turns_started_at_idx" in plan and "turn_latency_1h" not in plan, plan
+
+
+async def test_the_refreshes_read_by_index_without_statistics(unanalyzed: tuple[asyncpg.Connection, datetime]) -> None:
+    """Each refresh statement reads one bucket's rows through an index per bucket, whatever the estimates."""
+    conn, now = unanalyzed
+    minutes = f"ARRAY[date_bin('1 minute', '{now.isoformat()}'::timestamptz - interval '1 day', {rollup._ORIGIN})]"
+    hours = minutes.replace("1 minute", "1 hour")
+    statements = {
+        "stage minutes": rollup._STAGE_MINUTE_ROWS, "stage hours": rollup._STAGE_HOUR_ROWS,
+        "event minutes": rollup._EVENT_MINUTE_ROWS, "event hours": rollup._EVENT_HOUR_ROWS,
+        "breakdown hours": rollup._breakdown_rows("hours"),
+    }
+    for routine in (rollup._REFRESH_TURN_ROUTINE, rollup._REFRESH_STAGE_ROUTINE, rollup._REFRESH_EVENT_ROUTINE):
+        for line in routine.splitlines():
+            if line.strip().startswith("DELETE FROM"):
+                statements[line.strip()] = line.strip().rstrip(";")
+    for name, sql in statements.items():
+        for variable, value in (("minutes", minutes), ("hours", hours)):
+            sql = sql.replace(f"unnest({variable})", f"unnest({value})").replace(f"ANY({variable})", f"ANY({value})")
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql))
+        scanned = set(re.findall(r"Seq Scan on (\w+)", plan)) & set(BIG)
+        assert not scanned, f"{name}: {scanned}\n{plan}"
+    # callscope_event_seen_before's lookups, planned as the function plans them (generic parameters): the call's
+    # own rows and its traces' rows, never a range of events_time_idx
+    body = rollup._EVENT_SEEN_BEFORE.split("$$")[1]
+    for name, arg in (("of_call", "$1"), ("of_category", "$2"), ("of_event", "$3"), ("of_level", "$4"),
+                      ("before_time", "$5")):
+        body = body.replace(name, arg)
+    async with conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE seen(text, text, text, text, timestamptz) AS {body}")
+        plan = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN EXECUTE seen('p7', 'webhook', 'webhook.sent', 'INFO', now())"))
+        await conn.execute("DEALLOCATE seen")
+    assert "events_call_idx" in plan and "events_trace_idx" in plan and "events_time_idx" not in plan, plan
+    assert not set(re.findall(r"Seq Scan on (\w+)", plan)) & set(BIG), plan

@@ -7,7 +7,7 @@ import pytest
 
 from storage.catalogue import CATALOGUE
 from storage.migrate import migrate
-from storage.schema import metadata
+from storage.schema import PLAIN_POSTGRESQL_ONLY, metadata
 from tests.conftest import drop_database, url_for
 
 # design.md §3: the contract users and dashboards query.
@@ -116,6 +116,12 @@ async def test_hypertables_compression_and_retention_with_timescaledb():
         rollup = await connection.fetchval(
             "SELECT materialized_only FROM timescaledb_information.continuous_aggregates "
             "WHERE view_name = 'latency_stage_1m'")
+        hourly = await connection.fetchrow(
+            "SELECT materialized_only, (SELECT count(*) FROM timescaledb_information.jobs j "
+            "WHERE j.proc_name = 'policy_refresh_continuous_aggregate' "
+            "AND j.hypertable_name = a.materialization_hypertable_name) AS policies "
+            "FROM timescaledb_information.continuous_aggregates a WHERE view_name = 'latency_stage_1h'")
+        stage_table = await connection.fetchval("SELECT to_regclass('stage_latency_1m') IS NOT NULL")
         await connection.close()
         await migrate(url, retention_days=9, compress_after_days=0)   # changed settings take effect
         changed_jobs = await _policy_jobs(url)
@@ -127,6 +133,9 @@ async def test_hypertables_compression_and_retention_with_timescaledb():
     for table in ("spans", "events"):
         assert (table, "policy_compression") in procs and (table, "policy_retention") in procs
     assert rollup is False, "latency_stage_1m is a real-time continuous aggregate"
+    assert hourly is not None and hourly["materialized_only"] is False and hourly["policies"] == 1, \
+        "latency_stage_1h is a real-time continuous aggregate on latency_stage_1m with a refresh policy"
+    assert not stage_table, "no deriver-kept stage minutes where TimescaleDB keeps them"
     assert first_jobs == second_jobs, "migrating again keeps the same policy jobs"
     assert {key[1] for key in changed_jobs} == {"policy_retention"}
     for table in ("spans", "events"):
@@ -174,9 +183,13 @@ async def test_schema_code_and_migrations_agree(database_url):
         columns = await _columns(connection)
         tables = {r[0] for r in await connection.fetch(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        stage_tables = await connection.fetchval("SELECT to_regclass('stage_latency_1m') IS NOT NULL")
     finally:
         await connection.close()
-    declared = {table.name: {c.name for c in table.columns} for table in metadata.sorted_tables}
+    # continuous aggregates take the place of the plain-PostgreSQL stage tables on TimescaleDB
+    skipped = () if stage_tables else PLAIN_POSTGRESQL_ONLY
+    declared = {table.name: {c.name for c in table.columns} for table in metadata.sorted_tables
+                if table.name not in skipped}
     assert tables - {"alembic_version"} == set(declared)
     for name, names in declared.items():
         assert names == columns[name], name

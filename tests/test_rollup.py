@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator
 
 import asyncpg
@@ -83,20 +83,47 @@ async def test_empty_histograms_give_null(db: asyncpg.Connection) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+_ORDER = {
+    "turn_latency_1m": _TURN_DIMS, "turn_latency_1h": _TURN_DIMS, "call_status_1h": ", ".join(rollup.CALL_DIMENSIONS),
+    "turn_latency_breakdown_1h": "breakdown, value", "stage_latency_1m": "stage, provider, model",
+    "latency_stage_1h": "stage, provider, model", "event_counts_1m": "category, event, level",
+    "event_counts_1h": "category, event, level",
+}
+TURN_TABLES = ("turn_latency_1m", "turn_latency_1h", "turn_latency_breakdown_1h", "call_status_1h")
+SPAN_EVENT_TABLES = ("stage_latency_1m", "latency_stage_1h", "event_counts_1m", "event_counts_1h")
+
+
 async def _rebuilt(db: asyncpg.Connection, table: str) -> list[asyncpg.Record]:
-    return await db.fetch(f"SELECT * FROM {table} ORDER BY bucket, "
-                          + (_TURN_DIMS if table.startswith("turn") else ", ".join(rollup.CALL_DIMENSIONS)))
+    return await db.fetch(f"SELECT * FROM {table} ORDER BY bucket, {_ORDER[table]}")
 
 
-async def _snapshot(db: asyncpg.Connection) -> dict[str, list[asyncpg.Record]]:
-    return {t: await _rebuilt(db, t) for t in ("turn_latency_1m", "turn_latency_1h", "call_status_1h")}
+async def _snapshot(db: asyncpg.Connection, tables: tuple[str, ...] = TURN_TABLES + SPAN_EVENT_TABLES
+                    ) -> dict[str, list[asyncpg.Record]]:
+    return {t: await _rebuilt(db, t) for t in tables}
 
 
-async def _from_scratch(db: asyncpg.Connection) -> dict[str, list[asyncpg.Record]]:
+def _close(a: Any, b: Any) -> bool:
+    """Equal, floats up to rounding (sums over rows read in another physical order differ in the last bits)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    return a == b
+
+
+def assert_same_rows(got: dict[str, list[asyncpg.Record]], expected: dict[str, list[asyncpg.Record]]) -> None:
+    assert got.keys() == expected.keys()
+    for table in got:
+        assert len(got[table]) == len(expected[table]), table
+        for g, e in zip(got[table], expected[table]):
+            assert list(g.keys()) == list(e.keys()) and all(_close(g[k], e[k]) for k in g.keys()), (
+                table, dict(g), dict(e))
+
+
+async def _from_scratch(db: asyncpg.Connection, tables: tuple[str, ...] = TURN_TABLES + SPAN_EVENT_TABLES
+                        ) -> dict[str, list[asyncpg.Record]]:
     """What a full rebuild gives (every bucket marked and refreshed)."""
-    await db.execute("TRUNCATE turn_latency_1m, turn_latency_1h, call_status_1h")
+    await db.execute(f"TRUNCATE {', '.join(_ORDER)}")
     await dashboard_data.fill_rollups(db)
-    return await _snapshot(db)
+    return await _snapshot(db, tables)
 
 
 async def test_rollup_rows_summarize_the_turns_and_calls(db: asyncpg.Connection) -> None:
@@ -149,7 +176,7 @@ async def test_marks_before_and_after_a_rewrite_move_rows_between_buckets(db: as
     assert await rollup.refresh_rollups(db, 1000) > 0
     kept = await _snapshot(db)
     assert await db.fetchval("SELECT count(*) FROM turn_rollup_dirty") == 0
-    assert kept == await _from_scratch(db)
+    assert_same_rows(kept, await _from_scratch(db))
     assert await db.fetchval("SELECT sum(turns) FROM turn_latency_1h") == dashboard_data.CALLS * 4 - 1
 
 
@@ -192,6 +219,14 @@ async def test_marks_after_collector_traffic_give_the_same_rollup_as_a_rebuild(c
             break
         await asyncio.sleep(0.05)
     await collector.deriver.drain()
+    # spans and events: the derive routine marked their minutes itself, the drain refreshed them
+    assert await db.fetchval("SELECT count(*) FROM stage_rollup_dirty") == 0
+    assert await db.fetchval("SELECT count(*) FROM event_rollup_dirty") == 0
+    by_collector = await _snapshot(db, SPAN_EVENT_TABLES)
+    assert by_collector["stage_latency_1m"] and by_collector["event_counts_1h"]
+    assert_same_rows(by_collector, await _from_scratch(db, SPAN_EVENT_TABLES))
+    assert await db.fetchval("SELECT sum(events) FROM event_counts_1h") == await db.fetchval(
+        "SELECT count(*) FROM events")
     ids = [r[0] for r in await db.fetch("SELECT call_id FROM calls")]
     assert ids and await db.fetchval("SELECT count(*) FROM turns") > 0
     await db.execute(rollup.MARK_TURN_BUCKETS, ids)
@@ -200,7 +235,7 @@ async def test_marks_after_collector_traffic_give_the_same_rollup_as_a_rebuild(c
     kept = await _snapshot(db)
     assert await db.fetchval("SELECT sum(turns) FROM turn_latency_1h") == await db.fetchval(
         "SELECT count(*) FROM turns WHERE started_at IS NOT NULL")
-    assert kept == await _from_scratch(db)
+    assert_same_rows(kept, await _from_scratch(db))
 
 
 async def test_the_reader_role_runs_without_jit(db: asyncpg.Connection) -> None:
@@ -331,3 +366,298 @@ async def test_variables_read_the_rollups_on_long_ranges(ledger: asyncpg.Connect
         sql = next(v["query"] for v in board["templating"]["list"] if v["name"] == name)
         rows = await ledger.fetch(render(sql, variables=variables_from_dashboard(board), frm=frm, to=to))
         assert {r[0] for r in rows} == expected
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Turn latency per single breakdown (turn_latency_breakdown_1h)
+# ---------------------------------------------------------------------------------------------------------
+
+
+async def test_breakdown_rows_add_up_the_hour_rows(ledger: asyncpg.Connection) -> None:
+    for breakdown in rollup.TURN_BREAKDOWNS:
+        value = "NULL::text" if breakdown == "all" else f"h.{breakdown}"
+        expected = await ledger.fetch(
+            f"""SELECT h.bucket, {value} AS value, sum(h.turns) AS turns, sum(h.llm_ttft_samples) AS samples,
+                       min(h.llm_ttft_min_ms) AS lo, max(h.llm_ttft_max_ms) AS hi,
+                       (SELECT array_agg(x.n ORDER BY x.b) FROM (
+                          SELECT u.b, sum(u.n) AS n FROM turn_latency_1h z
+                          CROSS JOIN LATERAL unnest(z.llm_ttft_bins, z.llm_ttft_counts) AS u(b, n)
+                          WHERE z.bucket = h.bucket AND ({value.replace('h.', 'z.')}) IS NOT DISTINCT FROM {value}
+                          GROUP BY u.b) x) AS counts
+                FROM turn_latency_1h h GROUP BY 1, 2 ORDER BY 1, 2""")
+        got = await ledger.fetch(
+            """SELECT bucket, value, turns, llm_ttft_samples AS samples, llm_ttft_min_ms AS lo, llm_ttft_max_ms AS hi,
+                      llm_ttft_counts AS counts
+               FROM turn_latency_breakdown_1h WHERE breakdown = $1 ORDER BY 1, 2""", breakdown)
+        assert [tuple(r) for r in got] == [tuple(r) for r in expected], breakdown
+    sorted_unique = await ledger.fetchval(
+        "SELECT bool_and(voice_to_voice_bins = ARRAY(SELECT DISTINCT b FROM unnest(voice_to_voice_bins) b ORDER BY b)) "
+        "FROM turn_latency_breakdown_1h")
+    assert sorted_unique
+
+
+# Every panel that the breakdown rows serve, with the variable values that route it to every dimension set of
+# turn_latency_1h instead (a filter listing every value: the same turns, the other branch).
+BREAKDOWN_PANELS = ("p95 Voice-to-voice", "Voice-to-voice: p50 / p95 / p99", "Voice-to-voice: p95 by agent",
+                    "STT (user stopped → final transcript): p95 by STT provider",
+                    "LLM time to first token: p95 by LLM model", "LLM time to first token: p95 by provider",
+                    "LLM time to first token: p95 by agent", "TTS time to first byte: p95 by TTS provider")
+EVERY_AGENT = {"agent": ["sales", "receptionist"]}
+EVERY_MODEL = {"model": ["gpt-4o", "gpt-4o-mini"]}
+
+
+@pytest.mark.parametrize("span", ["days", "hours"])
+@pytest.mark.parametrize("title", BREAKDOWN_PANELS)
+async def test_breakdown_rows_give_the_same_percentiles_as_every_dimension_set(ledger: asyncpg.Connection,
+                                                                              span: str, title: str) -> None:
+    uid = DASHBOARD_UIDS["latency"]
+    merged = await _query(ledger, uid, title, span)
+    assert merged
+    for values in (EVERY_AGENT, EVERY_MODEL, {**EVERY_AGENT, **EVERY_MODEL}):
+        assert [tuple(r) for r in await _query(ledger, uid, title, span, values)] == [tuple(r) for r in merged]
+
+
+@pytest.mark.parametrize("span", ["days", "hours"])
+async def test_breakdown_series_match_percentile_cont_per_hour_within_the_bound(ledger: asyncpg.Connection,
+                                                                               span: str) -> None:
+    frm, to = RANGES[span]
+    for title, metric, column in (("LLM time to first token: p95 by LLM model", "llm_ttft_ms", "llm_model"),
+                                  ("Voice-to-voice: p95 by agent", "voice_to_voice_ms", "agent")):
+        board, sql = _panel_sql(DASHBOARD_UIDS["latency"], title)
+        rows = await ledger.fetch(render(sql, variables=variables_from_dashboard(board), frm=frm, to=to,
+                                         interval=timedelta(hours=1)))
+        exact = {(r[0], r[1]): r[2] for r in await ledger.fetch(
+            f"""SELECT floor(extract(epoch FROM date_bin('1 hour', started_at, TIMESTAMPTZ '2000-01-01 00:00:00+00'))
+                       / 3600) * 3600, {column}, percentile_cont(0.95) WITHIN GROUP (ORDER BY {metric})
+                FROM turns WHERE date_bin('1 hour', started_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') BETWEEN $1 AND $2
+                GROUP BY 1, 2""", frm, to)}
+        assert {(float(r["time"]), r["metric"]) for r in rows} == {(float(k[0]), k[1]) for k in exact}
+        for r in rows:
+            want = exact[(r["time"], r["metric"])]
+            assert abs(r["p95"] - want) <= BOUND * want, (title, r, want)
+
+
+async def test_only_one_agent_reads_its_breakdown_rows(ledger: asyncpg.Connection) -> None:
+    frm, to = RANGES["hours"]
+    got = (await _query(ledger, DASHBOARD_UIDS["latency"], "p95 Voice-to-voice", "hours", {"agent": ["sales"]}))[0]
+    exact = await ledger.fetchval("SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY voice_to_voice_ms) FROM turns "
+                                  "WHERE started_at BETWEEN $1 AND $2 AND agent = 'sales'", frm, to)
+    assert abs(got["p95"] - exact) <= BOUND * exact
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Span stages (stage_latency_1m / latency_stage_1h) against the view latency_stage_1m
+# ---------------------------------------------------------------------------------------------------------
+
+
+async def test_stage_minute_rows_are_the_view_rows(ledger: asyncpg.Connection) -> None:
+    order = "ORDER BY bucket, stage, provider, model"
+    view = await ledger.fetch(f"SELECT * FROM latency_stage_1m {order}")
+    table = await ledger.fetch(f"SELECT * FROM stage_latency_1m {order}")
+    assert view and len(view) == len(table)
+    for v, t in zip(view, table):
+        assert all(_close(v[k], t[k]) for k in v.keys()), (dict(v), dict(t))
+    hours = await ledger.fetch(f"SELECT * FROM latency_stage_1h {order}")
+    expected = await ledger.fetch(
+        f"""SELECT date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, stage, provider, model,
+                   sum(samples) AS samples, sum(avg_ttfb_ms * ttfb_samples) AS ttfb_sum_ms, max(p95_ttfb_ms) AS hi
+            FROM latency_stage_1m GROUP BY 1, 2, 3, 4 {order}""")
+    assert [(r["bucket"], r["stage"], r["samples"], r["max_p95_ttfb_ms"]) for r in hours] == \
+        [(r["bucket"], r["stage"], r["samples"], r["hi"]) for r in expected]
+    assert all(_close(h["ttfb_sum_ms"], e["ttfb_sum_ms"]) for h, e in zip(hours, expected))
+
+
+# What the stage panels computed from the minutes of latency_stage_1m alone (before 0007).
+STAGE_TABLE_FROM_MINUTES = """SELECT r.stage, coalesce(r.provider, 'unknown') AS provider,
+  coalesce(r.model, 'unknown') AS model, sum(r.samples) AS spans,
+  sum(r.avg_ttfb_ms * r.ttfb_samples) / NULLIF(sum(r.ttfb_samples), 0) AS avg_ttfb_ms,
+  max(r.p95_ttfb_ms) AS worst_minute_p95_ttfb_ms,
+  sum(r.avg_duration_ms * r.samples) / NULLIF(sum(r.samples), 0) AS avg_duration_ms
+FROM latency_stage_1m r WHERE r.bucket BETWEEN $1 AND $2 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
+
+STAGE_SERIES_FROM_MINUTES = """SELECT floor(extract(epoch FROM r.bucket) / 3600) * 3600 AS "time",
+  r.stage || ' · ' || coalesce(r.provider, 'unknown') || ' / ' || coalesce(r.model, 'unknown') AS metric,
+  sum(r.p95_ttfb_ms * r.ttfb_samples) / sum(r.ttfb_samples) AS p95_ttfb
+FROM latency_stage_1m r WHERE r.bucket BETWEEN $1 AND $2 AND r.ttfb_samples > 0 AND r.stage IN ('stt', 'llm', 'tts')
+GROUP BY 1, 2 ORDER BY 1, 2"""
+
+
+@pytest.mark.parametrize("span", sorted(RANGES))
+async def test_stage_panels_equal_the_minute_view_on_every_range(ledger: asyncpg.Connection, span: str) -> None:
+    frm, to = RANGES[span]
+    uid = DASHBOARD_UIDS["latency"]
+    got = await _query(ledger, uid, "Stages by provider / model", span)
+    expected = await ledger.fetch(STAGE_TABLE_FROM_MINUTES, frm, to)
+    assert got and len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert all(_close(float(g[k]) if k == "spans" else g[k], float(e[k]) if k == "spans" else e[k])
+                   for k in e.keys()), (dict(g), dict(e))
+    board, sql = _panel_sql(uid, "Stage TTFB p95 by provider / model")
+    series = await ledger.fetch(render(sql, variables=variables_from_dashboard(board), frm=frm, to=to,
+                                       interval=timedelta(hours=1)))
+    expected = await ledger.fetch(STAGE_SERIES_FROM_MINUTES, frm, to)
+    assert sorted((float(r[0]), r[1]) for r in series) == [(float(r[0]), r[1]) for r in expected]
+    values = {(float(r[0]), r[1]): r[2] for r in series}
+    assert all(_close(values[(float(r[0]), r[1])], r[2]) for r in expected)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Events (event_counts_1m / event_counts_1h)
+# ---------------------------------------------------------------------------------------------------------
+
+_KIND = "category, event, level"
+
+
+async def test_event_rows_count_the_events_and_the_calls(ledger: asyncpg.Connection) -> None:
+    for table, step in (("event_counts_1m", "1 minute"), ("event_counts_1h", "1 hour")):
+        expected = await ledger.fetch(
+            f"""SELECT date_bin('{step}', time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, {_KIND},
+                       count(*) AS events, max(time) AS last_time
+                FROM events GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4""")
+        got = await ledger.fetch(f"SELECT bucket, {_KIND}, events, last_time FROM {table} ORDER BY 1, 2, 3, 4")
+        assert [tuple(r) for r in got] == [tuple(r) for r in expected], table
+    # every call is counted once per kind, in the bucket of its first event of that kind
+    calls = await ledger.fetch(f"SELECT {_KIND}, sum(calls) FROM event_counts_1m GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+    distinct = await ledger.fetch(f"SELECT {_KIND}, count(DISTINCT call_id) FROM call_events "
+                                  "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+    assert [tuple(r) for r in calls] == [tuple(r) for r in distinct]
+    twice = await ledger.fetchval("SELECT count(*) FROM events WHERE event = 'user.message_received'")
+    assert twice == 2 * dashboard_data.CALLS, "a kind a call has twice, in two minutes"
+
+
+async def test_a_call_is_counted_once_across_its_trace_id(db: asyncpg.Connection) -> None:
+    """Events stored under a trace id before the trace named its call belong to that call (call_events)."""
+    await db.execute("INSERT INTO call_traces (trace_id, call_id) VALUES ('t-1', 'call-x')")
+    await db.execute(
+        """INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, category, event, level, source)
+           SELECT v.time::timestamptz, v.id, v.call_id, v.explicit, v.trace_id, 'user', 'user.message_received',
+                  'INFO', 'log'
+           FROM (VALUES ('2026-02-01 10:00:10+00', 'a', 't-1', false, 't-1'),
+                        ('2026-02-01 10:05:10+00', 'b', 'call-x', true, 't-1'),
+                        ('2026-02-01 10:07:10+00', 'c', 't-2', false, 't-2'))
+                AS v(time, id, call_id, explicit, trace_id)""")
+    await db.execute(rollup.MARK_ALL_EVENT_BUCKETS)
+    await rollup.drain_rollups(db)
+    assert await db.fetchval("SELECT sum(calls) FROM event_counts_1h") == 2     # call-x and t-2
+    # call-x's first message is the one stored under its trace id (minute 0), not the one at minute 5
+    assert [(r[0].minute, r[1]) for r in await db.fetch("SELECT bucket, calls FROM event_counts_1m ORDER BY 1")] == \
+        [(0, 1), (5, 0), (7, 1)]
+
+
+EVENT_RANGES = {
+    **RANGES,
+    "short": (BASE + timedelta(minutes=20, seconds=30), BASE + timedelta(minutes=70, seconds=10)),
+    "minutes": (BASE + timedelta(minutes=12, seconds=7), BASE + timedelta(hours=5, minutes=3, seconds=2)),
+    "long_edges": (BASE + timedelta(minutes=43, seconds=41) - timedelta(days=2),
+                   BASE + timedelta(minutes=43, seconds=41)),
+}
+
+
+async def _events_query(conn: asyncpg.Connection, title: str, span: str, index: int = 0,
+                        values: dict[str, Any] | None = None, interval: timedelta = timedelta(minutes=5)
+                        ) -> list[asyncpg.Record]:
+    board = BOARDS[DASHBOARD_UIDS["events"]]
+    panels = [p for top in board["panels"] for p in [top, *top.get("panels", [])] if p["title"] == title]
+    frm, to = EVENT_RANGES[span]
+    sql = panels[index]["targets"][0]["rawSql"]
+    return await conn.fetch(render(sql, variables=variables_from_dashboard(board, values or {}), frm=frm, to=to,
+                                   interval=interval))
+
+
+@pytest.mark.parametrize("span", sorted(EVENT_RANGES))
+async def test_event_counts_are_exact_on_every_range(ledger: asyncpg.Connection, span: str) -> None:
+    frm, to = EVENT_RANGES[span]
+    for title, column in (("Events by category", "category"), ("Events by level", "level")):
+        got: dict[str, int] = {}
+        for r in await _events_query(ledger, title, span):
+            got[r["metric"]] = got.get(r["metric"], 0) + r["events"]
+        exact = {r[0]: r[1] for r in await ledger.fetch(
+            f"SELECT {column}, count(*) FROM events WHERE time BETWEEN $1 AND $2 GROUP BY 1", frm, to)}
+        assert got == exact, title
+    webhooks = await ledger.fetch("SELECT event, count(*) FROM events WHERE time BETWEEN $1 AND $2 "
+                                  "AND category = 'webhook' GROUP BY 1", frm, to)
+    counts = (await _events_query(ledger, "Webhook deliveries", span))[0]
+    exact = {r[0]: r[1] for r in webhooks}
+    assert counts["Sent"] == exact.get("webhook.sent", 0)
+    assert counts["Failed"] == exact.get("webhook.response_failed", 0)
+    assert counts["Retries exhausted"] == exact.get("webhook.retry_exhausted", 0)
+    over_time = await _events_query(ledger, "Webhook deliveries over time", span)
+    assert sum(r["deliveries"] for r in over_time) == sum(exact.values())
+    some = await _events_query(ledger, "Events by category", span, values={"level": ["ERROR", "WARNING"]})
+    assert sum(r["events"] for r in some) == await ledger.fetchval(
+        "SELECT count(*) FROM events WHERE time BETWEEN $1 AND $2 AND level IN ('ERROR', 'WARNING')", frm, to)
+
+
+@pytest.mark.parametrize("span", sorted(EVENT_RANGES))
+async def test_events_by_type_counts_events_and_first_calls_on_every_range(ledger: asyncpg.Connection,
+                                                                          span: str) -> None:
+    frm, to = EVENT_RANGES[span]
+    got = {(r["category"], r["event"], r["level"]): r for r in await _events_query(ledger, "Events by type", span)}
+    short = to - frm <= timedelta(hours=1)
+    # long ranges count a call in the range of its first event of the kind; short ones every call in it
+    calls = ("count(DISTINCT call_id)" if short else
+             "count(DISTINCT call_id) FILTER (WHERE NOT EXISTS (SELECT 1 FROM call_events p WHERE p.call_id = "
+             "e.call_id AND p.event = e.event AND p.level = e.level AND p.category = e.category AND p.time < $1))")
+    exact = await ledger.fetch(
+        f"""SELECT {_KIND}, count(*) AS events, {calls} AS calls, max(time) AS last_seen
+            FROM call_events e WHERE time BETWEEN $1 AND $2 GROUP BY 1, 2, 3""", frm, to)
+    assert exact and set(got) == {(r[0], r[1], r[2]) for r in exact}
+    for r in exact:
+        g = got[(r[0], r[1], r[2])]
+        assert (g["events"], g["calls"], g["last_seen"]) == (r["events"], r["calls"], r["last_seen"]), dict(g)
+    assert got[("agent", "agent.greeting_sent", "INFO")]["display_name"] != "agent.greeting_sent"
+
+
+# The event lists as they read before 0007: every matching row of the range, sorted.
+LISTS_FROM_ROWS = {
+    ("Webhook deliveries", 1): "category = 'webhook' AND event <> 'webhook.queued'",
+    ("Path errors", 0): "event = 'path.error'",
+    ("Transfers", 0): "(category = 'transfer' OR event LIKE 'tool.transfer.%')",
+}
+
+
+@pytest.mark.parametrize("span", sorted(EVENT_RANGES))
+async def test_event_lists_are_the_newest_rows_on_every_range(ledger: asyncpg.Connection, span: str) -> None:
+    frm, to = EVENT_RANGES[span]
+    for (title, index), condition in LISTS_FROM_ROWS.items():
+        expected = await ledger.fetch(f"SELECT time, call_id FROM call_events WHERE time BETWEEN $1 AND $2 "
+                                      f"AND {condition} ORDER BY time DESC, call_id LIMIT 500", frm, to)
+        got = await _events_query(ledger, title, span, index)
+        assert sorted((r["time"], r["call_id"]) for r in got) == sorted(tuple(r) for r in expected), title
+        assert [r["time"] for r in got] == sorted((r["time"] for r in got), reverse=True)
+    failed = await _events_query(ledger, "Failed integrations and tools", span)
+    expected = await ledger.fetch(
+        """SELECT started_at, call_id FROM tool_calls WHERE started_at BETWEEN $1 AND $2 AND is_error
+           UNION ALL
+           SELECT time, call_id FROM call_events WHERE time BETWEEN $1 AND $2
+             AND event IN ('integration.failed', 'tool.transfer.failed', 'integration.approval_denied')""", frm, to)
+    assert sorted((r["time"], r["call_id"]) for r in failed) == sorted(tuple(r) for r in expected)
+
+
+async def test_an_event_list_stops_at_500_of_the_newest(db: asyncpg.Connection) -> None:
+    """A kind with more rows than the list shows: the newest 500, read in windows back from the end."""
+    await db.execute(
+        """INSERT INTO events (time, event_id, call_id, category, event, level, source)
+           SELECT TIMESTAMPTZ '2026-03-01 00:00:00+00' + i * interval '7 seconds', 'w' || i, 'c' || (i / 50),
+                  'webhook', 'webhook.sent', 'INFO', 'log'
+           FROM generate_series(1, 3000) AS i""")
+    frm = datetime(2026, 2, 20, tzinfo=timezone.utc)
+    to = datetime(2026, 3, 1, 6, tzinfo=timezone.utc)
+    board = BOARDS[DASHBOARD_UIDS["events"]]
+    sql = [p for top in board["panels"] for p in [top, *top.get("panels", [])]
+           if p["title"] == "Webhook deliveries"][1]["targets"][0]["rawSql"]
+    rows = await db.fetch(render(sql, variables=variables_from_dashboard(board), frm=frm, to=to))
+    expected = await db.fetch("SELECT time FROM events WHERE time <= $1 ORDER BY time DESC LIMIT 500", to)
+    assert [r["time"] for r in rows] == [r[0] for r in expected]
+
+
+async def test_breakdown_rows_store_the_percentiles_of_their_histogram(ledger: asyncpg.Connection) -> None:
+    from dashboards import queries
+
+    assert set(queries._STORED_QUANTILES) == set(rollup.STORED_QUANTILES)
+    columns = ", ".join(rollup.quantile_column("tts_ttfb", q) for q in rollup.STORED_QUANTILES)
+    rows = await ledger.fetch(
+        f"""SELECT ARRAY[{columns}] AS stored,
+                   callscope_hist_quantiles(tts_ttfb_bins, tts_ttfb_counts, $1, tts_ttfb_min_ms, tts_ttfb_max_ms) AS walked
+            FROM turn_latency_breakdown_1h WHERE tts_ttfb_samples > 0""", list(rollup.STORED_QUANTILES))
+    assert rows and all(r["stored"] == r["walked"] for r in rows)
