@@ -261,7 +261,11 @@ class AckLedger:
                 f"exports {self.exports}, refusals {codes}, failures {len(self.failures)}, partial {len(self.partial)}")
 
 
-_RETRYABLE = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# What the OTel SDK exporters retry (OTLP spec: CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE,
+# DATA_LOSS; RESOURCE_EXHAUSTED with a retry hint): a request cut off by a collector's shutdown comes back CANCELLED.
+_RETRYABLE = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+              grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED, grpc.StatusCode.OUT_OF_RANGE,
+              grpc.StatusCode.DATA_LOSS}
 # Without a hint (the collector is unreachable): a short, capped backoff keeps the tests fast.
 _BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.5)
 
