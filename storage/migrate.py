@@ -2,7 +2,8 @@
 versioned routines, the telephony rates — and the check ``callscope serve`` makes before it starts.
 
 Schema and code change only through ``callscope migrate`` (``migrate`` here). It is idempotent: running it
-twice changes nothing, and an advisory lock keeps two runs (two Jobs, two operators) one after the other. It
+twice changes nothing, and a lock on ``callscope_migrate_lock`` keeps two runs (two Jobs, two operators) one after
+the other (a table lock, not an advisory lock: any role can take an advisory lock, a reader included). It
 installs this release's routines next to the previous release's (storage/routines.py), so collectors of the
 previous release keep working while it runs and until they are replaced.
 
@@ -26,18 +27,21 @@ from alembic.config import Config
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from storage.catalogue import CATALOGUE
+from storage.reader import DEFAULT_CONNECTION_LIMIT, READER, function_privileges_sql, privileges_sql, role_state_sql
 from storage.errors import SchemaMismatch
 from storage.routines import ROUTINE_VERSION, VERSIONED_ROUTINES, routine_name, versioned_sql
 from storage.schema import HYPERTABLES
 
-__all__ = ["migrate", "install_routines", "MigrationReport", "timescaledb_active", "sqlalchemy_url", "ensure_database",
+__all__ = ["migrate", "install_routines", "apply_reader_lockdown", "MigrationReport", "timescaledb_active", "sqlalchemy_url", "ensure_database",
            "check_schema", "SchemaState", "shipped_revisions", "installed_routine_versions", "store_telephony_rates",
            "routine_sql", "routine_fingerprint"]
 
 log = logging.getLogger("callscope.storage")
 _MIGRATIONS = Path(__file__).with_name("migrations")
-_LOCK_KEY = 0x63616C6C73636F70  # "callscop"
-_RATES_LOCK = _LOCK_KEY + 2      # (+ 1 is the rollup refresh's)
+# No advisory locks (a reader can take any of them and hold it; storage/reader.py): migrate runs serialize on
+# this table, which must exist before the first migration (0012 declares the same table).
+_MIGRATE_LOCK_TABLE = "callscope_migrate_lock"
+_CREATE_MIGRATE_LOCK = f"CREATE TABLE IF NOT EXISTS {_MIGRATE_LOCK_TABLE} (id smallint PRIMARY KEY)"
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,9 @@ async def install_routines(connection: asyncpg.Connection, version: int = ROUTIN
         if found_version < version - 1:
             await connection.execute(f"DROP FUNCTION IF EXISTS {signature}")
             log.info("storage.routine_dropped", extra={"routine": name, "version": found_version})
+    # functions are executable by PUBLIC unless revoked: only the owner runs the routines, a reader the read API
+    if await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", READER):
+        await connection.execute(function_privileges_sql(READER))
     return await installed_routine_versions(connection)
 
 
@@ -222,7 +229,8 @@ async def store_telephony_rates(connection: asyncpg.Connection, rows: list[tuple
     if [tuple(row) for row in await connection.fetch(read)] == wanted:
         return False
     async with connection.transaction():
-        await connection.execute("SELECT pg_advisory_xact_lock($1)", _RATES_LOCK)
+        # self-exclusive, lets the deriver read the rates; a reader has no privilege on the table
+        await connection.execute("LOCK TABLE telephony_rates IN SHARE ROW EXCLUSIVE MODE")
         if [tuple(row) for row in await connection.fetch(read)] == wanted:
             return False
         await connection.execute("DELETE FROM telephony_rates")
@@ -284,14 +292,45 @@ async def check_schema(connection: asyncpg.Connection, *, routine_version: int =
     return SchemaState(revision=current, head=head, routine_versions=versions, newer=False)
 
 
-async def migrate(database_url: str, *, retention_days: int = 30, compress_after_days: int = 2,
-                  telephony_rates: tuple[list[tuple[str, float, str]], str] | None = None) -> MigrationReport:
-    """Bring the database to the newest schema and this release's routines; log once which storage mode is
-    active. ``telephony_rates``: (rows, price version) of the price table, stored when they differ."""
-    created = await ensure_database(database_url)
-    connection = await asyncpg.connect(database_url)
+async def _lock_migrations(database_url: str) -> asyncpg.Connection:
+    """A connection holding ``callscope_migrate_lock`` (EXCLUSIVE) in an open transaction: close it to release.
+
+    The table is created first when missing (a fresh database; two first runs may race to create it)."""
+    connection = await asyncpg.connect(database_url, server_settings={"idle_in_transaction_session_timeout": "0"})
     try:
-        await connection.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        for _ in range(20):
+            if await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", _MIGRATE_LOCK_TABLE):
+                break
+            try:
+                await connection.execute(_CREATE_MIGRATE_LOCK)
+            except (asyncpg.UniqueViolationError, asyncpg.DuplicateTableError):
+                continue   # another run created it at the same moment
+        await connection.execute("BEGIN")
+        await connection.execute(f"LOCK TABLE {_MIGRATE_LOCK_TABLE} IN EXCLUSIVE MODE")
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
+
+
+async def apply_reader_lockdown(connection: asyncpg.Connection, *,
+                                connection_limit: int = DEFAULT_CONNECTION_LIMIT) -> None:
+    """The reader role's settings and connection limit (cluster-wide) and its privileges in this database
+    (storage/reader.py); ``migrate`` applies them on every run, so a changed limit takes effect."""
+    await connection.execute(role_state_sql(READER, connection_limit=connection_limit))
+    await connection.execute(privileges_sql(READER))
+
+
+async def migrate(database_url: str, *, retention_days: int = 30, compress_after_days: int = 2,
+                  telephony_rates: tuple[list[tuple[str, float, str]], str] | None = None,
+                  reader_connection_limit: int = DEFAULT_CONNECTION_LIMIT) -> MigrationReport:
+    """Bring the database to the newest schema and this release's routines; log once which storage mode is
+    active. ``telephony_rates``: (rows, price version) of the price table, stored when they differ.
+    ``reader_connection_limit``: the reader role's connection limit."""
+    created = await ensure_database(database_url)
+    lock = await _lock_migrations(database_url)
+    try:
+        connection = await asyncpg.connect(database_url)
         try:
             revision = await _upgrade(database_url)
             version = await timescaledb_active(connection)
@@ -300,13 +339,14 @@ async def migrate(database_url: str, *, retention_days: int = 30, compress_after
                                                 compress_after_days=compress_after_days)
             await _seed_catalogue(connection)
             routine_versions = await install_routines(connection)
+            await apply_reader_lockdown(connection, connection_limit=reader_connection_limit)
             rates_changed = False
             if telephony_rates is not None:
                 rates_changed = await store_telephony_rates(connection, *telephony_rates)
         finally:
-            await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+            await connection.close()
     finally:
-        await connection.close()
+        await lock.close()   # ends its transaction: the lock is released
     mode = "timescaledb" if version else "postgresql"
     if version:
         log.info("storage.mode", extra={"mode": mode, "timescaledb": version, "revision": revision,
