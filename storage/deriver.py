@@ -6,8 +6,9 @@ lock: it takes up to ``max_calls`` marks with ``FOR UPDATE SKIP LOCKED``, keeps 
 gets (the row of ``derive_locks`` for the call's slot, ``FOR UPDATE SKIP LOCKED``: one call is derived by one
 worker at a time), deletes their marks and derives them in the same transaction. Row locks on an internal
 table, not advisory locks: any role can take an advisory lock and hold it, a reader included; a reader has no
-privilege on ``derive_locks`` (storage/reader.py). A batch that marks a call again while it is being derived leaves a new mark, so the call
-is derived again after its last write; a call touched by many batches between two rounds is derived once.
+privilege on ``derive_locks`` (storage/reader.py). A batch that marks a call again while it is being derived
+leaves a new mark, so the call is derived again after its last write; a call touched by many batches between
+two rounds is derived once.
 
 Shutdown is bounded whatever other collectors do (``close``): no new claims, the rounds in progress finish (or
 are rolled back when the time is up, which returns their marks), then the calls this process's own batches

@@ -27,14 +27,14 @@ from alembic.config import Config
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from storage.catalogue import CATALOGUE
-from storage.reader import DEFAULT_CONNECTION_LIMIT, READER, function_privileges_sql, privileges_sql, role_state_sql
 from storage.errors import SchemaMismatch
+from storage.reader import DEFAULT_CONNECTION_LIMIT, READER, function_privileges_sql, privileges_sql, role_state_sql
 from storage.routines import ROUTINE_VERSION, VERSIONED_ROUTINES, routine_name, versioned_sql
 from storage.schema import HYPERTABLES
 
-__all__ = ["migrate", "install_routines", "apply_reader_lockdown", "MigrationReport", "timescaledb_active", "sqlalchemy_url", "ensure_database",
-           "check_schema", "SchemaState", "shipped_revisions", "installed_routine_versions", "store_telephony_rates",
-           "routine_sql", "routine_fingerprint"]
+__all__ = ["migrate", "install_routines", "apply_reader_lockdown", "MigrationReport", "timescaledb_active",
+           "sqlalchemy_url", "ensure_database", "check_schema", "SchemaState", "shipped_revisions",
+           "installed_routine_versions", "store_telephony_rates", "routine_sql", "routine_fingerprint"]
 
 log = logging.getLogger("callscope.storage")
 _MIGRATIONS = Path(__file__).with_name("migrations")

@@ -114,8 +114,9 @@ def role_state_sql(role: str = READER, *, connection_limit: int | None = DEFAULT
         ALTER ROLE {role} SET {name} = {_literal(value)};
       END IF;""")
     if connection_limit is not None:
-        lines.append(f"""      IF (SELECT rolconnlimit FROM pg_roles WHERE rolname = {_literal(role)}) <> {int(connection_limit)} THEN
-        ALTER ROLE {role} CONNECTION LIMIT {int(connection_limit)};
+        limit = int(connection_limit)
+        lines.append(f"""      IF (SELECT rolconnlimit FROM pg_roles WHERE rolname = {_literal(role)}) <> {limit} THEN
+        ALTER ROLE {role} CONNECTION LIMIT {limit};
       END IF;""")
     return _retrying("\n".join(lines))
 
@@ -170,7 +171,7 @@ BEGIN
              AND c.relkind IN ('r', 'v', 'm', 'p', 'f') LOOP
     EXECUTE format('GRANT SELECT ON %s TO {role}', r.rel);
   END LOOP;
-{_functions(role)}  -- no CREATE on the schema, no temporary tables (the migrating role keeps them: the routines use them)
+{_functions(role)}  -- no CREATE on the schema, no temporary tables (the migrating role keeps them: routines use them)
   EXECUTE format('REVOKE CREATE ON SCHEMA %I FROM PUBLIC, {role}', current_schema());
   EXECUTE format('GRANT USAGE ON SCHEMA %I TO {role}', current_schema());
   EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO CURRENT_USER', current_database());

@@ -368,3 +368,21 @@ def test_the_datasource_sslmode_is_a_generator_option() -> None:
     compose = yaml.safe_load(open("docker-compose.yml", encoding="utf-8"))
     assert compose["services"]["grafana"]["environment"]["CALLSCOPE_READER_SSLMODE"] == \
         "${CALLSCOPE_READER_SSLMODE:-disable}"
+
+
+async def test_doctor_says_when_the_reader_can_do_more_than_read(database_url: str) -> None:
+    from collector.cli.doctor import _reader_privileges
+
+    admin = await asyncpg.connect(database_url)
+    try:
+        await migrate(database_url)
+        assert (await _reader_privileges(admin)).level == "ok"
+        await admin.execute(f"GRANT SELECT ON dirty_calls TO {reader.READER}")
+        await admin.execute(f"GRANT EXECUTE ON FUNCTION {routine_name('callscope_derive')}(text[]) TO PUBLIC")
+        check = await _reader_privileges(admin)
+        assert check.level == "warn" and "dirty_calls" in check.message
+        assert routine_name("callscope_derive") in check.message and "callscope migrate" in check.fix
+        await migrate(database_url)
+        assert (await _reader_privileges(admin)).level == "ok"
+    finally:
+        await admin.close()
