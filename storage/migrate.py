@@ -13,6 +13,7 @@ not run on (older: run migrate; newer, without this release's routines: upgrade 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -93,17 +94,57 @@ def _alembic_config(database_url: str) -> Config:
     return config
 
 
+# Sessions of reader roles (callscope_reader and its members) that the migration's backend waits for: a reader
+# query holding ACCESS SHARE would otherwise keep an ALTER TABLE waiting, and every write queued behind it.
+_BLOCKING_READERS = f"""
+SELECT a.pid, a.usename, pg_terminate_backend(a.pid) AS ended
+FROM pg_stat_activity a, pg_roles r
+WHERE r.rolname = '{READER}' AND a.pid = ANY (pg_blocking_pids($1)) AND a.usename <> current_user
+  AND pg_has_role(a.usename, r.oid, 'MEMBER')
+"""
+
+
+async def _end_blocking_readers(database_url: str, pid: int, interval_s: float = 0.5) -> None:
+    """Until cancelled: end every reader session that blocks backend ``pid`` (the migration), and log it.
+
+    Grafana retries a panel whose query was cut off; ingest would not retry an Export stuck behind a migration.
+    Ending another role's session needs a superuser, membership of that role or ``pg_signal_backend``."""
+    connection = await asyncpg.connect(database_url)
+    warned = False
+    try:
+        while True:
+            try:
+                for row in await connection.fetch(_BLOCKING_READERS, pid):
+                    log.warning("migrate.reader_session_ended", extra={"pid": row["pid"], "role": row["usename"],
+                                                                       "ended": row["ended"]})
+            except asyncpg.PostgresError as exc:   # not allowed to end them (or a role vanished): say so once
+                if not warned:
+                    log.warning("migrate.reader_blocks", extra={"error": str(exc), "fix": "grant pg_signal_backend "
+                                                                "to the role that migrates"})
+                    warned = True
+            await asyncio.sleep(interval_s)
+    finally:
+        await connection.close()
+
+
 async def _upgrade(database_url: str) -> str:
+    from sqlalchemy import text
+
     engine = create_async_engine(sqlalchemy_url(database_url))
     config = _alembic_config(database_url)
     try:
         async with engine.begin() as connection:
+            pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar()
+            watchdog = asyncio.create_task(_end_blocking_readers(database_url, int(pid)))
+
             def run(sync_connection) -> None:  # type: ignore[no-untyped-def]
                 config.attributes["connection"] = sync_connection
                 command.upgrade(config, "head")
-            await connection.run_sync(run)
-            from sqlalchemy import text
-
+            try:
+                await connection.run_sync(run)
+            finally:
+                watchdog.cancel()
+                await asyncio.gather(watchdog, return_exceptions=True)
             revision = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar()
     finally:
         await engine.dispose()

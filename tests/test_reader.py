@@ -386,3 +386,39 @@ async def test_doctor_says_when_the_reader_can_do_more_than_read(database_url: s
         assert (await _reader_privileges(admin)).level == "ok"
     finally:
         await admin.close()
+
+
+async def test_a_reader_holding_a_table_cannot_stall_a_migration_that_alters_it(database_url: str, reader_role) -> None:
+    """A migration waiting for ACCESS EXCLUSIVE queues every write behind it: migrate ends the reader sessions
+    it waits for (Grafana retries the panel)."""
+    from alembic import command
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from storage.migrate import _alembic_config, sqlalchemy_url
+
+    engine = create_async_engine(sqlalchemy_url(database_url))
+    config = _alembic_config(database_url)
+    try:
+        async with engine.begin() as connection:
+            def down(sync_connection) -> None:  # type: ignore[no-untyped-def]
+                config.attributes["connection"] = sync_connection
+                command.downgrade(config, "0006_turn_rollup")   # 0011 adds columns to calls and turns again
+            await connection.run_sync(down)
+    finally:
+        await engine.dispose()
+    _, url = reader_role
+    holder = await asyncpg.connect(url)
+    await holder.execute("SET statement_timeout = 0")
+    await holder.execute("BEGIN")
+    await holder.fetch("SELECT call_id FROM calls LIMIT 1")     # ACCESS SHARE on calls until the end
+    admin = await asyncpg.connect(database_url)
+    try:
+        report = await asyncio.wait_for(migrate(database_url), DEADLINE_S)
+        assert report.revision == "0012_reader_lockdown"
+        assert await admin.fetchval("SELECT count(*) FROM information_schema.columns WHERE table_name = 'calls' "
+                                    "AND column_name = 'dead_air_total_s'") == 1
+        with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.AdminShutdownError)):
+            await holder.fetch("SELECT 1")
+    finally:
+        await admin.close()
+        await holder.close()
