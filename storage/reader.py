@@ -21,7 +21,8 @@ advisory lock any more (a reader can take any advisory lock). They lock rows of,
 reader has no privilege on (``LOCK TABLE`` and ``SELECT … FOR UPDATE`` need more than ``SELECT``): derivation
 ``derive_locks`` rows, each rollup refresh its own mark queue, ``migrate`` ``callscope_migrate_lock``, the price
 update ``telephony_rates``. What a reader's ``SELECT`` takes (``ACCESS SHARE``) conflicts only with ``ACCESS
-EXCLUSIVE``, which none of those paths takes.
+EXCLUSIVE``, which none of those paths takes; a migration that alters a table does, and ``migrate`` ends the
+reader sessions its migration waits for (storage/migrate.py) rather than queue every write behind them.
 
 Roles are cluster-wide, so several databases (and parallel test sessions) may change the same role at once:
 ``role_state_sql`` changes only what differs from the wanted state and retries PostgreSQL's "tuple concurrently
