@@ -543,11 +543,12 @@ def seen_before(call: str, category: str, event: str, level: str, before: str) -
                    AND {kind}
                    AND (p.call_id_explicit OR p.trace_id IS NULL OR NOT EXISTS (
                         SELECT 1 FROM call_traces k WHERE k.trace_id = p.trace_id AND k.call_id <> {call})))
-      OR coalesce((SELECT bool_or(p.time < {before}) FROM events p
-                   WHERE p.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k WHERE k.call_id = {call}))
-                     AND NOT p.call_id_explicit AND p.call_id <> {call}
-                     AND {kind}),
-                  false))"""
+      OR EXISTS (SELECT 1 FROM call_traces k
+                 CROSS JOIN LATERAL (SELECT bool_or(p.time < {before}) AS seen FROM events p
+                                     WHERE p.trace_id = k.trace_id
+                                       AND NOT p.call_id_explicit AND p.call_id <> {call}
+                                       AND {kind}) t
+                 WHERE k.call_id = {call} AND t.seen))"""
 
 
 _EVENT_SEEN_BEFORE = f"""
