@@ -37,7 +37,7 @@ READER = "callscope_reader"
 PASSWORD_ENV = "CALLSCOPE_READER_PASSWORD"
 
 # Grouped latency of the stages that carry a time-to-first-byte figure. Columns are the contract of the
-# dashboards' queries (dashboards/queries.py) whichever backend builds them.
+# dashboards' queries (dashboards/latency.py) whichever backend builds them.
 _STAGE_SELECT = """
 SELECT {bucket} AS bucket,
        stage,
