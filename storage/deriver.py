@@ -43,8 +43,9 @@ log = logging.getLogger("callscope.deriver")
 
 
 # The derivation, one file per concern, run in this order (each reads what the ones before wrote): the work
-# tables, turns (placement, then rows), tool calls, calls (status, cost), events (turn links, derived events).
-DERIVE_FILES = ("work.sql", "turns.sql", "tool_calls.sql", "calls.sql", "events.sql")
+# tables, turns (placement, then rows), tool calls, calls (status), cost (of the call rows just written), events
+# (turn links, derived events).
+DERIVE_FILES = ("work.sql", "turns.sql", "tool_calls.sql", "calls.sql", "cost.sql", "events.sql")
 _DERIVE_DIR = Path(__file__).with_name("derive")
 
 

@@ -1,4 +1,4 @@
--- Derive, 5 of 5 — the call log: events take their span's turn, a turn's user message and the greeting are
+-- Derive, 6 of 6 — the call log: events take their span's turn, a turn's user message and the greeting are
 -- derived from the turns, and a derived event the producer also sent itself is dropped.
 
 -- name: link_events

@@ -1,4 +1,4 @@
--- Derive, 3 of 5 — tool calls: adopted by the call their trace named, linked to their turn, timed when they
+-- Derive, 3 of 6 — tool calls: adopted by the call their trace named, linked to their turn, timed when they
 -- were recovered from an LLM request.
 
 -- name: adopt_tool_calls

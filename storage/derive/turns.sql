@@ -1,4 +1,4 @@
--- Derive, 2 of 5 — turns: which turn every span belongs to, who spoke when (speech intervals, for dead air
+-- Derive, 2 of 6 — turns: which turn every span belongs to, who spoke when (speech intervals, for dead air
 -- and barge-in), then one turns row per turn number from the facts of its spans (texts, the latency chain,
 -- providers, tokens).
 

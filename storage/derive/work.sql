@@ -1,4 +1,4 @@
--- Derive, 1 of 5 — the work tables: the claimed calls' spans and events, copied through indexes.
+-- Derive, 1 of 6 — the work tables: the claimed calls' spans and events, copied through indexes.
 --
 -- A derive round recomputes the derived rows of the calls a worker claimed ($1 = text[] of call ids) from what
 -- is stored. Every statement is a pure function of the stored spans and events, so the result does not depend
@@ -12,7 +12,7 @@
 -- column cannot hold instead of failing the call. Span facts (spans.facts, written by the mappers; times are
 -- epoch microseconds): storage/facts.py declares every key, who writes it and which statement reads it
 -- (tests/test_facts.py keeps the three in step). storage/deriver.py loads the files in this order: work,
--- turns, tool_calls, calls, events.
+-- turns, tool_calls, calls, cost, events.
 
 -- name: load_spans
 -- A call's spans: those stored under its id (minus rows of a trace id whose trace has since named another
