@@ -5,7 +5,7 @@
 -- name: delete_vanished_calls
 -- A call whose rows all moved to another call id (its trace named its call later) disappears.
 DELETE FROM calls c
-WHERE c.call_id = ANY($1::text[])
+WHERE c.call_id = ANY($1::text[]) AND c.tenant = $2
   AND NOT EXISTS (SELECT 1 FROM derive_spans s WHERE s.call_id = c.call_id)
   AND NOT EXISTS (SELECT 1 FROM derive_events e WHERE e.call_id = c.call_id);
 
@@ -78,7 +78,7 @@ WITH ids AS (
 ), tu AS (
     SELECT call_id, count(*) AS turns, count(*) FILTER (WHERE interrupted) AS interruptions,
            count(barge_in_stop_ms) AS barge_ins
-    FROM turns WHERE call_id = ANY($1::text[]) GROUP BY call_id
+    FROM turns WHERE call_id = ANY($1::text[]) AND tenant = $2 GROUP BY call_id
 ), cgap AS (
     SELECT call_id, side,
            extract(epoch FROM s - max(e) OVER (PARTITION BY call_id ORDER BY s, e
@@ -91,7 +91,8 @@ WITH ids AS (
     FROM cgap GROUP BY call_id
     HAVING bool_or(side = 'user') AND bool_or(side = 'agent')
 ), tc AS (
-    SELECT call_id, count(*) AS tools FROM tool_calls WHERE call_id = ANY($1::text[]) GROUP BY call_id
+    SELECT call_id, count(*) AS tools FROM tool_calls WHERE call_id = ANY($1::text[]) AND tenant = $2
+    GROUP BY call_id
 ), base AS (
     SELECT ids.call_id, sp.trace_ids,
         least(sp.first_at, ev.first_at) AS started_at,
@@ -139,11 +140,11 @@ WITH ids AS (
              THEN coalesce(session_end, terminal_at, last_seen_at) END AS ended_at
     FROM decided
 )
-INSERT INTO calls AS c (call_id, trace_ids, started_at, ended_at, last_seen_at, duration_s, status,
+INSERT INTO calls AS c (call_id, tenant, trace_ids, started_at, ended_at, last_seen_at, duration_s, status,
     status_reason, direction, campaign, agent, framework, from_number, to_number, turn_count,
     interruption_count, tool_call_count, error_count, summary, tags, extracted, recording_url, attributes, dead_air_total_s,
     longest_silence_ms, barge_in_count, updated_at)
-SELECT call_id, coalesce(trace_ids, '{}'), started_at, ended_at, last_seen_at,
+SELECT call_id, $2, coalesce(trace_ids, '{}'), started_at, ended_at, last_seen_at,
     extract(epoch FROM ended_at - started_at),
     status,
     coalesce(status_reason,
@@ -154,7 +155,7 @@ SELECT call_id, coalesce(trace_ids, '{}'), started_at, ended_at, last_seen_at,
     CASE WHEN jsonb_typeof(tags) = 'array' THEN ARRAY(SELECT jsonb_array_elements_text(tags)) END,
     extracted, recording_url, session_attributes, dead_air_total_s, longest_silence_ms, barge_in_count, now()
 FROM ended
-ON CONFLICT (call_id) DO UPDATE SET
+ON CONFLICT (call_id, tenant) DO UPDATE SET
     trace_ids = EXCLUDED.trace_ids, started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at,
     last_seen_at = EXCLUDED.last_seen_at, duration_s = EXCLUDED.duration_s, status = EXCLUDED.status,
     status_reason = EXCLUDED.status_reason, direction = EXCLUDED.direction, campaign = EXCLUDED.campaign,
@@ -178,6 +179,6 @@ WHERE (c.trace_ids, c.started_at, c.ended_at, c.last_seen_at, c.duration_s, c.st
        EXCLUDED.dead_air_total_s, EXCLUDED.longest_silence_ms, EXCLUDED.barge_in_count);
 
 -- name: copy_agent_to_turns
-UPDATE turns t SET agent = (SELECT c.agent FROM calls c WHERE c.call_id = t.call_id)
-WHERE t.call_id = ANY($1::text[])
-  AND t.agent IS DISTINCT FROM (SELECT c.agent FROM calls c WHERE c.call_id = t.call_id);
+UPDATE turns t SET agent = (SELECT c.agent FROM calls c WHERE c.call_id = t.call_id AND c.tenant = t.tenant)
+WHERE t.call_id = ANY($1::text[]) AND t.tenant = $2
+  AND t.agent IS DISTINCT FROM (SELECT c.agent FROM calls c WHERE c.call_id = t.call_id AND c.tenant = t.tenant);
