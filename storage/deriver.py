@@ -32,6 +32,7 @@ from typing import Callable
 import asyncpg
 
 from storage.errors import StorageUnavailable
+from storage.retention import RETENTION_EVERY_S, apply_tenant_retention
 from storage.rollup import MARK_CALL_BUCKETS, MARK_TURN_BUCKETS, MARKS_AT_END, refresh_rollups
 from storage.routines import routine_name
 from storage.writer import SERVER_SETTINGS, WriteResult, storage_errors
@@ -191,8 +192,7 @@ _RELEASE = "DELETE FROM call_quarantine WHERE call_id = ANY($1::text[]) AND tena
 _RETRY_DUE = """
 WITH due AS (
     UPDATE call_quarantine SET retry_at = now() + make_interval(secs => $2)
-    WHERE (call_id, tenant) IN (SELECT call_id, tenant FROM call_quarantine WHERE retry_at <= now()
-                                ORDER BY retry_at LIMIT $1)
+    WHERE ctid = ANY (ARRAY(SELECT ctid FROM call_quarantine WHERE retry_at <= now() ORDER BY retry_at LIMIT $1))
     RETURNING call_id, tenant
 )
 INSERT INTO dirty_calls (call_id, tenant) SELECT call_id, tenant FROM due
@@ -255,6 +255,7 @@ class Deriver:
         self._housekeeping_at = 0.0
         self._backlog_at = 0.0
         self._rollups_at = 0.0
+        self._retention_at = 0.0
         # Calls ((tenant, call id)) this process's batches marked and that may not be derived yet, with the
         # generation of the last batch that marked them: a round forgets a call only when no batch marked it after
         # the round began.
@@ -502,7 +503,8 @@ class _Worker:
             await connection.execute(_MARK_STALE, float(self._deriver._stale_after_s))
 
     async def housekeeping(self, *, force: bool = False) -> None:
-        """Every few seconds (one worker does it): retries that are due, stale calls, the mark queue's dead rows."""
+        """Every few seconds (one worker does it): retries that are due, stale calls, per-tenant retention (every
+        RETENTION_EVERY_S), the mark queue's dead rows."""
         deriver = self._deriver
         now = time.monotonic()
         if not force and now - deriver._housekeeping_at < min(30.0, deriver._stale_after_s / 4):
@@ -512,6 +514,14 @@ class _Worker:
             connection = await self._connect()
             await connection.execute(_RETRY_DUE, 1000, deriver._retry_max_s)
         await self.mark_stale()
+        if force or now - deriver._retention_at >= RETENTION_EVERY_S:
+            # per-tenant retention (storage/retention.py): only tenants with retention_days set lose rows
+            deriver._retention_at = now
+            async with storage_errors():
+                for result in await apply_tenant_retention(connection):
+                    if result.calls or result.spans or result.events:
+                        log.info("retention.applied", extra={"tenant": result.tenant, "calls": result.calls,
+                                                             "spans": result.spans, "events": result.events})
         async with storage_errors():
             await connection.execute(_VACUUM_QUEUE)
         if deriver._owed:

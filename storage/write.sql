@@ -108,10 +108,10 @@ BEGIN
             FROM stage_tools s
         ) r ORDER BY call_id, tenant, tool_call_id, is_error DESC, ended_at DESC NULLS LAST, span_id
     ), ins AS (
-        INSERT INTO tool_calls AS t (call_id, tenant, call_id_explicit, trace_id, tool_call_id, tool_name, started_at,
-                                     ended_at, duration_ms, arguments, result, is_error, error, span_id)
-        SELECT call_id, tenant, call_id_explicit, trace_id, tool_call_id, tool_name, started_at, ended_at,
-               duration_ms, arguments, result, is_error, error, span_id FROM resolved
+        INSERT INTO tool_calls AS t (call_id, call_id_explicit, trace_id, tool_call_id, tool_name, started_at,
+                                     ended_at, duration_ms, arguments, result, is_error, error, span_id, tenant)
+        SELECT call_id, call_id_explicit, trace_id, tool_call_id, tool_name, started_at, ended_at, duration_ms,
+               arguments, result, is_error, error, span_id, tenant FROM resolved
         ON CONFLICT (call_id, tenant, tool_call_id) DO UPDATE SET
             tool_name = EXCLUDED.tool_name,
             started_at = coalesce(t.started_at, EXCLUDED.started_at),
@@ -127,8 +127,8 @@ BEGIN
                coalesce(EXCLUDED.arguments, t.arguments), coalesce(EXCLUDED.result, t.result),
                t.is_error OR EXCLUDED.is_error, coalesce(EXCLUDED.error, t.error))
         RETURNING call_id, tenant
-    ) SELECT count(*), array_agg(call_id), array_agg(tenant) INTO tool_count, tool_calls_touched, tool_tenants
-      FROM ins;
+    ) SELECT count(*), array_agg(call_id), array_agg(tenant)
+      INTO tool_count, tool_calls_touched, tool_tenants FROM ins;
 
     -- name: mark_calls
     -- Every call the batch touched gets a dirty_calls mark (a transactional outbox for storage/deriver.py). A

@@ -163,15 +163,15 @@ def test_the_write_routine_stores_every_field_of_the_records() -> None:
 async def test_derive_statements_touch_only_the_claimed_calls_through_indexes(unanalyzed: asyncpg.Connection) -> None:
     claimed = "'{call-7,call-8," + "0" * 32 + "}'::text[]"
     for name, sql in deriver.DERIVE_STATEMENTS:
-        plan = await _plan(unanalyzed, versioned_sql(sql).replace("$1::text[]", claimed))
+        plan = await _plan(unanalyzed, versioned_sql(sql).replace("$1::text[]", claimed).replace("$2", "'default'::text"))
         assert not _full_scans(plan), f"{name}:\n{plan}"
 
 
 async def test_claim_and_quarantine_statements_use_indexes(unanalyzed: asyncpg.Connection) -> None:
     checks = (
         ("claim", deriver._CLAIM, (200, deriver._LOCK_NAMESPACE)),
-        ("quarantine", deriver._QUARANTINE, ("call-1", "boom", 5.0, 600.0)),
-        ("release", deriver._RELEASE, (["call-1", "call-2"],)),
+        ("quarantine", deriver._QUARANTINE, ("call-1", "boom", 5.0, 600.0, "default")),
+        ("release", deriver._RELEASE, (["call-1", "call-2"], "default")),
         ("retry_due", deriver._RETRY_DUE, (1000, 600.0)),
         ("mark_stale", deriver._MARK_STALE, (300.0,)),
     )
@@ -197,7 +197,8 @@ async def _derive_buffers(connection: asyncpg.Connection, claimed: list[str]) ->
         for name, sql in deriver.DERIVE_STATEMENTS:
             args = [claimed] if "$1" in sql else []
             plan = json.loads(await connection.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "
-                                                        + versioned_sql(sql), *args))
+                                                        + versioned_sql(sql).replace("$2", "'default'::text"),
+                                                        *args))
             top = plan[0]["Plan"]
             touched[name] = top["Shared Hit Blocks"] + top["Shared Read Blocks"]
     finally:
