@@ -11,6 +11,10 @@ Tables (storage/schema.py, migration ``0006_turn_rollup``):
   sums (and how many calls had a total cost), duration sum (and how many had one).
 * ``turn_rollup_dirty`` / ``call_rollup_dirty``: append-only marks of buckets to recompute.
 
+Every rollup row also has a ``tenant`` (migration ``0013_tenants``): a dimension like the others, so tenants never
+add up, and the column row-level security filters a reader's rows by. Marks name buckets only; a refresh
+recomputes a bucket for every tenant. The derive-time marks take the claimed calls' tenant as ``$2``.
+
 Histogram: bin 0 holds values below 1 ms (and negative ones), bin ``b >= 1`` holds [r^(b-1), r^b) with
 ``r = HIST_RATIO`` (1.04). A percentile is read like ``percentile_cont`` (0-based rank ``q * (n - 1)``,
 linear between the two neighbouring ranks), with each rank's value replaced by its bin's geometric midpoint
