@@ -3,7 +3,7 @@
 Transport-agnostic and pure: the same function serves gRPC and HTTP, and the raw span is always kept,
 whatever mapper (if any) claimed it. Invalid items come back as ``RejectedSpan`` instances, never raised.
 
-Personal data follows the PII policy (collector/privacy.py) between mapping and rows: mappers see the true
+Personal data follows the PII policy (collector/privacy/) between mapping and rows: mappers see the true
 values, the rows only what the policy lets through. Every row carries the tenant the receiver resolved from the
 request's API key.
 
@@ -351,7 +351,7 @@ def _map_items(items: Iterable[Any], add_rows: Callable[[Any, list[Record], Mapp
 def map_spans(items: Iterable[SpanIn | RejectedSpan], limits: ItemLimits = DEFAULT_LIMITS, *,
               prices: PriceTable, tenant: str = "default", privacy: PiiPolicy = KEEP_ALL) -> MappedBatch:
     """Rows of the spans of one request; ``prices`` prices each span's usage (collector/cost.py); every row
-    carries ``tenant``; ``privacy`` is the PII policy (collector/privacy.py)."""
+    carries ``tenant``; ``privacy`` is the PII policy (collector/privacy/)."""
     return _map_items(items, lambda span, out, batch: _span_rows(span, out, limits, prices, batch, tenant, privacy),
                       lambda span: f"span {shorten(span.name, 80)!r} ({span.span_id})")
 

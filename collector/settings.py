@@ -186,7 +186,7 @@ class Settings:
         return self.auth == "required"
 
     def pii_policy(self):  # type: ignore[no-untyped-def]
-        """The ``PiiPolicy`` these settings select (collector/privacy.py)."""
+        """The ``PiiPolicy`` these settings select (collector/privacy/)."""
         from collector.privacy import PiiPolicy, parse_attributes, parse_policy
 
         return PiiPolicy(parse_policy(self.pii), salt=self.pii_salt, attributes=parse_attributes(self.pii_attributes))

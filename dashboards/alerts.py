@@ -16,7 +16,6 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import alerting as alerting_m
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
-from dashboards import queries as q
 from dashboards.common import DASHBOARD_UIDS
 from dashboards.options import DashboardOptions
 from dashboards.sql import PG_PLUGIN_ID, SQL
@@ -45,6 +44,82 @@ RULE_UIDS = {
 # The notification of a campaign rule links to the slowest turns of the firing campaign.
 _CAMPAIGN_LINK = (f"/d/{DASHBOARD_UIDS['campaigns']}/{DASHBOARD_UIDS['campaigns']}"
                   "?var-campaign={{ $labels.campaign }}&viewPanel={panel}&from=now-6h&to=now")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SQL of the rules (format time_series: a "time" column, text columns become labels)
+# ---------------------------------------------------------------------------------------------------------
+
+TERMINAL_STATUSES = ("completed", "failed", "declined", "missed")
+
+
+def _in_list(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+def alert_latency_p95(metric: str, *, min_samples: int) -> str:
+    """Exact p95 per agent over the rule's window: the window's turns through turns_started_at_idx, no join
+    (turns carry their call's agent)."""
+    return f"""SELECT now() AS "time",
+  coalesce(t.agent, 'unknown') AS agent,
+  percentile_cont(0.95) WITHIN GROUP (ORDER BY t.{metric}) AS p95_ms
+FROM turns t
+WHERE $__timeFilter(t.started_at)
+  AND t.{metric} IS NOT NULL
+GROUP BY 2
+HAVING count(*) >= {int(min_samples)}"""
+
+
+def alert_failed_ratio(*, min_calls: int) -> str:
+    return f"""SELECT now() AS "time",
+  coalesce(c.agent, 'unknown') AS agent,
+  (count(*) FILTER (WHERE c.status = 'failed'))::float8 / count(*) AS failed_ratio
+FROM calls c
+WHERE $__timeFilter(c.started_at)
+  AND c.status IN ({_in_list(TERMINAL_STATUSES)})
+GROUP BY 2
+HAVING count(*) >= {int(min_calls)}"""
+
+
+ALERT_WEBHOOK_RETRY_EXHAUSTED = """SELECT now() AS "time",
+  count(*) AS retry_exhausted
+FROM events e
+WHERE $__timeFilter(e.time)
+  AND e.event = 'webhook.retry_exhausted'"""
+
+ALERT_NO_TELEMETRY = """SELECT now() AS "time",
+  (EXISTS (SELECT 1 FROM spans s WHERE $__timeFilter(s.start_time))
+   OR EXISTS (SELECT 1 FROM events e WHERE $__timeFilter(e.time)))::int AS telemetry_seen"""
+
+
+def alert_barge_in_p95(*, min_samples: int) -> str:
+    return alert_latency_p95("barge_in_stop_ms", min_samples=min_samples)
+
+
+def alert_campaign_latency_p95(metric: str, *, min_samples: int) -> str:
+    """Exact p95 per campaign over the rule's window: the window's calls by start time, their turns by key."""
+    return f"""SELECT now() AS "time",
+  c.campaign,
+  percentile_cont(0.95) WITHIN GROUP (ORDER BY t.{metric}) AS p95_ms
+FROM calls c
+CROSS JOIN LATERAL (SELECT t.{metric} FROM turns t WHERE t.call_id = c.call_id AND t.{metric} IS NOT NULL
+                    OFFSET 0) t
+WHERE $__timeFilter(c.started_at)
+  AND c.campaign IS NOT NULL
+GROUP BY 2
+HAVING count(*) >= {int(min_samples)}"""
+
+
+def alert_campaign_failed_ratio(*, min_calls: int) -> str:
+    return f"""SELECT now() AS "time",
+  c.campaign,
+  (count(*) FILTER (WHERE c.status = 'failed'))::float8 / count(*) AS failed_ratio
+FROM calls c
+WHERE $__timeFilter(c.started_at)
+  AND c.campaign IS NOT NULL
+  AND c.status IN ({_in_list(TERMINAL_STATUSES)})
+GROUP BY 2
+HAVING count(*) >= {int(min_calls)}"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,19 +191,19 @@ def _campaign_specs(options: DashboardOptions, panel_ids: dict[str, int]) -> lis
     see = " The slowest turns of the campaign: {{ $annotations.slowest_turns_url }}"
     return [
         _Spec(key="campaign_failed_ratio", title=f"Campaign failed-call ratio above {t.campaign_failed_ratio:.0%}",
-              sql=q.alert_campaign_failed_ratio(min_calls=t.campaign_min_calls),
+              sql=alert_campaign_failed_ratio(min_calls=t.campaign_min_calls),
               window_s=3600, op="gt", threshold=t.campaign_failed_ratio, for_="0s", severity="critical",
               summary="{{ humanizePercentage $values.B.Value }} of the ended calls of campaign "
                       "{{ $labels.campaign }} failed in the last hour",
               description="Calls of this campaign end with status failed." + see, **common),
         _Spec(key="campaign_v2v", title=f"Campaign p95 voice-to-voice above {t.campaign_v2v_p95_ms:g} ms",
-              sql=q.alert_campaign_latency_p95("voice_to_voice_ms", min_samples=t.latency_min_samples),
+              sql=alert_campaign_latency_p95("voice_to_voice_ms", min_samples=t.latency_min_samples),
               window_s=900, op="gt", threshold=t.campaign_v2v_p95_ms, for_="5m", severity="warning",
               summary="p95 voice-to-voice of campaign {{ $labels.campaign }} is {{ humanize $values.B.Value }} ms "
                       f"(threshold {t.campaign_v2v_p95_ms:g} ms, last 15 min)",
               description="Callers of this campaign wait too long for the agent." + see, **common),
         _Spec(key="campaign_llm_ttft", title=f"Campaign p95 LLM TTFT above {t.campaign_llm_ttft_p95_ms:g} ms",
-              sql=q.alert_campaign_latency_p95("llm_ttft_ms", min_samples=t.latency_min_samples),
+              sql=alert_campaign_latency_p95("llm_ttft_ms", min_samples=t.latency_min_samples),
               window_s=900, op="gt", threshold=t.campaign_llm_ttft_p95_ms, for_="5m", severity="warning",
               summary="p95 LLM TTFT of campaign {{ $labels.campaign }} is {{ humanize $values.B.Value }} ms "
                       f"(threshold {t.campaign_llm_ttft_p95_ms:g} ms, last 15 min)",
@@ -142,7 +217,7 @@ def _specs(options: DashboardOptions, latency_panel_ids: dict[str, int]) -> list
         _Spec(
             key="barge_in", group=GROUP_LATENCY,
             title=f"p95 barge-in stop above {t.barge_in_stop_p95_ms:g} ms",
-            sql=q.alert_barge_in_p95(min_samples=t.latency_min_samples),
+            sql=alert_barge_in_p95(min_samples=t.latency_min_samples),
             window_s=900, op="gt", threshold=t.barge_in_stop_p95_ms, for_="5m", no_data="OK", severity="warning",
             summary="p95 barge-in stop of agent {{ $labels.agent }} is {{ humanize $values.B.Value }} ms "
                     f"(threshold {t.barge_in_stop_p95_ms:g} ms, last 15 min)",
@@ -153,7 +228,7 @@ def _specs(options: DashboardOptions, latency_panel_ids: dict[str, int]) -> list
         _Spec(
             key="v2v", group=GROUP_LATENCY,
             title=f"p95 voice-to-voice above {t.v2v_p95_ms:g} ms",
-            sql=q.alert_latency_p95("voice_to_voice_ms", min_samples=t.latency_min_samples),
+            sql=alert_latency_p95("voice_to_voice_ms", min_samples=t.latency_min_samples),
             window_s=300, op="gt", threshold=t.v2v_p95_ms, for_="5m", no_data="OK", severity="warning",
             summary="p95 voice-to-voice of agent {{ $labels.agent }} is {{ humanize $values.B.Value }} ms "
                     f"(threshold {t.v2v_p95_ms:g} ms, last 5 min)",
@@ -164,7 +239,7 @@ def _specs(options: DashboardOptions, latency_panel_ids: dict[str, int]) -> list
         _Spec(
             key="llm_ttft", group=GROUP_LATENCY,
             title=f"p95 LLM time to first token above {t.llm_ttft_p95_ms:g} ms",
-            sql=q.alert_latency_p95("llm_ttft_ms", min_samples=t.latency_min_samples),
+            sql=alert_latency_p95("llm_ttft_ms", min_samples=t.latency_min_samples),
             window_s=300, op="gt", threshold=t.llm_ttft_p95_ms, for_="5m", no_data="OK", severity="warning",
             summary="p95 LLM TTFT of agent {{ $labels.agent }} is {{ humanize $values.B.Value }} ms "
                     f"(threshold {t.llm_ttft_p95_ms:g} ms, last 5 min)",
@@ -174,7 +249,7 @@ def _specs(options: DashboardOptions, latency_panel_ids: dict[str, int]) -> list
         _Spec(
             key="failed_ratio", group=GROUP_CALLS,
             title=f"Failed-call ratio above {t.failed_call_ratio:.0%}",
-            sql=q.alert_failed_ratio(min_calls=t.failed_ratio_min_calls),
+            sql=alert_failed_ratio(min_calls=t.failed_ratio_min_calls),
             window_s=900, op="gt", threshold=t.failed_call_ratio, for_="0s", no_data="OK", severity="critical",
             summary="{{ humanizePercentage $values.B.Value }} of the ended calls of agent {{ $labels.agent }} "
                     "failed in the last 15 min",
@@ -185,7 +260,7 @@ def _specs(options: DashboardOptions, latency_panel_ids: dict[str, int]) -> list
         _Spec(
             key="webhook_exhausted", group=GROUP_CALLS,
             title="Webhook retries exhausted",
-            sql=q.ALERT_WEBHOOK_RETRY_EXHAUSTED,
+            sql=ALERT_WEBHOOK_RETRY_EXHAUSTED,
             window_s=300, op="gt", threshold=0, for_="0s", no_data="OK", severity="critical",
             summary="{{ $values.B.Value }} webhook deliveries gave up after all retries (last 5 min)",
             description="A customer endpoint did not accept webhook deliveries: see the Webhooks row of the "
@@ -195,7 +270,7 @@ def _specs(options: DashboardOptions, latency_panel_ids: dict[str, int]) -> list
         _Spec(
             key="no_telemetry", group=GROUP_CALLS,
             title=f"No telemetry for {t.no_telemetry_minutes} min",
-            sql=q.ALERT_NO_TELEMETRY,
+            sql=ALERT_NO_TELEMETRY,
             window_s=60 * t.no_telemetry_minutes, op="lt", threshold=1, for_="0s", no_data="Alerting",
             severity="critical",
             summary=f"No call has sent spans or logs for {t.no_telemetry_minutes} minutes",
@@ -222,6 +297,7 @@ def alert_rule_groups(
         groups.append(group)
     # dashboardUid / panelId are not in the SDK's Rule model: they are added by the file re-mapping.
     return groups, {RULE_UIDS[s.key]: (s.dashboard_uid, s.panel_id) for s in specs}
+
 
 _RULE_KEYS = ("uid", "title", "condition", "data", "dashboardUid", "panelId", "noDataState", "execErrState",
               "for", "annotations", "labels", "isPaused")

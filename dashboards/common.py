@@ -9,7 +9,7 @@ from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.models import dashboard as dm
 
-from dashboards.queries import ALL_VALUE
+from dashboards.fragments import ALL_VALUE
 from dashboards.sql import PG_PLUGIN_ID, SQL
 
 __all__ = [
@@ -60,7 +60,7 @@ def _all_option() -> dm.VariableOption:
 
 
 def multi_query_variable(name: str, label: str, query: str) -> dash.QueryVariable:
-    """A multi-value SQL variable with "All" = ``'__all'`` (see ``queries.multi_filter``)."""
+    """A multi-value SQL variable with "All" = ``'__all'`` (see ``fragments.multi_filter``)."""
     return (
         dash.QueryVariable(name)
         .label(label)

@@ -60,6 +60,7 @@ class SdkAgent:
         self.logger_provider.add_log_record_processor(log_processor)
         self.tracer = self.tracer_provider.get_tracer("callscope.tests")
         self.logger = self.logger_provider.get_logger("callscope.tests")
+        self.span_count = 0   # spans ended, so a test can count what it sent
 
     @contextmanager
     def span(self, name: str, start_ns: int, end_ns: int, attributes: dict | None = None,
@@ -72,6 +73,7 @@ class SdkAgent:
             if error:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, error))
             span.end(end_time=end_ns)
+            self.span_count += 1
 
     def event(self, name: str, time_ns: int, span: trace.Span, *, attributes: dict | None = None,
               body: str | None = None, severity: SeverityNumber = SeverityNumber.INFO) -> None:

@@ -30,17 +30,27 @@ class Recording:
     requests: tuple[trace_service_pb2.ExportTraceServiceRequest | logs_service_pb2.ExportLogsServiceRequest, ...]
 
     @property
+    def spans(self) -> list[Any]:
+        """Every recorded span, in arrival order."""
+        return [span for request in self.requests
+                if isinstance(request, trace_service_pb2.ExportTraceServiceRequest)
+                for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
+
+    @property
+    def log_records(self) -> list[Any]:
+        """Every recorded log record, in arrival order."""
+        return [record for request in self.requests
+                if isinstance(request, logs_service_pb2.ExportLogsServiceRequest)
+                for rl in request.resource_logs for sl in rl.scope_logs for record in sl.log_records]
+
+    @property
     def trace_ids(self) -> set[str]:
         """The traces the recorded spans belong to."""
-        return {span.trace_id.hex() for request in self.requests
-                if isinstance(request, trace_service_pb2.ExportTraceServiceRequest)
-                for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans}
+        return {span.trace_id.hex() for span in self.spans}
 
     @property
     def log_record_count(self) -> int:
-        return sum(len(sl.log_records) for request in self.requests
-                   if isinstance(request, logs_service_pb2.ExportLogsServiceRequest)
-                   for rl in request.resource_logs for sl in rl.scope_logs)
+        return len(self.log_records)
 
     @property
     def scripted(self) -> tuple[int, int, int]:

@@ -168,3 +168,21 @@ def test_no_import_cycle_anywhere() -> None:
 def test_the_cycle_check_finds_cycles() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+# Inside dashboards/, one way down: generate → one module per dashboard (its panels and their SQL) and alerts →
+# the shared pieces (common: builders and layout, fragments: shared SQL, sql: the query model, options).
+DASHBOARD_SHARED = {"dashboards.common", "dashboards.fragments", "dashboards.sql", "dashboards.options"}
+
+
+def test_dashboards_point_from_generate_to_the_shared_pieces() -> None:
+    graph = {name: targets for name, targets in import_graph().items() if name.startswith("dashboards.")}
+    boards = {name for name in graph if name not in DASHBOARD_SHARED | {"dashboards.generate"}}
+    assert {"dashboards.calls", "dashboards.latency", "dashboards.alerts"} <= boards
+    assert boards <= graph["dashboards.generate"], "generate builds every dashboard"
+    wrong = [f"{name} imports {target}" for name in sorted(graph) if name != "dashboards.generate"
+             for target in sorted(graph[name])
+             if target == "dashboards.generate" or (target in boards)]
+    wrong += [f"{name} imports {target}" for name in sorted(DASHBOARD_SHARED & graph.keys())
+              for target in sorted(graph[name] - DASHBOARD_SHARED)]
+    assert not wrong, "\n".join(wrong)

@@ -122,7 +122,7 @@ async def test_masked_values_are_nowhere_in_the_database(kind, database_url, db)
                                                                                        "[transcript]")]
     assert {t["tool_name"] for t in tools} == {"charge"}
     assert all(t["arguments"] in (None, "[tool payload]") and t["result"] in (None, "[tool payload]") for t in tools)
-    assert await db.fetchval("SELECT count(*) FROM spans WHERE call_id = 'pii-call'") == 6
+    assert await db.fetchval("SELECT count(*) FROM spans WHERE call_id = 'pii-call'") == agent.span_count
     attributes = json.loads(await db.fetchval("SELECT attributes FROM spans WHERE name = 'call'"))
     assert attributes["customer.name"] == "[personal]" and attributes["customer.mobile"] == "[phone …78]"
     assert attributes["crm.note"] == "my number is [phone …23], mail [email], card [card]"
@@ -255,3 +255,16 @@ def test_policy_grammar_and_detectors():
     assert hashed.text(PHONE) == hashed.text(PHONE_OTHER_FORMAT) == hashed.text("+14155550123")
     assert hashed.text(EMAIL) == hashed.text(EMAIL.lower()) != PiiPolicy(parse_policy("hash"),
                                                                           salt=SALT + "!").text(EMAIL)
+
+
+def test_the_facts_holding_a_class_are_declared_text_facts():
+    """Each fact the policy classes (transcripts, numbers, recording URLs) is a text fact of the contract, so a
+    renamed or retyped fact cannot slip past its class into the detectors only."""
+    from collector.privacy.locations import FACT_CLASSES
+    from storage.facts import FACTS
+
+    assert FACT_CLASSES, "the policy classes no fact"
+    wrong = {key: FACTS[key].type.__name__ if key in FACTS else "undeclared" for key in FACT_CLASSES
+             if key not in FACTS or FACTS[key].type is not str}
+    assert not wrong, wrong
+    assert set(FACT_CLASSES.values()) <= set(parse_policy(""))

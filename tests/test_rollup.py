@@ -652,9 +652,9 @@ async def test_an_event_list_stops_at_500_of_the_newest(db: asyncpg.Connection) 
 
 
 async def test_breakdown_rows_store_the_percentiles_of_their_histogram(ledger: asyncpg.Connection) -> None:
-    from dashboards import queries
+    from dashboards import latency
 
-    assert set(queries._STORED_QUANTILES) == set(rollup.STORED_QUANTILES)
+    assert set(latency._STORED_QUANTILES) == set(rollup.STORED_QUANTILES)
     columns = ", ".join(rollup.quantile_column("tts_ttfb", q) for q in rollup.STORED_QUANTILES)
     rows = await ledger.fetch(
         f"""SELECT ARRAY[{columns}] AS stored,

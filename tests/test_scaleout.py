@@ -613,6 +613,7 @@ def _local_envoy_config(grpc_port: int, http_port: int, admin_port: int, collect
 
 
 async def test_envoy_from_the_repository_balances_each_export_over_three_collectors(private_db, tmp_path):
+    exports = 30   # per transport
     envoy = _envoy()
     collectors = [CollectorProcess(private_db, tmp_path, name=f"lb-{n}") for n in range(3)]
     await asyncio.gather(*(c.start() for c in collectors))
@@ -643,7 +644,7 @@ async def test_envoy_from_the_repository_balances_each_export_over_three_collect
                     break
                 assert time.monotonic() < deadline, text
                 await asyncio.sleep(0.2)
-        for n in range(30):          # one gRPC connection, one HTTP keep-alive connection
+        for n in range(exports):     # one gRPC connection, one HTTP keep-alive connection
             request = _one_span_request(f"lb-call-{n}")
             assert await grpc_sender.send(request.SerializeToString(), kind="traces",
                                           deadline=time.monotonic() + 20)
@@ -662,12 +663,13 @@ async def test_envoy_from_the_repository_balances_each_export_over_three_collect
             await process.wait()
         log.close()
         await asyncio.gather(*(c.stop() for c in collectors))
-    print(f"\n[envoy] spans received per collector (gRPC, HTTP) for 30 + 30 Exports on one connection each: "
-          f"{per_collector}")
-    assert not ledger.failures and ledger.acked == ledger.sent and len(ledger.acked) == 60
+    print(f"\n[envoy] spans received per collector (gRPC, HTTP) for {exports} + {exports} Exports on one connection "
+          f"each: {per_collector}")
+    assert not ledger.failures and ledger.acked == ledger.sent and len(ledger.acked) == 2 * exports
     _check_spans(stored, ledger)
     assert all(grpc > 0 and http > 0 for grpc, http in per_collector), per_collector
-    assert sum(grpc for grpc, _ in per_collector) == 30 and sum(http for _, http in per_collector) == 30
+    assert sum(grpc for grpc, _ in per_collector) == exports
+    assert sum(http for _, http in per_collector) == exports
 
 
 def _one_span_request(call_id: str) -> ExportTraceServiceRequest:
