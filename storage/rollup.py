@@ -116,12 +116,12 @@ _REFRESH_LOCK = 7063720869421651558  # the deriver's advisory lock key + 1
 MARK_TURN_BUCKETS = f"""INSERT INTO turn_rollup_dirty (bucket)
 SELECT DISTINCT date_bin('1 minute', t.started_at, {_ORIGIN})
 FROM turns t
-WHERE t.call_id = ANY($1::text[]) AND t.tenant = $2 AND t.started_at IS NOT NULL"""
+WHERE t.call_id = ANY($1::text[]) AND t.tenant IS NOT DISTINCT FROM $2 AND t.started_at IS NOT NULL"""
 
 MARK_CALL_BUCKETS = f"""INSERT INTO call_rollup_dirty (bucket)
 SELECT DISTINCT date_bin('1 hour', c.started_at, {_ORIGIN})
 FROM calls c
-WHERE c.call_id = ANY($1::text[]) AND c.tenant = $2 AND c.started_at IS NOT NULL"""
+WHERE c.call_id = ANY($1::text[]) AND c.tenant IS NOT DISTINCT FROM $2 AND c.started_at IS NOT NULL"""
 
 #: The stages latency_stage_1m / stage_latency_1m cover (migration 0002's view).
 STAGES = ("stt", "llm", "tts", "tool")
@@ -547,7 +547,9 @@ def seen_before(call: str, category: str, event: str, level: str, before: str, t
     ``tenant``: the call's tenant (the refresh, which reads every tenant's rows); without it, the rows the caller
     may read (a reader's tenant's only, by row-level security)."""
     kind = f"(p.category, p.event, p.level) IS NOT DISTINCT FROM ({category}, {event}, {level})"
-    own, key = (f" AND p.tenant = {tenant}", f" AND k.tenant = {tenant}") if tenant else ("", "")
+    # the tenant is never an index condition: a lookup by id, then a filter (no plan may scan a tenant's rows)
+    own, key = ((f" AND p.tenant IS NOT DISTINCT FROM {tenant}", f" AND k.tenant IS NOT DISTINCT FROM {tenant}")
+                if tenant else ("", ""))
     return f"""(EXISTS (SELECT 1 FROM events p
                  WHERE p.call_id = {call}{own} AND p.time < {before}
                    AND {kind}

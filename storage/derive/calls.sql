@@ -5,7 +5,7 @@
 -- name: delete_vanished_calls
 -- A call whose rows all moved to another call id (its trace named its call later) disappears.
 DELETE FROM calls c
-WHERE c.call_id = ANY($1::text[]) AND c.tenant = $2
+WHERE c.call_id = ANY($1::text[]) AND c.tenant IS NOT DISTINCT FROM $2
   AND NOT EXISTS (SELECT 1 FROM derive_spans s WHERE s.call_id = c.call_id)
   AND NOT EXISTS (SELECT 1 FROM derive_events e WHERE e.call_id = c.call_id);
 
@@ -78,7 +78,7 @@ WITH ids AS (
 ), tu AS (
     SELECT call_id, count(*) AS turns, count(*) FILTER (WHERE interrupted) AS interruptions,
            count(barge_in_stop_ms) AS barge_ins
-    FROM turns WHERE call_id = ANY($1::text[]) AND tenant = $2 GROUP BY call_id
+    FROM turns WHERE call_id = ANY($1::text[]) AND tenant IS NOT DISTINCT FROM $2 GROUP BY call_id
 ), cgap AS (
     SELECT call_id, side,
            extract(epoch FROM s - max(e) OVER (PARTITION BY call_id ORDER BY s, e
@@ -91,7 +91,7 @@ WITH ids AS (
     FROM cgap GROUP BY call_id
     HAVING bool_or(side = 'user') AND bool_or(side = 'agent')
 ), tc AS (
-    SELECT call_id, count(*) AS tools FROM tool_calls WHERE call_id = ANY($1::text[]) AND tenant = $2
+    SELECT call_id, count(*) AS tools FROM tool_calls WHERE call_id = ANY($1::text[]) AND tenant IS NOT DISTINCT FROM $2
     GROUP BY call_id
 ), base AS (
     SELECT ids.call_id, sp.trace_ids,
@@ -180,5 +180,5 @@ WHERE (c.trace_ids, c.started_at, c.ended_at, c.last_seen_at, c.duration_s, c.st
 
 -- name: copy_agent_to_turns
 UPDATE turns t SET agent = (SELECT c.agent FROM calls c WHERE c.call_id = t.call_id AND c.tenant = t.tenant)
-WHERE t.call_id = ANY($1::text[]) AND t.tenant = $2
+WHERE t.call_id = ANY($1::text[]) AND t.tenant IS NOT DISTINCT FROM $2
   AND t.agent IS DISTINCT FROM (SELECT c.agent FROM calls c WHERE c.call_id = t.call_id AND c.tenant = t.tenant);

@@ -21,7 +21,7 @@ WITH sp AS (
     FROM calls c
     LEFT JOIN sp ON sp.call_id = c.call_id
     LEFT JOIN telephony_rates r ON r.direction = c.direction
-    WHERE c.call_id = ANY($1::text[]) AND c.tenant = $2
+    WHERE c.call_id = ANY($1::text[]) AND c.tenant IS NOT DISTINCT FROM $2
 ), costs AS (
     SELECT call_id,
         coalesce(cost_reported,
@@ -37,6 +37,6 @@ WITH sp AS (
 UPDATE calls c SET cost_total = x.cost_total, cost_stt = x.cost_stt, cost_llm = x.cost_llm, cost_tts = x.cost_tts,
        cost_telephony = x.cost_telephony, currency = x.currency, updated_at = now(), stale = false
 FROM costs x
-WHERE c.call_id = ANY($1::text[]) AND c.tenant = $2 AND c.call_id = x.call_id
+WHERE c.call_id = ANY($1::text[]) AND c.tenant IS NOT DISTINCT FROM $2 AND c.call_id = x.call_id
   AND (c.cost_total, c.cost_stt, c.cost_llm, c.cost_tts, c.cost_telephony, c.currency)
       IS DISTINCT FROM (x.cost_total, x.cost_stt, x.cost_llm, x.cost_tts, x.cost_telephony, x.currency);

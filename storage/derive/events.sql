@@ -15,7 +15,7 @@ SET turn_number = (SELECT d.turn_number FROM derive_events d WHERE d.event_id = 
 WHERE e.ctid = ANY (ARRAY(
     SELECT found.row_id FROM derive_events d
     CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events
-                        WHERE event_id = d.event_id AND time = d.time AND tenant = $2) found
+                        WHERE event_id = d.event_id AND time = d.time AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
     WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number));
 
 -- name: drop_changed_message_events
@@ -26,11 +26,11 @@ DELETE FROM events e
 WHERE e.ctid = ANY (ARRAY(
     SELECT found.row_id FROM derive_events d
     CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events
-                        WHERE event_id = d.event_id AND time = d.time AND tenant = $2 OFFSET 0) found
+                        WHERE event_id = d.event_id AND time = d.time AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
     WHERE d.source = 'derived' AND d.event = 'user.message_received' AND d.event_id LIKE 'um-%'
       AND (NOT EXISTS (
           SELECT 1 FROM turns t
-          WHERE t.call_id = d.call_id AND t.tenant = $2 AND t.turn_number = d.turn_number AND t.user_text IS NOT NULL
+          WHERE t.call_id = d.call_id AND t.tenant IS NOT DISTINCT FROM $2 AND t.turn_number = d.turn_number AND t.user_text IS NOT NULL
             AND d.event_id = 'um-' || md5(t.call_id || '|' || t.turn_number)
             AND d.time = coalesce(t.stt_final_at, t.user_stopped_at, t.llm_request_at, t.started_at)
             AND d.message IS NOT DISTINCT FROM left(t.user_text, 500))
@@ -46,7 +46,7 @@ SELECT coalesce(t.stt_final_at, t.user_stopped_at, t.llm_request_at, t.started_a
        'user.message_received', 'INFO', left(t.user_text, 500), jsonb_build_object('text', t.user_text),
        'derived', t.turn_number, t.tenant
 FROM turns t
-WHERE t.call_id = ANY ($1::text[]) AND t.tenant = $2 AND t.user_text IS NOT NULL
+WHERE t.call_id = ANY ($1::text[]) AND t.tenant IS NOT DISTINCT FROM $2 AND t.user_text IS NOT NULL
   AND coalesce(t.stt_final_at, t.user_stopped_at, t.llm_request_at, t.started_at) IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM derive_events d
                   WHERE d.call_id = t.call_id AND d.turn_number = t.turn_number
@@ -61,7 +61,7 @@ SELECT ids.call_id, coalesce(g.agent_started_at, g.started_at), g.turn_number, g
 FROM unnest($1::text[]) AS ids(call_id)
 CROSS JOIN LATERAL (
     SELECT t.* FROM turns t
-    WHERE t.call_id = ids.call_id AND t.tenant = $2 AND (t.user_text IS NOT NULL OR t.agent_text IS NOT NULL)
+    WHERE t.call_id = ids.call_id AND t.tenant IS NOT DISTINCT FROM $2 AND (t.user_text IS NOT NULL OR t.agent_text IS NOT NULL)
     ORDER BY t.turn_number LIMIT 1
 ) g
 WHERE g.user_text IS NULL AND g.started_at IS NOT NULL;
@@ -71,7 +71,7 @@ DELETE FROM events e
 WHERE e.ctid = ANY (ARRAY(
     SELECT found.row_id FROM derive_events d
     CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events
-                        WHERE event_id = d.event_id AND time = d.time AND tenant = $2) found
+                        WHERE event_id = d.event_id AND time = d.time AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
     WHERE d.event = 'agent.greeting_sent' AND d.source = 'derived' AND d.event_id = md5('greeting|' || d.call_id)
       AND NOT EXISTS (SELECT 1 FROM derive_greetings g
                       WHERE g.call_id = d.call_id AND g.time = d.time
@@ -97,7 +97,7 @@ DELETE FROM events x
 WHERE x.ctid = ANY (ARRAY(
     SELECT found.row_id FROM derive_events d
     CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events
-                        WHERE event_id = d.event_id AND time = d.time AND tenant = $2) found
+                        WHERE event_id = d.event_id AND time = d.time AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
     WHERE d.source = 'derived'
       AND EXISTS (SELECT 1 FROM derive_events e
                   WHERE e.source <> 'derived' AND e.call_id = d.call_id AND e.event = d.event

@@ -74,6 +74,8 @@ WHERE sp.trace_id = r.trace_id AND sp.span_id = r.span_id
 -- its rows are found one by one from the work table (LATERAL, by identity index) and written by row id (a TID
 -- scan), and the new value is looked up in the work table's index. PL/pgSQL keeps a statement's first plan for
 -- the session, and a join planned when the work table looked small can read a whole index when it is not.
+-- OFFSET 0 keeps each lookup a lookup: the tenant filter must not turn the plan around (a scan of the stored
+-- table with the work table inside).
 UPDATE spans s
 SET turn_number = (SELECT d.turn_number FROM derive_spans d
                    WHERE d.trace_id = s.trace_id AND d.span_id = s.span_id AND d.start_time = s.start_time)
@@ -81,7 +83,7 @@ WHERE s.ctid = ANY (ARRAY(
     SELECT found.row_id FROM derive_spans d
     CROSS JOIN LATERAL (SELECT ctid AS row_id FROM spans
                         WHERE trace_id = d.trace_id AND span_id = d.span_id AND start_time = d.start_time
-                          AND tenant = $2) found
+                          AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
     WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number));
 
 -- name: collect_speech
@@ -109,7 +111,7 @@ HAVING NOT coalesce(bool_or(facts->>'speech_side' = 'agent'), false)
 
 -- name: delete_vanished_turns
 DELETE FROM turns t
-WHERE t.call_id = ANY($1::text[]) AND t.tenant = $2
+WHERE t.call_id = ANY($1::text[]) AND t.tenant IS NOT DISTINCT FROM $2
   AND NOT EXISTS (SELECT 1 FROM derive_spans s
                   WHERE s.call_id = t.call_id AND s.turn_number = t.turn_number AND s.facts IS NOT NULL);
 
@@ -194,7 +196,7 @@ SELECT m.call_id, $2, m.turn_number,
          THEN extract(epoch FROM agent_audio_at - user_stopped_at) * 1000
          WHEN v2v_anchored_ms >= 0 THEN v2v_anchored_ms END,
     reported_v2v_ms, llm_provider, llm_model, stt_provider, tts_provider, input_tokens, output_tokens,
-    (SELECT c.agent FROM calls c WHERE c.call_id = m.call_id AND c.tenant = $2),
+    (SELECT c.agent FROM calls c WHERE c.call_id = m.call_id AND c.tenant IS NOT DISTINCT FROM $2),
     -- NULL unless both sides' speech is known (a turn with no user part needs the agent's only)
     CASE WHEN d.agent_spoke AND (d.user_spoke OR (coalesce(turn_user_text, stage_user_text, prompt_text) IS NULL
                                                   AND user_stopped_at IS NULL AND stt_final_at IS NULL))

@@ -27,16 +27,16 @@ SELECT ids.call_id, s.trace_id, s.span_id, s.start_time, s.end_time, s.parent_sp
 FROM unnest($1::text[]) AS ids(call_id)
 CROSS JOIN LATERAL (
     SELECT * FROM spans s1
-    WHERE s1.call_id = ids.call_id AND s1.tenant = $2
+    WHERE s1.call_id = ids.call_id AND s1.tenant IS NOT DISTINCT FROM $2
       AND (s1.call_id_explicit OR NOT EXISTS (
            SELECT 1 FROM call_traces k
-           WHERE k.trace_id = s1.trace_id AND k.tenant = $2 AND k.call_id <> ids.call_id))
+           WHERE k.trace_id = s1.trace_id AND k.tenant IS NOT DISTINCT FROM $2 AND k.call_id <> ids.call_id))
     UNION ALL
     -- the call's traces as an array: each lookup then goes through an index whatever the planner estimates
     SELECT s2.* FROM spans s2
     WHERE s2.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k
-                                   WHERE k.call_id = ids.call_id AND k.tenant = $2))
-      AND s2.tenant = $2 AND NOT s2.call_id_explicit AND s2.call_id <> ids.call_id
+                                   WHERE k.call_id = ids.call_id AND k.tenant IS NOT DISTINCT FROM $2))
+      AND s2.tenant IS NOT DISTINCT FROM $2 AND NOT s2.call_id_explicit AND s2.call_id <> ids.call_id
 ) s;
 
 -- name: load_events
@@ -47,13 +47,13 @@ SELECT ids.call_id, e.time, e.event_id, e.trace_id, e.span_id, e.event, e.level,
 FROM unnest($1::text[]) AS ids(call_id)
 CROSS JOIN LATERAL (
     SELECT * FROM events e1
-    WHERE e1.call_id = ids.call_id AND e1.tenant = $2
+    WHERE e1.call_id = ids.call_id AND e1.tenant IS NOT DISTINCT FROM $2
       AND (e1.call_id_explicit OR e1.trace_id IS NULL OR NOT EXISTS (
            SELECT 1 FROM call_traces k
-           WHERE k.trace_id = e1.trace_id AND k.tenant = $2 AND k.call_id <> ids.call_id))
+           WHERE k.trace_id = e1.trace_id AND k.tenant IS NOT DISTINCT FROM $2 AND k.call_id <> ids.call_id))
     UNION ALL
     SELECT e2.* FROM events e2
     WHERE e2.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k
-                                   WHERE k.call_id = ids.call_id AND k.tenant = $2))
-      AND e2.tenant = $2 AND NOT e2.call_id_explicit AND e2.call_id <> ids.call_id
+                                   WHERE k.call_id = ids.call_id AND k.tenant IS NOT DISTINCT FROM $2))
+      AND e2.tenant IS NOT DISTINCT FROM $2 AND NOT e2.call_id_explicit AND e2.call_id <> ids.call_id
 ) e;

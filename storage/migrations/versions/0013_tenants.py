@@ -13,7 +13,8 @@
   login reads nothing.
 * Row-level security on every table with a tenant column: policy ``tenant_rows`` (SELECT), ``tenant = (SELECT
   callscope_current_tenant())`` — an initplan, evaluated once per query. The owner (the collector, which migrates)
-  bypasses it; readers see their tenant's rows. The views are recreated ``security_invoker``, so they read the base
+  bypasses it; readers see their tenant's rows. (The comparison is written ``IS NOT DISTINCT FROM`` in fact: see
+  ``POLICY``.) The views are recreated ``security_invoker``, so they read the base
   tables with the reader's rights (and carry the tenant column and tenant-aware joins); ``callscope_call_spans`` /
   ``callscope_call_events`` take an optional tenant.
 * TimescaleDB: continuous aggregates cannot have row-level security and run as their owner, so
@@ -64,6 +65,12 @@ KEYS = (
     ("index", "dirty_calls", "dirty_calls_call_idx", "call_id", "call_id, tenant"),
 )
 
+# The policy: an initplan (the function runs once per query), compared with IS NOT DISTINCT FROM so that the tenant
+# is never an index condition. The planner, without statistics (autovacuum may be off), would otherwise read a
+# whole tenant through an index the tenant is not the first column of; as a filter, every query keeps the index
+# path it has without the policy.
+POLICY = "tenant IS NOT DISTINCT FROM (SELECT callscope_current_tenant())"
+
 CURRENT_TENANT = """
 CREATE OR REPLACE FUNCTION callscope_current_tenant() RETURNS text
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
@@ -101,14 +108,14 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     -- the spans of one call: those stored under its id (minus rows of a trace id that since named another
     -- call), and those stored under the trace id of one of its traces before that trace named the call
     SELECT """ + _SPAN_ROW + """ FROM spans s
-    WHERE s.call_id = wanted AND (of_tenant IS NULL OR s.tenant = of_tenant)
+    WHERE s.call_id = wanted AND (of_tenant IS NULL OR s.tenant IS NOT DISTINCT FROM of_tenant)
       AND (s.call_id_explicit OR NOT EXISTS (
            SELECT 1 FROM call_traces k WHERE k.trace_id = s.trace_id AND k.tenant = s.tenant AND k.call_id <> wanted))
     UNION ALL
     SELECT """ + _SPAN_ROW + """ FROM spans s
     WHERE s.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k
                                   WHERE k.call_id = wanted AND (of_tenant IS NULL OR k.tenant = of_tenant)))
-      AND (of_tenant IS NULL OR s.tenant = of_tenant)
+      AND (of_tenant IS NULL OR s.tenant IS NOT DISTINCT FROM of_tenant)
       AND NOT s.call_id_explicit AND s.call_id <> wanted
 $$
 """
@@ -116,14 +123,14 @@ CALL_EVENTS_FUNCTION = """
 CREATE FUNCTION callscope_call_events(wanted text, of_tenant text DEFAULT NULL) RETURNS SETOF events
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT e.* FROM events e
-    WHERE e.call_id = wanted AND (of_tenant IS NULL OR e.tenant = of_tenant)
+    WHERE e.call_id = wanted AND (of_tenant IS NULL OR e.tenant IS NOT DISTINCT FROM of_tenant)
       AND (e.call_id_explicit OR e.trace_id IS NULL OR NOT EXISTS (
            SELECT 1 FROM call_traces k WHERE k.trace_id = e.trace_id AND k.tenant = e.tenant AND k.call_id <> wanted))
     UNION ALL
     SELECT e.* FROM events e
     WHERE e.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k
                                   WHERE k.call_id = wanted AND (of_tenant IS NULL OR k.tenant = of_tenant)))
-      AND (of_tenant IS NULL OR e.tenant = of_tenant)
+      AND (of_tenant IS NULL OR e.tenant IS NOT DISTINCT FROM of_tenant)
       AND NOT e.call_id_explicit AND e.call_id <> wanted
 $$
 """
@@ -322,8 +329,7 @@ def upgrade() -> None:
     op.execute(f"GRANT EXECUTE ON FUNCTION callscope_current_tenant() TO {READER}")
     for table in DATA_TABLES + ROLLUP_TABLES:
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        op.execute(f"CREATE POLICY tenant_rows ON {table} FOR SELECT "
-                   "USING (tenant = (SELECT callscope_current_tenant()))")
+        op.execute(f"CREATE POLICY tenant_rows ON {table} FOR SELECT USING ({POLICY})")
 
     op.execute(CALL_SPANS_FUNCTION)
     op.execute(CALL_EVENTS_FUNCTION)
