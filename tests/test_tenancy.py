@@ -185,6 +185,9 @@ async def test_a_tenant_role_sees_only_its_rows_in_every_relation_it_can_read(te
     t = tenancy
     conn = await _as_role(t, "a")
     try:
+        # the reader group's settings were copied to the login role (PostgreSQL applies the login role's only)
+        assert await conn.fetchval("SHOW default_transaction_read_only") == "on"
+        assert await conn.fetchval("SHOW statement_timeout") == "1min"
         relations = await _readable(conn)
         names = {name for name, _ in relations}
         # the public tables, the views and the rollups the dashboards read are all readable (and checked)
