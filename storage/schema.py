@@ -12,7 +12,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["metadata", "tenant_readers", "TENANT_TABLES", "calls", "turns", "spans", "tool_calls", "events", "event_types", "call_traces",
+__all__ = ["metadata", "tenant_readers", "calls", "turns", "spans", "tool_calls", "events", "event_types", "call_traces",
            "HYPERTABLES", "dirty_calls", "call_quarantine", "telephony_rates", "resources", "turn_latency_1m",
            "turn_latency_1h", "call_status_1h", "turn_rollup_dirty", "call_rollup_dirty", "turn_latency_breakdown_1h",
            "stage_latency_1m", "latency_stage_1h", "event_counts_1m", "event_counts_1h", "stage_rollup_dirty",
@@ -432,7 +432,3 @@ event_rollup_dirty = _queue("event_rollup_dirty")
 
 # table → time column; these become hypertables where TimescaleDB is installed.
 HYPERTABLES = {"spans": "start_time", "events": "time"}
-
-#: Tables with a tenant column: row-level security lets a reader see its tenant's rows only (migration 0013).
-TENANT_TABLES = tuple(table.name for table in metadata.sorted_tables if "tenant" in table.c and table.name != "api_keys"
-                      and table.name != "tenant_readers")

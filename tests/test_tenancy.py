@@ -241,6 +241,26 @@ async def test_a_tenant_role_sees_only_its_rows_in_every_relation_it_can_read(te
         await conn.close()
 
 
+async def test_every_relation_with_a_tenant_has_row_level_security_and_every_view_runs_as_its_reader(db) -> None:
+    tables = await db.fetch(
+        "SELECT c.relname, c.relkind::text AS relkind, c.relrowsecurity, c.reloptions, "
+        "       (SELECT array_agg(p.polname || ':' || pg_get_expr(p.polqual, p.polrelid)) FROM pg_policy p "
+        "        WHERE p.polrelid = c.oid) AS policies "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm') "
+        "  AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant')")
+    by_kind = {kind: [r for r in tables if r["relkind"] == kind] for kind in ("r", "v", "m")}
+    assert len(by_kind["r"]) >= 15 and len(by_kind["v"]) == 6 and not by_kind["m"]
+    for row in by_kind["r"]:
+        if row["relname"] in ("api_keys", "tenant_readers"):   # the reader cannot read them at all
+            continue
+        assert row["relrowsecurity"], row["relname"]
+        assert row["policies"] == ["tenant_rows:(NOT (tenant IS DISTINCT FROM ( SELECT callscope_current_tenant() "
+                                   "AS callscope_current_tenant)))"], row
+    for row in by_kind["v"]:
+        assert "security_invoker=true" in (row["reloptions"] or []), row["relname"]
+
+
 async def test_the_plain_reader_reads_the_default_tenant(tenancy) -> None:
     """callscope_reader (a single-tenant install's Grafana login) reads as 'default'; an unmapped login reads
     nothing."""
