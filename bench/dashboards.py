@@ -45,7 +45,7 @@ from storage.migrate import migrate  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
 READER = "callscope_reader"
-TABLES = ("calls", "turns", "spans", "events", "tool_calls")
+TABLES = ("calls", "turns", "spans", "events", "tool_calls", "call_traces")
 # Grafana's $__interval for a ~1000 px wide panel.
 RANGES = {"1h": (timedelta(hours=1), timedelta(seconds=5)),
           "24h": (timedelta(hours=24), timedelta(minutes=1)),
@@ -85,6 +85,7 @@ _SHIFTED = {
     "spans": ("start_time", "end_time"),
     "events": ("time",),
     "tool_calls": ("started_at", "ended_at"),
+    "call_traces": (),  # trace id -> call id: what resolves events stored before their call was known
 }
 _RENAMED = {
     "call_id": "x.call_id || '-' || k",

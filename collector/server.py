@@ -110,7 +110,8 @@ class Collector:
         settings = self.settings
         if self._run_migrations:
             await migrate(settings.database_url, retention_days=settings.retention_days,
-                          compress_after_days=settings.compress_after_days)
+                          compress_after_days=settings.compress_after_days,
+                          reader_connection_limit=settings.reader_connection_limit)
         await self._check_database(self.prices)
         await self.writer.start()
         await self.deriver.start()

@@ -123,6 +123,9 @@ SETTINGS: tuple[Setting, ...] = (
             "applied by `callscope migrate`.", int),
     Setting("compress_after_days", 2, "TimescaleDB only: span and event chunks older than this are compressed; "
             "applied by `callscope migrate`.", int),
+    Setting("reader_connection_limit", 20,
+            "Connections the read-only role callscope_reader (Grafana) may hold at once, cluster-wide; applied by "
+            "`callscope migrate` (-1 = no limit).", int),
     Setting("idle_timeout_s", 300,
             "A call with no end and no telemetry for this long is shown as stale (it stays active).", int),
     Setting("log_level", "info", "Log level: debug, info, warning, error."),
@@ -168,6 +171,7 @@ class Settings:
     shutdown_timeout_s: float
     retention_days: int
     compress_after_days: int
+    reader_connection_limit: int
     idle_timeout_s: int
     log_level: str
     log_format: str
@@ -231,6 +235,8 @@ class Settings:
             problems.append("log_level must be debug, info, warning or error")
         if self.retention_days < 0 or self.compress_after_days < 0:
             problems.append("retention_days and compress_after_days must be ≥ 0")
+        if self.reader_connection_limit < -1:
+            problems.append("reader_connection_limit must be ≥ -1 (-1: no limit)")
         if self.auth not in ("required", "off"):
             problems.append(f"auth must be required or off, got {self.auth!r}")
         if self.auth_refresh_s <= 0:

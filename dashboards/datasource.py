@@ -12,7 +12,13 @@ __all__ = ["datasource_provisioning", "tenant_datasource_provisioning"]
 
 
 def datasource_provisioning(options: DashboardOptions) -> dict[str, Any]:
-    """``provisioning/datasources/callscope.yaml`` (Grafana expands ``$VAR`` in this file, never in dashboards)."""
+    """``provisioning/datasources/callscope.yaml`` (Grafana expands ``$VAR`` in this file, never in dashboards).
+
+    ``sslmode`` is ``options.db_sslmode`` (docs/security.md says which to use); with ``db_ssl_root_cert_file``
+    the certificate is checked against that CA file (Grafana's file-path TLS configuration)."""
+    tls: dict[str, Any] = {}
+    if options.db_ssl_root_cert_file:
+        tls = {"tlsConfigurationMethod": "file-path", "sslRootCertFile": options.db_ssl_root_cert_file}
     return {
         "apiVersion": 1,
         "datasources": [
@@ -28,6 +34,7 @@ def datasource_provisioning(options: DashboardOptions) -> dict[str, Any]:
                 "jsonData": {
                     "database": options.db_name,
                     "sslmode": options.db_sslmode,
+                    **tls,
                     "postgresVersion": options.postgres_version,
                     "timescaledb": options.timescaledb,
                     "timeInterval": "10s",

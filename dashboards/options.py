@@ -6,9 +6,15 @@ a cycle; ``callscope dashboards`` turns each field into a flag.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
-__all__ = ["AlertThresholds", "DashboardOptions"]
+__all__ = ["AlertThresholds", "DashboardOptions", "SSL_MODES"]
+
+#: libpq's sslmode values (Grafana passes the data source's to lib/pq / pgx as is).
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# ``$NAME`` / ``${NAME}``: Grafana substitutes an environment variable when it reads the provisioning file.
+_ENV_REFERENCE = re.compile(r"^\$(\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z_][A-Za-z0-9_]*)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +59,12 @@ class DashboardOptions:
     db_user: str = "callscope_reader"
     #: Grafana reads the password from this environment variable (``$NAME`` in the YAML).
     db_password_env: str = "CALLSCOPE_READER_PASSWORD"
-    db_sslmode: str = "disable"
+    #: TLS to PostgreSQL: a libpq sslmode (SSL_MODES) or ``$VAR``, which Grafana reads from its environment
+    #: (compose sets CALLSCOPE_READER_SSLMODE, default ``disable``: the database is on the compose network).
+    db_sslmode: str = "$CALLSCOPE_READER_SSLMODE"
+    #: CA file (in the Grafana container) that verify-ca / verify-full check the server's certificate against;
+    #: empty: the system's CAs.
+    db_ssl_root_cert_file: str = ""
     postgres_version: int = 1500
     timescaledb: bool = True
     #: Where provisioned dashboards are mounted in the Grafana container (provider ``options.path``).
@@ -63,3 +74,8 @@ class DashboardOptions:
     contact_point_name: str = "callscope-oncall"
     contact_point_url: str = "https://example.invalid/callscope-alerts"
     thresholds: AlertThresholds = field(default_factory=AlertThresholds)
+
+    def __post_init__(self) -> None:
+        if self.db_sslmode not in SSL_MODES and not _ENV_REFERENCE.match(self.db_sslmode):
+            raise ValueError(f"db_sslmode must be one of {', '.join(SSL_MODES)} or $VARIABLE, "
+                             f"got {self.db_sslmode!r}")

@@ -2,10 +2,13 @@
 the ``callscope_derive`` routine that ``migrate`` installs).
 
 Any number of derive workers, in one process or many, share the backlog. A worker claims calls, not a global
-lock: it takes up to ``max_calls`` marks with ``FOR UPDATE SKIP LOCKED``, keeps the calls whose per-call
-advisory lock it gets (so one call is derived by one worker at a time), deletes their marks and derives them in
-the same transaction. A batch that marks a call again while it is being derived leaves a new mark, so the call
-is derived again after its last write; a call touched by many batches between two rounds is derived once.
+lock: it takes up to ``max_calls`` marks with ``FOR UPDATE SKIP LOCKED``, keeps the calls whose per-call lock it
+gets (the row of ``derive_locks`` for the call's slot, ``FOR UPDATE SKIP LOCKED``: one call is derived by one
+worker at a time), deletes their marks and derives them in the same transaction. Row locks on an internal
+table, not advisory locks: any role can take an advisory lock and hold it, a reader included; a reader has no
+privilege on ``derive_locks`` (storage/reader.py). A batch that marks a call again while it is being derived
+leaves a new mark, so the call is derived again after its last write; a call touched by many batches between
+two rounds is derived once.
 
 Shutdown is bounded whatever other collectors do (``close``): no new claims, the rounds in progress finish (or
 are rolled back when the time is up, which returns their marks), then the calls this process's own batches
@@ -154,16 +157,20 @@ DERIVE_ROUTINE = (
 # analyzed (tests/test_storage_plans.py checks the plans).
 _DERIVE_SETTINGS = {**SERVER_SETTINGS, "enable_seqscan": "off", "jit": "off"}
 
-# Two-key advisory locks: this namespace and the call id's hash. A hash collision only means two calls are not
-# derived at the same moment.
-_LOCK_NAMESPACE = 0x63616C6C  # "call"
+# The per-call lock: the call's slot in derive_locks (65536 rows, one per value of hashtext(call_id) & 65535). A
+# slot shared by two calls only means that two workers do not derive them at the same moment; the calls of one
+# worker sharing a slot are derived together. Primary-key lookups, whatever the statistics.
+_SLOT_MASK = 0xFFFF
 
 _CLAIM_FROM = """
 WITH candidates AS (
     SELECT DISTINCT call_id, tenant FROM (
         SELECT call_id, tenant FROM dirty_calls {only} ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) marks
+), slots AS (
+    SELECT l.slot FROM derive_locks l WHERE l.slot IN (SELECT hashtext(call_id) & $2 FROM candidates)
+    FOR UPDATE SKIP LOCKED
 ), mine AS (
-    SELECT call_id, tenant FROM candidates WHERE pg_try_advisory_xact_lock($2, hashtext(call_id))
+    SELECT call_id, tenant FROM candidates WHERE hashtext(call_id) & $2 IN (SELECT slot FROM slots)
 ), consumed AS (
     DELETE FROM dirty_calls d
     WHERE d.id IN (SELECT m.id FROM dirty_calls m WHERE (m.call_id, m.tenant) IN (SELECT call_id, tenant FROM mine)
@@ -408,9 +415,9 @@ class _Worker:
                     await connection.execute(
                         f"SET LOCAL statement_timeout = {int(deriver._timeout * 1000)}")
                     if only is None:
-                        claimed = await connection.fetch(_CLAIM, deriver._max_calls, _LOCK_NAMESPACE)
+                        claimed = await connection.fetch(_CLAIM, deriver._max_calls, _SLOT_MASK)
                     else:
-                        claimed = await connection.fetch(_CLAIM_ONLY, deriver._max_calls, _LOCK_NAMESPACE, only)
+                        claimed = await connection.fetch(_CLAIM_ONLY, deriver._max_calls, _SLOT_MASK, only)
                     calls = [(row["tenant"], row["call_id"]) for row in claimed]
                     # one derive call per tenant (the claim is ordered by tenant)
                     by_tenant: dict[str, list[str]] = {}

@@ -2,7 +2,8 @@
 versioned routines, the telephony rates — and the check ``callscope serve`` makes before it starts.
 
 Schema and code change only through ``callscope migrate`` (``migrate`` here). It is idempotent: running it
-twice changes nothing, and an advisory lock keeps two runs (two Jobs, two operators) one after the other. It
+twice changes nothing, and a lock on ``callscope_migrate_lock`` keeps two runs (two Jobs, two operators) one after
+the other (a table lock, not an advisory lock: any role can take an advisory lock, a reader included). It
 installs this release's routines next to the previous release's (storage/routines.py), so collectors of the
 previous release keep working while it runs and until they are replaced.
 
@@ -12,6 +13,7 @@ not run on (older: run migrate; newer, without this release's routines: upgrade 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -27,17 +29,20 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from storage.catalogue import CATALOGUE
 from storage.errors import SchemaMismatch
+from storage.reader import DEFAULT_CONNECTION_LIMIT, READER, function_privileges_sql, privileges_sql, role_state_sql
 from storage.routines import ROUTINE_VERSION, VERSIONED_ROUTINES, routine_name, versioned_sql
 from storage.schema import HYPERTABLES
 
-__all__ = ["migrate", "install_routines", "MigrationReport", "timescaledb_active", "sqlalchemy_url", "ensure_database",
-           "check_schema", "SchemaState", "shipped_revisions", "installed_routine_versions", "store_telephony_rates",
-           "routine_sql", "routine_fingerprint"]
+__all__ = ["migrate", "install_routines", "apply_reader_lockdown", "MigrationReport", "timescaledb_active",
+           "sqlalchemy_url", "ensure_database", "check_schema", "SchemaState", "shipped_revisions",
+           "installed_routine_versions", "store_telephony_rates", "routine_sql", "routine_fingerprint"]
 
 log = logging.getLogger("callscope.storage")
 _MIGRATIONS = Path(__file__).with_name("migrations")
-_LOCK_KEY = 0x63616C6C73636F70  # "callscop"
-_RATES_LOCK = _LOCK_KEY + 2      # (+ 1 is the rollup refresh's)
+# No advisory locks (a reader can take any of them and hold it; storage/reader.py): migrate runs serialize on
+# this table, which must exist before the first migration (0012 declares the same table).
+_MIGRATE_LOCK_TABLE = "callscope_migrate_lock"
+_CREATE_MIGRATE_LOCK = f"CREATE TABLE IF NOT EXISTS {_MIGRATE_LOCK_TABLE} (id smallint PRIMARY KEY)"
 
 
 @dataclass(frozen=True)
@@ -89,17 +94,57 @@ def _alembic_config(database_url: str) -> Config:
     return config
 
 
+# Sessions of reader roles (callscope_reader and its members) that the migration's backend waits for: a reader
+# query holding ACCESS SHARE would otherwise keep an ALTER TABLE waiting, and every write queued behind it.
+_BLOCKING_READERS = f"""
+SELECT a.pid, a.usename, pg_terminate_backend(a.pid) AS ended
+FROM pg_stat_activity a, pg_roles r
+WHERE r.rolname = '{READER}' AND a.pid = ANY (pg_blocking_pids($1)) AND a.usename <> current_user
+  AND pg_has_role(a.usename, r.oid, 'MEMBER')
+"""
+
+
+async def _end_blocking_readers(database_url: str, pid: int, interval_s: float = 0.5) -> None:
+    """Until cancelled: end every reader session that blocks backend ``pid`` (the migration), and log it.
+
+    Grafana retries a panel whose query was cut off; ingest would not retry an Export stuck behind a migration.
+    Ending another role's session needs a superuser, membership of that role or ``pg_signal_backend``."""
+    connection = await asyncpg.connect(database_url)
+    warned = False
+    try:
+        while True:
+            try:
+                for row in await connection.fetch(_BLOCKING_READERS, pid):
+                    log.warning("migrate.reader_session_ended", extra={"pid": row["pid"], "role": row["usename"],
+                                                                       "ended": row["ended"]})
+            except asyncpg.PostgresError as exc:   # not allowed to end them (or a role vanished): say so once
+                if not warned:
+                    log.warning("migrate.reader_blocks", extra={"error": str(exc), "fix": "grant pg_signal_backend "
+                                                                "to the role that migrates"})
+                    warned = True
+            await asyncio.sleep(interval_s)
+    finally:
+        await connection.close()
+
+
 async def _upgrade(database_url: str) -> str:
+    from sqlalchemy import text
+
     engine = create_async_engine(sqlalchemy_url(database_url))
     config = _alembic_config(database_url)
     try:
         async with engine.begin() as connection:
+            pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar()
+            watchdog = asyncio.create_task(_end_blocking_readers(database_url, int(pid)))
+
             def run(sync_connection) -> None:  # type: ignore[no-untyped-def]
                 config.attributes["connection"] = sync_connection
                 command.upgrade(config, "head")
-            await connection.run_sync(run)
-            from sqlalchemy import text
-
+            try:
+                await connection.run_sync(run)
+            finally:
+                watchdog.cancel()
+                await asyncio.gather(watchdog, return_exceptions=True)
             revision = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar()
     finally:
         await engine.dispose()
@@ -209,6 +254,9 @@ async def install_routines(connection: asyncpg.Connection, version: int = ROUTIN
         if found_version < version - 1:
             await connection.execute(f"DROP FUNCTION IF EXISTS {signature}")
             log.info("storage.routine_dropped", extra={"routine": name, "version": found_version})
+    # functions are executable by PUBLIC unless revoked: only the owner runs the routines, a reader the read API
+    if await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", READER):
+        await connection.execute(function_privileges_sql(READER))
     return await installed_routine_versions(connection)
 
 
@@ -222,7 +270,8 @@ async def store_telephony_rates(connection: asyncpg.Connection, rows: list[tuple
     if [tuple(row) for row in await connection.fetch(read)] == wanted:
         return False
     async with connection.transaction():
-        await connection.execute("SELECT pg_advisory_xact_lock($1)", _RATES_LOCK)
+        # self-exclusive, lets the deriver read the rates; a reader has no privilege on the table
+        await connection.execute("LOCK TABLE telephony_rates IN SHARE ROW EXCLUSIVE MODE")
         if [tuple(row) for row in await connection.fetch(read)] == wanted:
             return False
         await connection.execute("DELETE FROM telephony_rates")
@@ -284,14 +333,45 @@ async def check_schema(connection: asyncpg.Connection, *, routine_version: int =
     return SchemaState(revision=current, head=head, routine_versions=versions, newer=False)
 
 
-async def migrate(database_url: str, *, retention_days: int = 30, compress_after_days: int = 2,
-                  telephony_rates: tuple[list[tuple[str, float, str]], str] | None = None) -> MigrationReport:
-    """Bring the database to the newest schema and this release's routines; log once which storage mode is
-    active. ``telephony_rates``: (rows, price version) of the price table, stored when they differ."""
-    created = await ensure_database(database_url)
-    connection = await asyncpg.connect(database_url)
+async def _lock_migrations(database_url: str) -> asyncpg.Connection:
+    """A connection holding ``callscope_migrate_lock`` (EXCLUSIVE) in an open transaction: close it to release.
+
+    The table is created first when missing (a fresh database; two first runs may race to create it)."""
+    connection = await asyncpg.connect(database_url, server_settings={"idle_in_transaction_session_timeout": "0"})
     try:
-        await connection.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        for _ in range(20):
+            if await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", _MIGRATE_LOCK_TABLE):
+                break
+            try:
+                await connection.execute(_CREATE_MIGRATE_LOCK)
+            except (asyncpg.UniqueViolationError, asyncpg.DuplicateTableError):
+                continue   # another run created it at the same moment
+        await connection.execute("BEGIN")
+        await connection.execute(f"LOCK TABLE {_MIGRATE_LOCK_TABLE} IN EXCLUSIVE MODE")
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
+
+
+async def apply_reader_lockdown(connection: asyncpg.Connection, *,
+                                connection_limit: int = DEFAULT_CONNECTION_LIMIT) -> None:
+    """The reader role's settings and connection limit (cluster-wide) and its privileges in this database
+    (storage/reader.py); ``migrate`` applies them on every run, so a changed limit takes effect."""
+    await connection.execute(role_state_sql(READER, connection_limit=connection_limit))
+    await connection.execute(privileges_sql(READER))
+
+
+async def migrate(database_url: str, *, retention_days: int = 30, compress_after_days: int = 2,
+                  telephony_rates: tuple[list[tuple[str, float, str]], str] | None = None,
+                  reader_connection_limit: int = DEFAULT_CONNECTION_LIMIT) -> MigrationReport:
+    """Bring the database to the newest schema and this release's routines; log once which storage mode is
+    active. ``telephony_rates``: (rows, price version) of the price table, stored when they differ.
+    ``reader_connection_limit``: the reader role's connection limit."""
+    created = await ensure_database(database_url)
+    lock = await _lock_migrations(database_url)
+    try:
+        connection = await asyncpg.connect(database_url)
         try:
             revision = await _upgrade(database_url)
             version = await timescaledb_active(connection)
@@ -300,13 +380,14 @@ async def migrate(database_url: str, *, retention_days: int = 30, compress_after
                                                 compress_after_days=compress_after_days)
             await _seed_catalogue(connection)
             routine_versions = await install_routines(connection)
+            await apply_reader_lockdown(connection, connection_limit=reader_connection_limit)
             rates_changed = False
             if telephony_rates is not None:
                 rates_changed = await store_telephony_rates(connection, *telephony_rates)
         finally:
-            await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+            await connection.close()
     finally:
-        await connection.close()
+        await lock.close()   # ends its transaction: the lock is released
     mode = "timescaledb" if version else "postgresql"
     if version:
         log.info("storage.mode", extra={"mode": mode, "timescaledb": version, "revision": revision,

@@ -34,7 +34,9 @@ How the deriver keeps them (the storage layer calls these; see docs/dashboards.m
    scans on ``turns_started_at_idx``, calls looked up by primary key), each of their hours from its minute
    rows, and each marked call hour from ``calls`` (``calls_started_at_idx``). Work per bucket is bounded by
    the turns of that minute, the minute rows of that hour, the calls of that hour;
-   refreshes of several collectors are serialized by an advisory lock. A mark committed while a refresh runs
+   refreshes of several collectors are serialized by a lock on their mark queue (``SHARE UPDATE EXCLUSIVE``:
+   it excludes another refresh, not the derive transactions' inserts; a reader has no privilege to take it, unlike
+   an advisory lock, storage/reader.py). A mark committed while a refresh runs
    stays for the next refresh.
 """
 
@@ -111,7 +113,6 @@ CALL_DIMENSIONS = ("status", "direction", "campaign", "agent")
 
 # UTC bucket boundaries whatever the session time zone (date_trunc on timestamptz follows TimeZone).
 _ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
-_REFRESH_LOCK = 7063720869421651558  # the deriver's advisory lock key + 1
 
 MARK_TURN_BUCKETS = f"""INSERT INTO turn_rollup_dirty (bucket)
 SELECT DISTINCT date_bin('1 minute', t.started_at, {_ORIGIN})
@@ -412,7 +413,7 @@ DECLARE
   minutes timestamptz[];
   hours timestamptz[];
 BEGIN
-  PERFORM pg_advisory_xact_lock({_REFRESH_LOCK});
+  LOCK TABLE turn_rollup_dirty IN SHARE UPDATE EXCLUSIVE MODE;  -- self-exclusive; marks still insert
   minutes := ARRAY(SELECT DISTINCT m.bucket
                    FROM (SELECT d.bucket FROM turn_rollup_dirty d ORDER BY d.id LIMIT max_buckets) m);
   IF cardinality(minutes) = 0 THEN
@@ -436,7 +437,7 @@ LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
   hours timestamptz[];
 BEGIN
-  PERFORM pg_advisory_xact_lock({_REFRESH_LOCK + 1});
+  LOCK TABLE call_rollup_dirty IN SHARE UPDATE EXCLUSIVE MODE;  -- self-exclusive; marks still insert
   hours := ARRAY(SELECT DISTINCT m.bucket
                  FROM (SELECT d.bucket FROM call_rollup_dirty d ORDER BY d.id LIMIT max_buckets) m);
   IF cardinality(hours) = 0 THEN
@@ -504,7 +505,7 @@ DECLARE
   minutes timestamptz[];
   hours timestamptz[];
 BEGIN
-  PERFORM pg_advisory_xact_lock({_REFRESH_LOCK + 2});
+  LOCK TABLE stage_rollup_dirty IN SHARE UPDATE EXCLUSIVE MODE;  -- self-exclusive; marks still insert
   minutes := ARRAY(SELECT DISTINCT m.bucket
                    FROM (SELECT d.bucket FROM stage_rollup_dirty d ORDER BY d.id LIMIT max_buckets) m);
   IF cardinality(minutes) = 0 THEN
@@ -555,12 +556,12 @@ def seen_before(call: str, category: str, event: str, level: str, before: str, t
                    AND {kind}
                    AND (p.call_id_explicit OR p.trace_id IS NULL OR NOT EXISTS (
                         SELECT 1 FROM call_traces k WHERE k.trace_id = p.trace_id{key} AND k.call_id <> {call})))
-      OR coalesce((SELECT bool_or(p.time < {before}) FROM events p
-                   WHERE p.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k
-                                                 WHERE k.call_id = {call}{key}))
-                     AND NOT p.call_id_explicit AND p.call_id <> {call}{own}
-                     AND {kind}),
-                  false))"""
+      OR EXISTS (SELECT 1 FROM call_traces k
+                 CROSS JOIN LATERAL (SELECT bool_or(p.time < {before}) AS seen FROM events p
+                                     WHERE p.trace_id = k.trace_id
+                                       AND NOT p.call_id_explicit AND p.call_id <> {call}{own}
+                                       AND {kind}) t
+                 WHERE k.call_id = {call}{key} AND t.seen))"""
 
 
 _EVENT_SEEN_BEFORE = f"""
@@ -618,7 +619,7 @@ DECLARE
   minutes timestamptz[];
   hours timestamptz[];
 BEGIN
-  PERFORM pg_advisory_xact_lock({_REFRESH_LOCK + 3});
+  LOCK TABLE event_rollup_dirty IN SHARE UPDATE EXCLUSIVE MODE;  -- self-exclusive; marks still insert
   minutes := ARRAY(SELECT DISTINCT m.bucket
                    FROM (SELECT d.bucket FROM event_rollup_dirty d ORDER BY d.id LIMIT max_buckets) m);
   IF cardinality(minutes) = 0 THEN

@@ -16,7 +16,8 @@ __all__ = ["metadata", "tenant_readers", "calls", "turns", "spans", "tool_calls"
            "HYPERTABLES", "dirty_calls", "call_quarantine", "telephony_rates", "resources", "turn_latency_1m",
            "turn_latency_1h", "call_status_1h", "turn_rollup_dirty", "call_rollup_dirty", "turn_latency_breakdown_1h",
            "stage_latency_1m", "latency_stage_1h", "event_counts_1m", "event_counts_1h", "stage_rollup_dirty",
-           "event_rollup_dirty", "PLAIN_POSTGRESQL_ONLY", "tenants", "api_keys"]
+           "event_rollup_dirty", "PLAIN_POSTGRESQL_ONLY", "tenants", "api_keys",
+           "derive_locks", "callscope_migrate_lock"]
 
 metadata = MetaData()
 TZ = DateTime(timezone=True)
@@ -259,6 +260,18 @@ telephony_rates = Table(
     Column("currency", Text, nullable=False, server_default="USD"),
     Column("price_version", Text),
     Column("updated_at", TZ, nullable=False, server_default=text("now()")),
+)
+
+# ours, internal: the per-call derive lock, one row per slot of hashtext(call_id) & 65535 (storage/deriver.py),
+# and the table `callscope migrate` locks so that two runs serialize (storage/migrate.py). Row and table locks on
+# tables a reader has no privilege on, instead of advisory locks any role can take (storage/reader.py).
+derive_locks = Table(
+    "derive_locks", metadata,
+    Column("slot", Integer, primary_key=True, autoincrement=False),
+)
+callscope_migrate_lock = Table(
+    "callscope_migrate_lock", metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
 )
 
 # ours: tenants (a single-tenant install has only 'default') and the API keys that write as one of them.

@@ -17,8 +17,8 @@ from collector.settings import SETTINGS, Settings, build_settings, parse_bool
 __all__ = ["main"]
 
 _SERVE_SETTINGS = tuple(s.name for s in SETTINGS)
-_MIGRATE_SETTINGS = ("database_url", "retention_days", "compress_after_days", "prices_file", "log_level",
-                     "log_format")
+_MIGRATE_SETTINGS = ("database_url", "retention_days", "compress_after_days", "reader_connection_limit",
+                     "prices_file", "log_level", "log_format")
 _DOCTOR_SETTINGS = ("database_url", "bind_address", "grpc_port", "http_port", "retention_days",
                     "compress_after_days", "auth", "tls_cert_file", "tls_key_file", "tls_client_ca_file")
 _KEYS_SETTINGS = ("database_url", "log_level", "log_format")
@@ -55,6 +55,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     prices = PriceTable.load(settings.prices_file or None)
     report = asyncio.run(migrate(settings.database_url, retention_days=settings.retention_days,
                                  compress_after_days=settings.compress_after_days,
+                                 reader_connection_limit=settings.reader_connection_limit,
                                  telephony_rates=(prices.telephony_rows(), prices.version)))
     print(f"schema at revision {report.revision}; storage mode: {report.mode}"
           + (f" (TimescaleDB {report.timescaledb_version})" if report.timescaledb_version else

@@ -261,6 +261,33 @@ async def _derivation(connection: Any) -> Check:
     return Check("derivation", "ok", f"{backlog.calls} call(s) waiting, oldest {backlog.oldest_s:.1f} s; none quarantined")
 
 
+async def _reader_privileges(connection: Any) -> Check:
+    """What callscope_reader can do beyond reading (storage/reader.py): migrate takes it away again."""
+    from storage.reader import READER_RELATIONS
+
+    if not await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", READER):
+        return Check("reader privileges", "warn", f"role {READER} does not exist", "run `callscope migrate`")
+    row = await connection.fetchrow(
+        "SELECT ARRAY(SELECT c.relname FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace "
+        "AND c.relkind IN ('r', 'v', 'm', 'p', 'f') AND NOT c.relname = ANY($2::text[]) "
+        "AND has_table_privilege($1, c.oid, 'SELECT') ORDER BY 1) AS internal, "
+        "has_database_privilege($1, current_database(), 'TEMPORARY') AS temp, "
+        "has_function_privilege($1, 'lo_create(oid)', 'EXECUTE') AS large_objects, "
+        "ARRAY(SELECT p.proname FROM pg_proc p WHERE p.pronamespace = current_schema()::regnamespace "
+        "AND p.proname ~ '^callscope_(write|derive|refresh)' AND has_function_privilege($1, p.oid, 'EXECUTE') "
+        "ORDER BY 1) AS routines", READER, list(READER_RELATIONS))
+    extra = ([f"reads internal tables ({', '.join(row['internal'])})"] if row["internal"] else []) + \
+        (["may create temporary tables"] if row["temp"] else []) + \
+        ([f"may run {', '.join(row['routines'])}"] if row["routines"] else [])
+    if extra:
+        return Check("reader privileges", "warn", f"{READER} " + "; ".join(extra),
+                     "run `callscope migrate` (it applies the reader's privileges on every run)")
+    if row["large_objects"]:
+        return Check("reader privileges", "warn", f"{READER} may create large objects",
+                     "run `callscope migrate` once as a superuser (it revokes lo_create and the like from PUBLIC)")
+    return Check("reader privileges", "ok", f"{READER} reads the public relations only")
+
+
 async def _reader_role(connection: Any) -> Check:
     row = await connection.fetchrow("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", READER)
     if row is None:
@@ -308,6 +335,7 @@ async def _database_checks(settings: Settings, *, timeout: float) -> list[Check]
             checks.append(schema)
             if schema.level == "ok":
                 checks.append(await _derivation(connection))
+                checks.append(await _reader_privileges(connection))
         checks.append(await _reader_role(connection))
         return checks
     finally:

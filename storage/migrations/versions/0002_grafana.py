@@ -24,6 +24,8 @@ import os
 import sqlalchemy as sa
 from alembic import op
 
+from storage.reader import password_sql, role_state_sql
+
 revision = "0002_grafana"
 down_revision = "0001_initial"
 branch_labels = None
@@ -130,28 +132,24 @@ def upgrade() -> None:
     if not (_spans_is_hypertable(conn) and _create_continuous_aggregate(conn)):
         _create_plain_stage_view(conn)
 
+    # Roles are cluster-wide: parallel migrations of other databases may change this one at the same time
+    # (storage/reader.py retries and skips what is already as wanted).
+    conn.execute(sa.text(role_state_sql(READER, connection_limit=None, settings={
+        "default_transaction_read_only": "on", "statement_timeout": "60s"})))
     conn.execute(sa.text(f"""
 DO $$
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{READER}') THEN
-    CREATE ROLE {READER} NOLOGIN;
-  END IF;
   EXECUTE format('GRANT CONNECT ON DATABASE %I TO {READER}', current_database());
 END
 $$"""))
     conn.execute(sa.text(f"GRANT USAGE ON SCHEMA public TO {READER}"))
     conn.execute(sa.text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {READER}"))
     conn.execute(sa.text(f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {READER}"))
-    conn.execute(sa.text(f"ALTER ROLE {READER} SET default_transaction_read_only = on"))
-    conn.execute(sa.text(f"ALTER ROLE {READER} SET statement_timeout = '60s'"))
 
     password = os.environ.get(PASSWORD_ENV)
     if password:
-        statement = conn.execute(
-            sa.text(f"SELECT format('ALTER ROLE {READER} LOGIN PASSWORD %L', CAST(:pw AS text))"),
-            {"pw": password},
-        ).scalar_one()
-        conn.execute(sa.text(statement.replace(":", r"\:")))
+        quoted = conn.execute(sa.text("SELECT quote_literal(CAST(:pw AS text))"), {"pw": password}).scalar_one()
+        conn.execute(sa.text(password_sql(quoted, READER).replace(":", r"\:")))
 
 
 def downgrade() -> None:

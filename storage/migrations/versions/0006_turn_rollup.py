@@ -25,6 +25,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from storage.reader import role_state_sql
+
 revision = "0006_turn_rollup"
 down_revision = "0005_storage_v2"
 branch_labels = None
@@ -114,7 +116,7 @@ def upgrade() -> None:
 
     # 0002 created the role; default privileges only cover tables created by the role that set them.
     op.execute(f"GRANT SELECT ON turn_latency_1m, turn_latency_1h, call_status_1h TO {READER}")
-    op.execute(f"ALTER ROLE {READER} SET jit = off")
+    op.execute(role_state_sql(READER, connection_limit=None, settings={"jit": "off"}))  # races: storage/reader.py
 
 
 def downgrade() -> None:

@@ -23,7 +23,7 @@
 * The rollups gain ``tenant`` as a dimension; every existing bucket is marked so that the refreshes rebuild them.
 
 Revision ID: 0013_tenants
-Revises: 0007_dashboard_rollups
+Revises: 0012_reader_lockdown
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013_tenants"
-down_revision = "0007_dashboard_rollups"
+down_revision = "0012_reader_lockdown"
 branch_labels = None
 depends_on = None
 
