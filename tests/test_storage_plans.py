@@ -177,7 +177,7 @@ async def test_derive_statements_touch_only_the_claimed_calls_through_indexes(un
 
 async def test_claim_and_quarantine_statements_use_indexes(unanalyzed: asyncpg.Connection) -> None:
     checks = (
-        ("claim", deriver._CLAIM, (200, deriver._LOCK_NAMESPACE)),
+        ("claim", deriver._CLAIM, (200, deriver._SLOT_MASK)),
         ("quarantine", deriver._QUARANTINE, ("call-1", "boom", 5.0, 600.0, "default")),
         ("release", deriver._RELEASE, (["call-1", "call-2"], "default")),
         ("retry_due", deriver._RETRY_DUE, (1000, 600.0)),
