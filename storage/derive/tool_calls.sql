@@ -6,8 +6,12 @@
 -- call, and a tool call is small and rare next to spans).
 WITH moved AS (
     DELETE FROM tool_calls t
-    WHERE t.trace_id = ANY (ARRAY(SELECT c.trace_id FROM call_traces c
-                                  WHERE c.call_id = ANY ($1::text[]) AND c.tenant IS NOT DISTINCT FROM $2))
+    -- by row address, found one trace id at a time (tool_calls_trace_idx by equality: "trace_id = ANY (ARRAY(...))"
+    -- would be planned as a sequential scan of every tool call without statistics)
+    WHERE t.ctid = ANY (ARRAY(SELECT x.ctid FROM call_traces c
+                              CROSS JOIN LATERAL (SELECT t2.ctid FROM tool_calls t2
+                                                  WHERE t2.trace_id = c.trace_id OFFSET 0) x
+                              WHERE c.call_id = ANY ($1::text[]) AND c.tenant IS NOT DISTINCT FROM $2))
       AND t.tenant IS NOT DISTINCT FROM $2 AND NOT t.call_id_explicit
       AND t.call_id <> (SELECT k.call_id FROM call_traces k WHERE k.trace_id = t.trace_id AND k.tenant IS NOT DISTINCT FROM $2)
     RETURNING t.*, (SELECT k.call_id FROM call_traces k WHERE k.trace_id = t.trace_id AND k.tenant IS NOT DISTINCT FROM $2)

@@ -112,11 +112,16 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
       AND (s.call_id_explicit OR NOT EXISTS (
            SELECT 1 FROM call_traces k WHERE k.trace_id = s.trace_id AND k.tenant = s.tenant AND k.call_id <> wanted))
     UNION ALL
-    SELECT """ + _SPAN_ROW + """ FROM spans s
-    WHERE s.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k
-                                  WHERE k.call_id = wanted AND (of_tenant IS NULL OR k.tenant = of_tenant)))
-      AND (of_tenant IS NULL OR s.tenant IS NOT DISTINCT FROM of_tenant)
-      AND NOT s.call_id_explicit AND s.call_id <> wanted
+    -- one lookup per trace id (equality: spans_identity_idx whatever the planner estimates; "= ANY (ARRAY(...))"
+    -- is planned as a sequential scan of all spans without statistics)
+    SELECT """ + _SPAN_ROW + """ FROM call_traces k
+    CROSS JOIN LATERAL (SELECT * FROM spans s3
+                        WHERE s3.trace_id = k.trace_id
+                          AND (of_tenant IS NULL OR s3.tenant IS NOT DISTINCT FROM of_tenant)
+                          AND NOT s3.call_id_explicit AND s3.call_id <> wanted
+                        OFFSET 0) s
+    WHERE k.call_id = wanted AND (of_tenant IS NULL OR k.tenant = of_tenant)
+      AND k.tenant IS NOT DISTINCT FROM s.tenant
 $$
 """
 CALL_EVENTS_FUNCTION = """
@@ -127,11 +132,14 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
       AND (e.call_id_explicit OR e.trace_id IS NULL OR NOT EXISTS (
            SELECT 1 FROM call_traces k WHERE k.trace_id = e.trace_id AND k.tenant = e.tenant AND k.call_id <> wanted))
     UNION ALL
-    SELECT e.* FROM events e
-    WHERE e.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k
-                                  WHERE k.call_id = wanted AND (of_tenant IS NULL OR k.tenant = of_tenant)))
-      AND (of_tenant IS NULL OR e.tenant IS NOT DISTINCT FROM of_tenant)
-      AND NOT e.call_id_explicit AND e.call_id <> wanted
+    SELECT e.* FROM call_traces k
+    CROSS JOIN LATERAL (SELECT * FROM events e3
+                        WHERE e3.trace_id = k.trace_id
+                          AND (of_tenant IS NULL OR e3.tenant IS NOT DISTINCT FROM of_tenant)
+                          AND NOT e3.call_id_explicit AND e3.call_id <> wanted
+                        OFFSET 0) e
+    WHERE k.call_id = wanted AND (of_tenant IS NULL OR k.tenant = of_tenant)
+      AND k.tenant IS NOT DISTINCT FROM e.tenant
 $$
 """
 
