@@ -195,6 +195,13 @@ LIMIT 50"""
 
 _CAMPAIGN_ALL = f"{ALL_VALUE} IN (${{campaign}})"
 
+# The part of candidate hour h inside the range, computed in the candidates' select list: under row-level
+# security only leakproof conditions go into an index scan (before the policy's filter), and "h.bucket + interval"
+# is not, so "t1.started_at < h.bucket + interval '1 hour'" would scan turns_started_at_idx to the range's end.
+_HOUR_BOUNDS = ("greatest(r.bucket, $__timeFrom()::timestamptz) AS lo, "
+                "least(r.bucket + interval '1 hour' - interval '1 microsecond', $__timeTo()::timestamptz) AS hi")
+_HOUR_IN_RANGE = "t1.started_at >= h.lo AND t1.started_at <= h.hi"
+
 # Short ranges: the turns of the range by time. Long ranges: the 50 slowest turns lie in at most 50 hours, and
 # those hours are among the 52 with the highest hourly maximum of the selected campaigns' turns (2 extra for
 # the partial first and last hour, whose maximum may lie outside the range; latency.LATENCY_SLOWEST_TURNS):
@@ -204,7 +211,7 @@ CAMPAIGN_SLOWEST_TURNS = f"""SELECT s.* FROM (
   UNION ALL
   (SELECT x.*
   FROM (
-    (SELECT r.bucket
+    (SELECT {_HOUR_BOUNDS}
     FROM turn_latency_breakdown_1h r
     WHERE {LONG_RANGE} AND {_CAMPAIGN_ALL}
       AND r.bucket > $__timeFrom()::timestamptz - interval '1 hour' AND r.bucket <= $__timeTo()::timestamptz
@@ -213,7 +220,7 @@ CAMPAIGN_SLOWEST_TURNS = f"""SELECT s.* FROM (
     ORDER BY r.voice_to_voice_max_ms DESC
     LIMIT 52)
     UNION ALL
-    (SELECT r.bucket
+    (SELECT {_HOUR_BOUNDS}
     FROM turn_latency_1h r
     WHERE {LONG_RANGE} AND NOT {_CAMPAIGN_ALL}
       AND r.bucket > $__timeFrom()::timestamptz - interval '1 hour' AND r.bucket <= $__timeTo()::timestamptz
@@ -224,8 +231,7 @@ CAMPAIGN_SLOWEST_TURNS = f"""SELECT s.* FROM (
     LIMIT 52)
   ) h
   CROSS JOIN LATERAL (
-    {_slowest_of("t1.started_at >= h.bucket AND t1.started_at < h.bucket + interval '1 hour'"
-                 " AND $__timeFilter(t1.started_at)", "    ")}
+    {_slowest_of(_HOUR_IN_RANGE, "    ")}
   ) x)
 ) s
 ORDER BY s.voice_to_voice_ms DESC
