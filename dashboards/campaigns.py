@@ -87,11 +87,11 @@ _TURN_CALL = """LEFT JOIN LATERAL (SELECT c.campaign FROM calls c
 def _v2v_p95(by_day: bool) -> str:
     """Rows (campaign[, day], p95) of voice-to-voice over the turns of the range (their call's campaign, the
     campaign filter applied). Short ranges: percentile_cont over the raw turns (exact). Longer ones: the
-    histograms of turn_latency_1h for the whole hours, and the raw turns of the partial first / last hour put in
+    histograms of turn_latency_breakdown_1h's campaign rows (one per hour and campaign) for the whole hours, and the raw turns of the partial first / last hour put in
     the same bins (callscope_hist_bin), read by callscope_hist_quantiles_sorted: within 2 % of percentile_cont
     (storage/rollup.py)."""
     raw_keys = "c.campaign" + (f", {_day('t.started_at')}" if by_day else "")
-    rollup_keys = "r.campaign" + (f", {_day('r.bucket')}" if by_day else "")
+    rollup_keys = "r.value" + (f", {_day('r.bucket')}" if by_day else "")
     keys = "campaign" + (", day" if by_day else "")
     group = "1, 2" if by_day else "1"
     edge = f"""SELECT {raw_keys}, callscope_hist_bin(t.voice_to_voice_ms), 1, t.voice_to_voice_ms, t.voice_to_voice_ms
@@ -119,11 +119,12 @@ def _v2v_p95(by_day: bool) -> str:
     FROM (
       SELECT {rollup_keys}, unnest(r.voice_to_voice_bins), unnest(r.voice_to_voice_counts),
              r.voice_to_voice_min_ms, r.voice_to_voice_max_ms
-      FROM turn_latency_1h r
+      FROM turn_latency_breakdown_1h r
       WHERE {LONG_RANGE}
         AND r.bucket >= {FIRST_HOUR} AND r.bucket < {END_HOUR}
+        AND r.breakdown = 'campaign'
         AND r.voice_to_voice_samples > 0
-        AND {multi_filter('campaign', 'r.campaign')}
+        AND {multi_filter('campaign', 'r.value')}
       UNION ALL
       {edge.replace('@bounds', first)}
       UNION ALL
@@ -204,7 +205,8 @@ _HOUR_IN_RANGE = "t1.started_at >= h.lo AND t1.started_at <= h.hi"
 
 # Short ranges: the turns of the range by time. Long ranges: the 50 slowest turns lie in at most 50 hours, and
 # those hours are among the 52 with the highest hourly maximum of the selected campaigns' turns (2 extra for
-# the partial first and last hour, whose maximum may lie outside the range; latency.LATENCY_SLOWEST_TURNS):
+# the partial first and last hour, whose maximum may lie outside the range; latency.LATENCY_SLOWEST_TURNS; the
+# hourly maxima per campaign from turn_latency_breakdown_1h's campaign rows):
 # only those hours of turns are read (an index range scan each), not every turn of the range, nor every call.
 CAMPAIGN_SLOWEST_TURNS = f"""SELECT s.* FROM (
   ({_slowest_of(f"{RAW_RANGE} AND $__timeFilter(t1.started_at)", "  ")})
@@ -221,10 +223,11 @@ CAMPAIGN_SLOWEST_TURNS = f"""SELECT s.* FROM (
     LIMIT 52)
     UNION ALL
     (SELECT {_HOUR_BOUNDS}
-    FROM turn_latency_1h r
+    FROM turn_latency_breakdown_1h r
     WHERE {LONG_RANGE} AND NOT {_CAMPAIGN_ALL}
       AND r.bucket > $__timeFrom()::timestamptz - interval '1 hour' AND r.bucket <= $__timeTo()::timestamptz
-      AND {multi_filter('campaign', 'r.campaign')}
+      AND r.breakdown = 'campaign'
+      AND {multi_filter('campaign', 'r.value')}
       AND r.voice_to_voice_samples > 0
     GROUP BY r.bucket
     ORDER BY max(r.voice_to_voice_max_ms) DESC

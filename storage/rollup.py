@@ -96,7 +96,8 @@ LATENCY_METRICS = {
 TURN_DIMENSIONS = ("agent", "llm_model", "llm_provider", "stt_provider", "tts_provider", "campaign", "direction")
 #: The single breakdowns of turn_latency_breakdown_1h ("all": every turn of the hour, value NULL). Panels that
 #: break down by one of them, or by none, read these pre-merged rows instead of merging every dimension set.
-TURN_BREAKDOWNS = ("all", "agent", "llm_model", "llm_provider", "stt_provider", "tts_provider")
+#: ("campaign": migration 0015, the Campaigns dashboard's p95 and slowest turns.)
+TURN_BREAKDOWNS = ("all", "agent", "llm_model", "llm_provider", "stt_provider", "tts_provider", "campaign")
 _BREAKDOWN_LIST = "'{" + ",".join(TURN_BREAKDOWNS) + "}'::text[]"  # its index leads with the breakdown
 #: Percentiles turn_latency_breakdown_1h stores per row (what the dashboards' series ask of one hour), read
 #: from the row's histogram by callscope_hist_quantiles_sorted when the row is written.

@@ -9,6 +9,9 @@
 * ``call_status_1h.answered`` / ``call_status_1h.transferred``: per hour and dimension set, the calls that reached
   a conversation (live or completed, or with turns) and the transferred ones. The call refresh computes them
   (storage/rollup.py); every call hour is marked so that the refreshes recompute the existing rows.
+* ``turn_latency_breakdown_1h`` gains the breakdown ``campaign`` (storage/rollup.py ``TURN_BREAKDOWNS``): the
+  Campaigns dashboard's p95 and slowest turns read one pre-merged row per hour and campaign instead of every
+  dimension set of ``turn_latency_1h``. Every hour ``turn_latency_1h`` holds is marked for the turn refresh.
 * view ``campaign_funnel``: ``transferred`` reads the column (no per-call lookups of tool calls and events);
   ``p95_voice_to_voice_ms`` stays exact, over the turns of the group's calls, each call's turns looked up by
   key (``turn_pkey``) instead of ``call_id = ANY (array_agg(...))``, which without statistics is planned as a
@@ -97,12 +100,16 @@ def upgrade() -> None:
     op.execute("DROP VIEW IF EXISTS campaign_funnel")
     op.execute(CAMPAIGN_FUNNEL)
     op.execute(f"GRANT SELECT ON campaign_funnel TO {READER}")
+    # the turn refreshes add the campaign breakdown rows of every hour turn_latency_1h holds (its first minute is
+    # marked: the refresh recomputes that minute, its hour and the hour's breakdown rows, as 0007 did)
+    op.execute("INSERT INTO turn_rollup_dirty (bucket) SELECT DISTINCT bucket FROM turn_latency_1h ORDER BY 1")
     # the call refreshes recompute every hour with the new counts
     op.execute("INSERT INTO call_rollup_dirty (bucket) SELECT DISTINCT date_bin('1 hour', started_at, "
                f"{ORIGIN}) FROM calls WHERE started_at IS NOT NULL ORDER BY 1")
 
 
 def downgrade() -> None:
+    op.execute("DELETE FROM turn_latency_breakdown_1h WHERE breakdown = 'campaign'")
     op.execute("DROP VIEW IF EXISTS campaign_funnel")
     op.execute(importlib.import_module("storage.migrations.versions.0013_tenants")._campaign_funnel())
     op.execute(f"GRANT SELECT ON campaign_funnel TO {READER}")
