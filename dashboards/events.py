@@ -170,11 +170,16 @@ def _newest(select: str, time_column: str, limit: int = 500) -> str:
     few index probes per doubling (about 10 for 30 days). The LIMIT inside keeps each window's subquery a
     parameterized index scan (one without it is flattened into a join that reads the whole range once)."""
     end = "($__timeTo()::timestamptz + interval '1 microsecond')"   # windows are [lo, hi): hi of the first is "to"
-    window = (f"{time_column} >= {end} - (2 ^ (w.k + 1) - 1) * interval '1 hour' "
-              f"AND {time_column} < {end} - (2 ^ w.k - 1) * interval '1 hour' "
-              f"AND $__timeFilter({time_column})")
+    # The bounds are columns of a subquery kept apart (OFFSET 0), not expressions in the condition: under
+    # row-level security only leakproof conditions may become index conditions, and timestamptz - interval is
+    # not leakproof (a comparison of two timestamptz values is), so an expression bound would leave the
+    # index scan reading every row of the kind and filter the window afterwards.
+    window = f"{time_column} >= w.lo AND {time_column} < w.hi AND $__timeFilter({time_column})"
     return f"""SELECT x.*
-    FROM generate_series(0, 20) WITH ORDINALITY AS w(k, ord)
+    FROM (SELECT g.ord, {end} - (2 ^ (g.k + 1) - 1) * interval '1 hour' AS lo,
+                 {end} - (2 ^ g.k - 1) * interval '1 hour' AS hi
+          FROM generate_series(0, 20) WITH ORDINALITY AS g(k, ord)
+          OFFSET 0) w
     CROSS JOIN LATERAL (
       {select.replace("{window}", window)}
       ORDER BY {time_column} DESC
