@@ -60,8 +60,13 @@ async def test_migrate_twice_is_a_noop_and_creates_the_contract():
     assert catalogue == len(CATALOGUE)
     for table, names in CONTRACT.items():
         assert set(names.split()) <= after[table], table
-    # the SQLAlchemy schema and the migrations agree
+    # the SQLAlchemy schema and the migrations agree; on TimescaleDB the continuous aggregate latency_stage_1h
+    # (a view with the table's columns) takes the place of both plain-PostgreSQL stage tables
+    timescale = first.mode == "timescaledb"
     for table in metadata.sorted_tables:
+        if timescale and table.name == "stage_latency_1m":
+            assert table.name not in after, "no deriver-kept stage minutes where TimescaleDB keeps them"
+            continue
         assert {c.name for c in table.columns} <= after[table.name], table.name
 
 
@@ -119,7 +124,8 @@ async def test_hypertables_compression_and_retention_with_timescaledb():
         hourly = await connection.fetchrow(
             "SELECT materialized_only, (SELECT count(*) FROM timescaledb_information.jobs j "
             "WHERE j.proc_name = 'policy_refresh_continuous_aggregate' "
-            "AND j.hypertable_name = a.materialization_hypertable_name) AS policies "
+            # the job names the continuous aggregate (TimescaleDB 2.28) or its materialization table (older)
+            "AND j.hypertable_name IN (a.view_name, a.materialization_hypertable_name)) AS policies "
             "FROM timescaledb_information.continuous_aggregates a WHERE view_name = 'latency_stage_1h'")
         stage_table = await connection.fetchval("SELECT to_regclass('stage_latency_1m') IS NOT NULL")
         await connection.close()
