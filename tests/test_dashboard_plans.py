@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 import yaml
 
+import dashboard_data
 from conftest import drop_database, new_database, url_for
 from dashboards.common import DASHBOARD_UIDS
 from dashboards.generate import DashboardOptions, render_provisioning
@@ -27,46 +28,8 @@ BIG = ("calls", "turns", "spans", "events", "tool_calls", "turn_latency_1m", "tu
        "turn_latency_breakdown_1h", "stage_latency_1m", "latency_stage_1h", "event_counts_1m", "event_counts_1h")
 CALLS = 50_000
 
-# On TimescaleDB a plan scans chunks (_hyper_…_chunk), compressed chunks, and the materialization hypertable of
-# a continuous aggregate: each is named after the relation it belongs to (latency_stage_1m / latency_stage_1h
-# are continuous aggregates there, and stage_latency_1m does not exist).
-_TIMESCALE_RELATIONS = """
-SELECT ch.table_name AS part, coalesce(ca.user_view_name, parent.table_name, h.table_name) AS relation
-FROM _timescaledb_catalog.chunk ch
-JOIN _timescaledb_catalog.hypertable h ON h.id = ch.hypertable_id
-LEFT JOIN _timescaledb_catalog.hypertable parent ON parent.compressed_hypertable_id = h.id
-LEFT JOIN _timescaledb_catalog.continuous_agg ca ON ca.mat_hypertable_id = coalesce(parent.id, h.id)
-UNION ALL
-SELECT h.table_name, ca.user_view_name FROM _timescaledb_catalog.hypertable h
-JOIN _timescaledb_catalog.continuous_agg ca ON ca.mat_hypertable_id = h.id"""
-
-
-def _filtered(lines: list[str], at: int) -> bool:
-    """Whether the plan node on ``lines[at]`` has a Filter (rows it reads and throws away)."""
-    depth = len(lines[at]) - len(lines[at].lstrip())
-    for line in lines[at + 1:]:
-        if len(line) - len(line.lstrip()) <= depth or line.lstrip().startswith("->"):
-            return False
-        if line.lstrip().startswith("Filter:"):
-            return True
-    return False
-
-
 async def _seq_scanned(conn: asyncpg.Connection, plan: str) -> set[str]:
-    """The big relations a plan reads by sequential scan (a chunk counts as its hypertable or aggregate).
-
-    A chunk read whole without a Filter is no such scan: TimescaleDB drops the conditions its time range
-    already satisfies, so every row it reads is wanted (what an index range scan would read)."""
-    parts: dict[str, str] = {}
-    if await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"):
-        parts = {r["part"]: r["relation"] for r in await conn.fetch(_TIMESCALE_RELATIONS)}
-    lines = plan.splitlines()
-    scanned = set()
-    for at, line in enumerate(lines):
-        for name in re.findall(r"Seq Scan on (\w+)", line):
-            if name not in parts or _filtered(lines, at):
-                scanned.add(parts.get(name, name))
-    return scanned & (set(BIG) | {"latency_stage_1m"})
+    return await dashboard_data.seq_scanned(conn, plan, set(BIG) | {"latency_stage_1m"})
 
 DAYS = 4
 
