@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import platform
 import statistics
 import sys
@@ -252,11 +253,19 @@ async def _time_all(url: str, queries: list[dict[str, Any]], *, repeat: int, lab
                 rows = 0
                 for _ in range(repeat):
                     start = time.perf_counter()
-                    result = await connection.fetch(sql)
+                    try:
+                        result = await connection.fetch(sql)
+                    except asyncpg.QueryCanceledError:
+                        # the reader's statement_timeout: recorded as such, the other queries still run
+                        times = [math.inf]
+                        break
                     times.append((time.perf_counter() - start) * 1000)
                     rows = len(result)
-                q.setdefault("ms", {}).setdefault(label, {})[name] = round(statistics.median(times), 1)
+                ms = statistics.median(times)
+                q.setdefault("ms", {}).setdefault(label, {})[name] = round(ms, 1) if math.isfinite(ms) else None
                 q.setdefault("rows", {})[name] = rows
+                print(f"{label} {q['dashboard']} | {q['title']} | {name}: "
+                      f"{'timeout' if not math.isfinite(ms) else f'{ms:,.0f} ms'}", file=sys.stderr)
         print(f"{label}: {len(queries)} queries timed", file=sys.stderr)
     finally:
         await connection.close()
@@ -265,7 +274,11 @@ async def _time_all(url: str, queries: list[dict[str, Any]], *, repeat: int, lab
 def _cell(q: dict[str, Any], name: str) -> str:
     if name not in q["ranges"]:
         return ""
-    return f"{q['ms']['unanalyzed'][name]:,.0f} / {q['ms']['analyzed'][name]:,.0f}"
+    return " / ".join(_ms(q["ms"][label].get(name)) for label in ("unanalyzed", "analyzed") if label in q["ms"])
+
+
+def _ms(value: float | None) -> str:
+    return "timeout" if value is None else f"{value:,.0f}"
 
 
 def _table(queries: list[dict[str, Any]]) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from dashboards.options import DashboardOptions
 from dashboards.sql import PG_PLUGIN_ID
 
-__all__ = ["datasource_provisioning"]
+__all__ = ["datasource_provisioning", "tenant_datasource_provisioning"]
 
 
 def datasource_provisioning(options: DashboardOptions) -> dict[str, Any]:
@@ -45,3 +46,17 @@ def datasource_provisioning(options: DashboardOptions) -> dict[str, Any]:
             }
         ],
     }
+
+
+def tenant_datasource_provisioning(options: DashboardOptions, tenant: str, role: str, password_env: str, *,
+                                   org_id: int | None = None) -> dict[str, Any]:
+    """A data source that logs in as ``tenant``'s reader role (``callscope tenants create``): row-level security
+    shows it that tenant's rows only, so the generated dashboards work unchanged with it (they choose their data
+    source through a variable). ``org_id``: the Grafana organization of the tenant (default: Grafana's, 1)."""
+    own = replace(options, datasource_name=f"{options.datasource_name} ({tenant})",
+                  datasource_uid=f"{options.datasource_uid}-{tenant}", datasource_default=org_id is not None,
+                  db_user=role, db_password_env=password_env)
+    document = datasource_provisioning(own)
+    if org_id is not None:
+        document["datasources"][0]["orgId"] = org_id
+    return document

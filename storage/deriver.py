@@ -35,6 +35,7 @@ from typing import Callable
 import asyncpg
 
 from storage.errors import StorageUnavailable
+from storage.retention import RETENTION_EVERY_S, apply_tenant_retention
 from storage.rollup import MARK_CALL_BUCKETS, MARK_TURN_BUCKETS, MARKS_AT_END, refresh_rollups
 from storage.routines import routine_name
 from storage.writer import SERVER_SETTINGS, WriteResult, storage_errors
@@ -46,8 +47,9 @@ log = logging.getLogger("callscope.deriver")
 
 
 # The derivation, one file per concern, run in this order (each reads what the ones before wrote): the work
-# tables, turns (placement, then rows), tool calls, calls (status, cost), events (turn links, derived events).
-DERIVE_FILES = ("work.sql", "turns.sql", "tool_calls.sql", "calls.sql", "events.sql")
+# tables, turns (placement, then rows), tool calls, calls (status), cost (of the call rows just written), events
+# (turn links, derived events).
+DERIVE_FILES = ("work.sql", "turns.sql", "tool_calls.sql", "calls.sql", "cost.sql", "events.sql")
 _DERIVE_DIR = Path(__file__).with_name("derive")
 
 
@@ -137,12 +139,13 @@ _WORK_TABLES = """
     DELETE FROM derive_speech;
 """
 
-# All derive statements in one routine: one round trip per claimed set. $1 is the routine's argument.
+# All derive statements in one routine: one round trip per claimed set of one tenant. $1: the call ids, $2: their
+# tenant (design §9: a call is its tenant and its id).
 # Seq scans and JIT are off inside it: fresh tables and chunks have no statistics (autovacuum may be off), and
 # every statement must reach the claimed calls' rows through an index whatever the estimates say.
 DERIVE_ROUTINE = (
     # use_column: the statements name columns such as "found", which PL/pgSQL also defines as a variable.
-    "CREATE OR REPLACE FUNCTION callscope_derive(text[]) RETURNS void LANGUAGE plpgsql\n"
+    "CREATE OR REPLACE FUNCTION callscope_derive(text[], text) RETURNS void LANGUAGE plpgsql\n"
     "SET enable_seqscan = off SET jit = off SET client_min_messages = warning\nAS $routine$\n"
     "#variable_conflict use_column\nBEGIN\n"
     + _WORK_TABLES
@@ -161,45 +164,45 @@ _SLOT_MASK = 0xFFFF
 
 _CLAIM_FROM = """
 WITH candidates AS (
-    SELECT DISTINCT call_id FROM (
-        SELECT call_id FROM dirty_calls {only} ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) marks
+    SELECT DISTINCT call_id, tenant FROM (
+        SELECT call_id, tenant FROM dirty_calls {only} ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) marks
 ), slots AS (
     SELECT l.slot FROM derive_locks l WHERE l.slot IN (SELECT hashtext(call_id) & $2 FROM candidates)
     FOR UPDATE SKIP LOCKED
 ), mine AS (
-    SELECT call_id FROM candidates WHERE hashtext(call_id) & $2 IN (SELECT slot FROM slots)
+    SELECT call_id, tenant FROM candidates WHERE hashtext(call_id) & $2 IN (SELECT slot FROM slots)
 ), consumed AS (
     DELETE FROM dirty_calls d
-    WHERE d.id IN (SELECT m.id FROM dirty_calls m WHERE m.call_id IN (SELECT call_id FROM mine)
+    WHERE d.id IN (SELECT m.id FROM dirty_calls m WHERE (m.call_id, m.tenant) IN (SELECT call_id, tenant FROM mine)
                    FOR UPDATE SKIP LOCKED)
-    RETURNING d.call_id, d.marked_at
+    RETURNING d.call_id, d.tenant, d.marked_at
 )
-SELECT call_id, min(marked_at) AS marked_at FROM consumed GROUP BY call_id ORDER BY call_id
+SELECT call_id, tenant, min(marked_at) AS marked_at FROM consumed GROUP BY call_id, tenant ORDER BY tenant, call_id
 """
 # Any call's marks (the loops), or only those of the calls in $3 (shutdown: the calls this process marked).
 _CLAIM = _CLAIM_FROM.format(only="")
 _CLAIM_ONLY = _CLAIM_FROM.format(only="WHERE call_id = ANY($3::text[])")
-_CALL_DERIVE = f"SELECT {routine_name('callscope_derive')}($1::text[])"
+_CALL_DERIVE = f"SELECT {routine_name('callscope_derive')}($1::text[], $2::text)"
 # Which of the calls in $1 still have marks (the others were derived, by any collector).
-_STILL_MARKED = "SELECT DISTINCT call_id FROM dirty_calls WHERE call_id = ANY($1::text[])"
+_STILL_MARKED = "SELECT DISTINCT tenant, call_id FROM dirty_calls WHERE call_id = ANY($1::text[])"
 
 _QUARANTINE = """
-INSERT INTO call_quarantine AS q (call_id, error, retry_at)
-VALUES ($1, $2, now() + make_interval(secs => $3))
-ON CONFLICT (call_id) DO UPDATE SET
+INSERT INTO call_quarantine AS q (call_id, tenant, error, retry_at)
+VALUES ($1, $5, $2, now() + make_interval(secs => $3))
+ON CONFLICT (call_id, tenant) DO UPDATE SET
     error = EXCLUDED.error, attempts = q.attempts + 1, last_failed_at = now(),
     retry_at = now() + make_interval(secs => least($4, $3 * power(2, q.attempts)))
 RETURNING attempts
 """
-_RELEASE = "DELETE FROM call_quarantine WHERE call_id = ANY($1::text[])"
+_RELEASE = "DELETE FROM call_quarantine WHERE call_id = ANY($1::text[]) AND tenant = $2"
 # Quarantined calls whose retry time has come get a mark (and their retry time moves on until they are tried).
 _RETRY_DUE = """
 WITH due AS (
     UPDATE call_quarantine SET retry_at = now() + make_interval(secs => $2)
-    WHERE call_id IN (SELECT call_id FROM call_quarantine WHERE retry_at <= now() ORDER BY retry_at LIMIT $1)
-    RETURNING call_id
+    WHERE ctid = ANY (ARRAY(SELECT ctid FROM call_quarantine WHERE retry_at <= now() ORDER BY retry_at LIMIT $1))
+    RETURNING call_id, tenant
 )
-INSERT INTO dirty_calls (call_id) SELECT call_id FROM due
+INSERT INTO dirty_calls (call_id, tenant) SELECT call_id, tenant FROM due
 """
 _BACKLOG = """
 SELECT (SELECT count(DISTINCT call_id) FROM dirty_calls) AS calls,
@@ -259,9 +262,11 @@ class Deriver:
         self._housekeeping_at = 0.0
         self._backlog_at = 0.0
         self._rollups_at = 0.0
-        # Calls this process's batches marked and that may not be derived yet, with the generation of the last
-        # batch that marked them: a round forgets a call only when no batch marked it after the round began.
-        self._owed: dict[str, int] = {}
+        self._retention_at = 0.0
+        # Calls ((tenant, call id)) this process's batches marked and that may not be derived yet, with the
+        # generation of the last batch that marked them: a round forgets a call only when no batch marked it after
+        # the round began.
+        self._owed: dict[tuple[str, str], int] = {}
         self._generation = 0
         # refreshed every few seconds by a worker, so that readers (metrics) never wait for the database
         self.last_backlog = DeriveBacklog(calls=0, oldest_s=0.0, quarantined=0)
@@ -271,8 +276,8 @@ class Deriver:
         """A batch marked calls dirty: derive soon (called by the writer after COMMIT, with what it wrote)."""
         if result is not None and result.touched:
             self._generation += 1
-            for call_id in result.touched:
-                self._owed[call_id] = self._generation
+            for call in result.touched:
+                self._owed[call] = self._generation
         self._wakeup.set()
 
     @property
@@ -280,13 +285,13 @@ class Deriver:
         """Calls this process's batches marked that no derive round of this process has consumed since."""
         return len(self._owed)
 
-    def _forget(self, call_ids: list[str], generation: int) -> None:
-        """``call_ids`` were derived by a round that began at ``generation``: they are owed no longer, unless a
-        batch marked them again since."""
+    def _forget(self, calls: list[tuple[str, str]], generation: int) -> None:
+        """``calls`` ((tenant, call id)) were derived by a round that began at ``generation``: they are owed no
+        longer, unless a batch marked them again since."""
         owed = self._owed
-        for call_id in call_ids:
-            if owed.get(call_id, generation + 1) <= generation:
-                del owed[call_id]
+        for call in calls:
+            if owed.get(call, generation + 1) <= generation:
+                del owed[call]
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(worker.run(), name=f"callscope-deriver-{worker.index}")
@@ -361,7 +366,7 @@ class Deriver:
     async def _drain_own(self) -> None:
         """Derive the calls this process marked until none is claimable (held marks belong to other workers),
         then forget those that have no mark left (derived meanwhile, by any collector)."""
-        while self._owed and await self._control.round(only=list(self._owed)):
+        while self._owed and await self._control.round(only=sorted({call_id for _, call_id in self._owed})):
             pass
         if self._owed:
             await self._control.prune_owed()
@@ -413,20 +418,24 @@ class _Worker:
                         claimed = await connection.fetch(_CLAIM, deriver._max_calls, _SLOT_MASK)
                     else:
                         claimed = await connection.fetch(_CLAIM_ONLY, deriver._max_calls, _SLOT_MASK, only)
-                    call_ids = [row["call_id"] for row in claimed]
-                    if call_ids:
-                        failed = await self._derive_isolating(connection, call_ids)
-                        await self._settle_quarantine(connection, call_ids, failed)
+                    calls = [(row["tenant"], row["call_id"]) for row in claimed]
+                    # one derive call per tenant (the claim is ordered by tenant)
+                    by_tenant: dict[str, list[str]] = {}
+                    for tenant, call_id in calls:
+                        by_tenant.setdefault(tenant, []).append(call_id)
+                    for tenant, call_ids in by_tenant.items():
+                        failed = await self._derive_isolating(connection, tenant, call_ids)
+                        await self._settle_quarantine(connection, tenant, call_ids, failed)
         except BaseException:
             if self._connection is not None and self._connection.is_in_transaction():
                 self._reset()
             raise
         finally:
             self.busy = False
-        if call_ids:
-            deriver._forget(call_ids, generation)
-            deriver._derived(len(call_ids))
-        return len(call_ids)
+        if calls:
+            deriver._forget(calls, generation)
+            deriver._derived(len(calls))
+        return len(calls)
 
     async def prune_owed(self) -> None:
         deriver = self._deriver
@@ -434,14 +443,17 @@ class _Worker:
         owed = list(deriver._owed)
         async with storage_errors():
             connection = await self._connect()
-            marked = {row["call_id"] for row in await connection.fetch(_STILL_MARKED, owed)}
-        deriver._forget([call_id for call_id in owed if call_id not in marked], generation)
+            marked = {(row["tenant"], row["call_id"])
+                      for row in await connection.fetch(_STILL_MARKED, sorted({c for _, c in owed}))}
+        deriver._forget([call for call in owed if call not in marked], generation)
 
-    async def _derive_isolating(self, connection: asyncpg.Connection, call_ids: list[str]) -> dict[str, str]:
-        """Derive the calls together; if that fails, one by one. Return the calls that failed, with why."""
+    async def _derive_isolating(self, connection: asyncpg.Connection, tenant: str,
+                                call_ids: list[str]) -> dict[str, str]:
+        """Derive the calls (of ``tenant``) together; if that fails, one by one. Return the calls that failed, with
+        why."""
         try:
             async with connection.transaction():
-                await connection.execute(_CALL_DERIVE, call_ids)
+                await connection.execute(_CALL_DERIVE, call_ids, tenant)
             return {}
         except asyncpg.PostgresError as exc:
             if len(call_ids) == 1:
@@ -451,20 +463,20 @@ class _Worker:
         for call_id in call_ids:
             try:
                 async with connection.transaction():
-                    await connection.execute(_CALL_DERIVE, [call_id])
+                    await connection.execute(_CALL_DERIVE, [call_id], tenant)
             except asyncpg.PostgresError as exc:
                 failed[call_id] = _short(exc)
         return failed
 
-    async def _settle_quarantine(self, connection: asyncpg.Connection, call_ids: list[str],
+    async def _settle_quarantine(self, connection: asyncpg.Connection, tenant: str, call_ids: list[str],
                                  failed: dict[str, str]) -> None:
         deriver = self._deriver
         for call_id, error in failed.items():
             attempts = await connection.fetchval(_QUARANTINE, call_id, error, deriver._retry_base_s,
-                                                 deriver._retry_max_s)
-            log.error("derive.call_quarantined", extra={"call_id": call_id[:200], "attempts": attempts,
-                                                        "error": error})
-        await connection.execute(_RELEASE, [call_id for call_id in call_ids if call_id not in failed])
+                                                 deriver._retry_max_s, tenant)
+            log.error("derive.call_quarantined", extra={"call_id": call_id[:200], "tenant": tenant,
+                                                        "attempts": attempts, "error": error})
+        await connection.execute(_RELEASE, [call_id for call_id in call_ids if call_id not in failed], tenant)
 
     async def backlog(self) -> DeriveBacklog:
         async with storage_errors():
@@ -498,7 +510,8 @@ class _Worker:
             await connection.execute(_MARK_STALE, float(self._deriver._stale_after_s))
 
     async def housekeeping(self, *, force: bool = False) -> None:
-        """Every few seconds (one worker does it): retries that are due, stale calls, the mark queue's dead rows."""
+        """Every few seconds (one worker does it): retries that are due, stale calls, per-tenant retention (every
+        RETENTION_EVERY_S), the mark queue's dead rows."""
         deriver = self._deriver
         now = time.monotonic()
         if not force and now - deriver._housekeeping_at < min(30.0, deriver._stale_after_s / 4):
@@ -508,6 +521,14 @@ class _Worker:
             connection = await self._connect()
             await connection.execute(_RETRY_DUE, 1000, deriver._retry_max_s)
         await self.mark_stale()
+        if force or now - deriver._retention_at >= RETENTION_EVERY_S:
+            # per-tenant retention (storage/retention.py): only tenants with retention_days set lose rows
+            deriver._retention_at = now
+            async with storage_errors():
+                for result in await apply_tenant_retention(connection):
+                    if result.calls or result.spans or result.events:
+                        log.info("retention.applied", extra={"tenant": result.tenant, "calls": result.calls,
+                                                             "spans": result.spans, "events": result.events})
         async with storage_errors():
             await connection.execute(_VACUUM_QUEUE)
         if deriver._owed:

@@ -53,7 +53,8 @@ def _fact(key: str, kind: type, meaning: str, *, by: tuple[str, ...], read: tupl
 
 
 _CALL = ("upsert_calls",)
-_REPORTED = (*_CALL, "cost")   # collector/cost.py keeps a cost (or currency) the producer reported
+_PRICE = ("price_calls",)   # storage/derive/cost.sql
+_REPORTED = (*_PRICE, "cost")   # collector/cost.py keeps a cost (or currency) the producer reported
 _TURN = ("upsert_turns",)
 
 # --- the call: one value per call, the latest span's wins ------------------------------------------------------
@@ -81,7 +82,7 @@ SESSION_END_US = _fact("session_end_us", int, "the end of the span that bounds t
 SESSION_ERROR = _fact("session_error", str, "that span ended with an error: the call failed, this is why",
                       by=_SESSION, read=_CALL)
 COST_TOTAL = _fact("cost_total", float, "the call's total cost as the producer reports it (call.cost); wins",
-                   by=("call_attributes",), read=_CALL)
+                   by=("call_attributes",), read=_PRICE)
 CURRENCY = _fact("currency", str, "currency of the costs (call.cost.currency, else the price table's)",
                  by=("call_attributes", "cost"), read=_REPORTED)
 COST_STT = _fact("cost_stt", float, "this span's speech-to-text cost; summed per call", by=("cost",), read=_REPORTED)

@@ -53,8 +53,10 @@ DASHBOARD_ROLLUPS = ("turn_latency_1h", "turn_latency_breakdown_1h", "call_statu
 READ_API_TABLES = ("call_traces", "resources")
 READER_RELATIONS = PUBLIC_TABLES + PUBLIC_VIEWS + DASHBOARD_ROLLUPS + READ_API_TABLES
 
-#: Functions a reader may execute (by name, every signature): the stable read API (storage/routines.py).
-READER_FUNCTIONS = STABLE_ROUTINES + ("callscope_call_spans", "callscope_call_events")
+#: Functions a reader may execute (by name, every signature): the stable read API (storage/routines.py), and
+#: ``callscope_current_tenant`` (SECURITY DEFINER), which the row-level security policies call with the reader's
+#: privileges (migration 0013_tenants, storage/tenants.py).
+READER_FUNCTIONS = STABLE_ROUTINES + ("callscope_call_spans", "callscope_call_events", "callscope_current_tenant")
 
 #: Role-level defaults (user-settable: see the module docstring).
 READER_SETTINGS = {"default_transaction_read_only": "on", "statement_timeout": "60s", "jit": "off"}

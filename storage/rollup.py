@@ -11,8 +11,12 @@ Tables (storage/schema.py, migration ``0006_turn_rollup``):
   sums (and how many calls had a total cost), duration sum (and how many had one).
 * ``turn_rollup_dirty`` / ``call_rollup_dirty``: append-only marks of buckets to recompute.
 
-Histogram: bin 0 holds values below 1 ms (and negative ones), bin ``b >= 1`` holds [r^(b-1), r^b) with
-``r = HIST_RATIO`` (1.04). A percentile is read like ``percentile_cont`` (0-based rank ``q * (n - 1)``,
+Every rollup row also has a ``tenant`` (migration ``0013_tenants``): a dimension like the others, so tenants never
+add up, and the column row-level security filters a reader's rows by. Marks name buckets only; a refresh
+recomputes a bucket for every tenant. The derive-time marks take the claimed calls' tenant as ``$2``.
+
+Histogram (the functions that read them: storage/histogram.py): bin 0 holds values below 1 ms (and negative
+ones), bin ``b >= 1`` holds [r^(b-1), r^b) with ``r = HIST_RATIO`` (1.04). A percentile is read like ``percentile_cont`` (0-based rank ``q * (n - 1)``,
 linear between the two neighbouring ranks), with each rank's value replaced by its bin's geometric midpoint
 and the result clamped to the exact min / max. Every sample lies within a factor sqrt(r) of its bin's
 midpoint, so for values of 1 ms and more the result is within **sqrt(1.04) - 1 < 2 %** (relative) of
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from storage.histogram import HIST_RATIO, HISTOGRAM_ROUTINES
 from storage.routines import ROUTINE_VERSION, routine_name
 
 __all__ = [
@@ -77,9 +82,6 @@ __all__ = [
     "drain_rollups",
 ]
 
-#: Ratio between the bounds of a histogram bin: relative error of a percentile <= sqrt(HIST_RATIO) - 1.
-HIST_RATIO = 1.04
-
 #: turns column -> column prefix in the rollup tables.
 LATENCY_METRICS = {
     "voice_to_voice_ms": "voice_to_voice",
@@ -113,12 +115,12 @@ _ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
 MARK_TURN_BUCKETS = f"""INSERT INTO turn_rollup_dirty (bucket)
 SELECT DISTINCT date_bin('1 minute', t.started_at, {_ORIGIN})
 FROM turns t
-WHERE t.call_id = ANY($1::text[]) AND t.started_at IS NOT NULL"""
+WHERE t.call_id = ANY($1::text[]) AND t.tenant IS NOT DISTINCT FROM $2 AND t.started_at IS NOT NULL"""
 
 MARK_CALL_BUCKETS = f"""INSERT INTO call_rollup_dirty (bucket)
 SELECT DISTINCT date_bin('1 hour', c.started_at, {_ORIGIN})
 FROM calls c
-WHERE c.call_id = ANY($1::text[]) AND c.started_at IS NOT NULL"""
+WHERE c.call_id = ANY($1::text[]) AND c.tenant IS NOT DISTINCT FROM $2 AND c.started_at IS NOT NULL"""
 
 #: The stages latency_stage_1m / stage_latency_1m cover (migration 0002's view).
 STAGES = ("stt", "llm", "tts", "tool")
@@ -167,122 +169,6 @@ REFRESH_STAGE_ROLLUP = f"SELECT {routine_name('callscope_refresh_stage_rollup')}
 REFRESH_EVENT_ROLLUP = f"SELECT {routine_name('callscope_refresh_event_rollup')}($1::int)"
 
 # ---------------------------------------------------------------------------------------------------------
-# Histogram functions (usable by the reader role: functions are executable by PUBLIC)
-# ---------------------------------------------------------------------------------------------------------
-
-_HIST_BIN = f"""
-CREATE OR REPLACE FUNCTION callscope_hist_bin(v float8) RETURNS smallint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  SELECT CASE WHEN v IS NULL THEN NULL
-              WHEN v < 1 THEN 0
-              ELSE least(1 + floor(ln(v) / ln({HIST_RATIO})), 32000) END::smallint
-$$"""
-
-_HIST_MID = f"""
-CREATE OR REPLACE FUNCTION callscope_hist_mid(b smallint) RETURNS float8
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  SELECT CASE WHEN b <= 0 THEN 0.5 ELSE power({HIST_RATIO}::float8, b - 0.5) END
-$$"""
-
-# Percentiles of a histogram given as parallel arrays (any order, bins may repeat: they are added up).
-# Rank and interpolation follow percentile_cont; lo / hi (the exact min / max) clamp the result.
-_HIST_QUANTILES = """
-CREATE OR REPLACE FUNCTION callscope_hist_quantiles(bins smallint[], counts int[], qs float8[],
-                                                    lo float8 DEFAULT NULL, hi float8 DEFAULT NULL)
-RETURNS float8[] LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
-DECLARE
-  sb smallint[];
-  sn bigint[];
-BEGIN
-  -- merge repeated bins and sort them, then walk once (callscope_hist_quantiles_sorted)
-  SELECT array_agg(h.b ORDER BY h.b), array_agg(h.n ORDER BY h.b)
-    INTO sb, sn
-  FROM (SELECT u.b, sum(u.n)::bigint AS n FROM unnest(bins, counts) AS u(b, n)
-        WHERE u.b IS NOT NULL AND u.n > 0 GROUP BY u.b) h;
-  RETURN callscope_hist_quantiles_sorted(sb, sn, qs, lo, hi);
-END
-$$"""
-
-# Percentiles of a histogram whose bins are unique and ascending (as the dashboards' queries build it): one walk
-# per percentile, from the nearer end (a p95 passes the few bins above it, not the many below).
-_HIST_QUANTILES_SORTED = """
-CREATE OR REPLACE FUNCTION callscope_hist_quantiles_sorted(bins smallint[], counts bigint[], qs float8[],
-                                                           lo float8 DEFAULT NULL, hi float8 DEFAULT NULL)
-RETURNS float8[] LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
-DECLARE
-  len int := coalesce(cardinality(bins), 0);
-  total bigint := 0;
-  result float8[] := '{}';
-  c bigint;
-  q float8;
-  rk float8;
-  j bigint;
-  k bigint;
-  i int;
-  cum bigint;
-  v0 float8;
-  v1 float8;
-  v float8;
-BEGIN
-  IF len > 0 THEN
-    FOREACH c IN ARRAY counts LOOP
-      total := total + c;
-    END LOOP;
-  END IF;
-  FOREACH q IN ARRAY qs LOOP
-    IF total = 0 OR q IS NULL THEN
-      result := result || NULL::float8;
-      CONTINUE;
-    END IF;
-    rk := least(greatest(q, 0), 1) * (total - 1);
-    j := floor(rk)::bigint;
-    k := least(j + 1, total - 1);
-    IF j < total / 2 THEN
-      -- upwards: cum = ranks up to the end of bin i (bin i holds ranks [cum - counts[i], cum))
-      i := 1;
-      cum := counts[1];
-      WHILE cum <= j LOOP
-        i := i + 1;
-        cum := cum + counts[i];
-      END LOOP;
-      v0 := callscope_hist_mid(bins[i]);
-      WHILE cum <= k LOOP
-        i := i + 1;
-        cum := cum + counts[i];
-      END LOOP;
-      v1 := callscope_hist_mid(bins[i]);
-    ELSE
-      -- downwards, the same bins found from the top
-      i := len;
-      cum := total;
-      WHILE cum - counts[i] > k LOOP
-        cum := cum - counts[i];
-        i := i - 1;
-      END LOOP;
-      v1 := callscope_hist_mid(bins[i]);
-      WHILE cum - counts[i] > j LOOP
-        cum := cum - counts[i];
-        i := i - 1;
-      END LOOP;
-      v0 := callscope_hist_mid(bins[i]);
-    END IF;
-    v := v0 + (rk - j) * (v1 - v0);
-    IF lo IS NOT NULL AND v < lo THEN v := lo; END IF;
-    IF hi IS NOT NULL AND v > hi THEN v := hi; END IF;
-    result := result || v;
-  END LOOP;
-  RETURN result;
-END
-$$"""
-
-_HIST_QUANTILE = """
-CREATE OR REPLACE FUNCTION callscope_hist_quantile(bins smallint[], counts int[], q float8,
-                                                   lo float8 DEFAULT NULL, hi float8 DEFAULT NULL)
-RETURNS float8 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  SELECT (callscope_hist_quantiles(bins, counts, ARRAY[q], lo, hi))[1]
-$$"""
-
-# ---------------------------------------------------------------------------------------------------------
 # Recomputing buckets
 # ---------------------------------------------------------------------------------------------------------
 
@@ -311,25 +197,26 @@ def _turn_rows(table: str, step: str, buckets: str) -> str:
     for prefix in LATENCY_METRICS.values():
         columns += [f"{prefix}_samples", f"{prefix}_sum_ms", f"{prefix}_min_ms", f"{prefix}_max_ms",
                     f"{prefix}_bins", f"{prefix}_counts"]
-    return f"""INSERT INTO {table} (bucket, {dims}, turns, {", ".join(columns)})
+    return f"""INSERT INTO {table} (bucket, {dims}, tenant, turns, {", ".join(columns)})
   SELECT b.bucket, g.*
   FROM unnest({buckets}) AS b(bucket)
   CROSS JOIN LATERAL (
-    SELECT {", ".join(f"x.{d}" for d in TURN_DIMENSIONS)},
+    SELECT {", ".join(f"x.{d}" for d in TURN_DIMENSIONS)}, x.tenant,
            coalesce(sum(x.n) FILTER (WHERE x.metric = 0), 0)::int,
            {per_metric_sql}
     FROM (
       SELECT t.agent, t.llm_model, t.llm_provider, t.stt_provider, t.tts_provider, c.campaign, c.direction,
-             m.metric, callscope_hist_bin(m.v) AS bin, count(*) AS n, sum(m.v) AS s, min(m.v) AS lo,
+             m.metric, callscope_hist_bin(m.v) AS bin, t.tenant, count(*) AS n, sum(m.v) AS s, min(m.v) AS lo,
              max(m.v) AS hi
       FROM turns t
-      LEFT JOIN LATERAL (SELECT c.campaign, c.direction FROM calls c WHERE c.call_id = t.call_id LIMIT 1) c
+      LEFT JOIN LATERAL (SELECT c.campaign, c.direction FROM calls c
+                         WHERE c.call_id = t.call_id AND c.tenant = t.tenant LIMIT 1) c
         ON true
       CROSS JOIN LATERAL (VALUES {unpivot}) AS m(metric, v)
       WHERE t.started_at >= b.bucket AND t.started_at < b.bucket + interval '{step}' AND m.v IS NOT NULL
-      GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+      GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
     ) x
-    GROUP BY {", ".join(f"x.{d}" for d in TURN_DIMENSIONS)}
+    GROUP BY {", ".join(f"x.{d}" for d in TURN_DIMENSIONS)}, x.tenant
   ) g"""
 
 
@@ -382,7 +269,8 @@ def _merged_rows(table: str, keys: tuple[tuple[str, str], ...], source: str, whe
 def _hour_rows(buckets: str) -> str:
     """INSERT the turn_latency_1h rows of the hours in ``buckets`` from their minute rows: work per hour is
     bounded by the minute rows (60 per dimension set), not by the turns, however busy the hour."""
-    return _merged_rows("turn_latency_1h", tuple((d, f"m.{d}") for d in TURN_DIMENSIONS), "turn_latency_1m m",
+    return _merged_rows("turn_latency_1h", tuple((d, f"m.{d}") for d in (*TURN_DIMENSIONS, "tenant")),
+                        "turn_latency_1m m",
                         "m.bucket >= b.bucket AND m.bucket < b.bucket + interval '1 hour'", buckets)
 
 
@@ -390,14 +278,11 @@ def _breakdown_rows(buckets: str) -> str:
     """INSERT the turn_latency_breakdown_1h rows of the hours in ``buckets`` from their turn_latency_1h rows:
     each row counts once per breakdown (its value of that breakdown; once more under 'all')."""
     pairs = ", ".join(["('all', NULL::text)"] + [f"('{d}', m.{d})" for d in TURN_BREAKDOWNS[1:]])
-    return _merged_rows("turn_latency_breakdown_1h", (("breakdown", "d.breakdown"), ("value", "d.value")),
+    return _merged_rows("turn_latency_breakdown_1h",
+                        (("breakdown", "d.breakdown"), ("value", "d.value"), ("tenant", "m.tenant")),
                         f"turn_latency_1h m CROSS JOIN LATERAL (VALUES {pairs}) AS d(breakdown, value)",
                         "m.bucket = b.bucket", buckets, quantiles=True)
 
-
-_ARRAY_CAT = """
-CREATE OR REPLACE AGGREGATE callscope_array_cat(anycompatiblearray) (SFUNC = array_cat, STYPE = anycompatiblearray)
-"""
 
 _REFRESH_TURN_ROUTINE = f"""
 CREATE OR REPLACE FUNCTION callscope_refresh_turn_rollup(max_buckets int) RETURNS int
@@ -438,17 +323,17 @@ BEGIN
   END IF;
   DELETE FROM call_rollup_dirty WHERE bucket = ANY(hours);
   DELETE FROM call_status_1h WHERE bucket = ANY(hours);
-  INSERT INTO call_status_1h (bucket, {", ".join(CALL_DIMENSIONS)}, calls, cost_total, cost_samples, cost_stt,
-                              cost_llm, cost_tts, cost_telephony, duration_s, duration_samples)
+  INSERT INTO call_status_1h (bucket, {", ".join(CALL_DIMENSIONS)}, tenant, calls, cost_total, cost_samples,
+                              cost_stt, cost_llm, cost_tts, cost_telephony, duration_s, duration_samples)
   SELECT b.bucket, g.*
   FROM unnest(hours) AS b(bucket)
   CROSS JOIN LATERAL (
-    SELECT {", ".join(f"c.{d}" for d in CALL_DIMENSIONS)}, count(*)::int, sum(c.cost_total),
+    SELECT {", ".join(f"c.{d}" for d in CALL_DIMENSIONS)}, c.tenant, count(*)::int, sum(c.cost_total),
            count(c.cost_total)::int, sum(c.cost_stt), sum(c.cost_llm), sum(c.cost_tts), sum(c.cost_telephony),
            sum(c.duration_s), count(c.duration_s)::int
     FROM calls c
     WHERE c.started_at >= b.bucket AND c.started_at < b.bucket + interval '1 hour'
-    GROUP BY {", ".join(f"c.{d}" for d in CALL_DIMENSIONS)}
+    GROUP BY {", ".join(f"c.{d}" for d in CALL_DIMENSIONS)}, c.tenant
   ) g;
   RETURN cardinality(hours);
 END
@@ -458,21 +343,21 @@ $$"""
 # Span stages: stage_latency_1m (what the view latency_stage_1m computes, per minute) and latency_stage_1h
 # ---------------------------------------------------------------------------------------------------------
 
-_STAGE_MINUTE_ROWS = f"""INSERT INTO stage_latency_1m (bucket, stage, provider, model, samples, ttfb_samples,
+_STAGE_MINUTE_ROWS = f"""INSERT INTO stage_latency_1m (bucket, stage, provider, model, tenant, samples, ttfb_samples,
                                 avg_ttfb_ms, p50_ttfb_ms, p95_ttfb_ms, p99_ttfb_ms, avg_duration_ms,
                                 p95_duration_ms)
   SELECT b.bucket, g.*
   FROM unnest(minutes) AS b(bucket)
   CROSS JOIN LATERAL (
     -- the view's own bucket expression and stage list: spans_latency_bucket_idx, one minute per lookup
-    SELECT s.stage, s.provider, s.model, count(*), count(s.ttfb_ms), avg(s.ttfb_ms),
+    SELECT s.stage, s.provider, s.model, s.tenant, count(*), count(s.ttfb_ms), avg(s.ttfb_ms),
            percentile_cont(0.5) WITHIN GROUP (ORDER BY s.ttfb_ms),
            percentile_cont(0.95) WITHIN GROUP (ORDER BY s.ttfb_ms),
            percentile_cont(0.99) WITHIN GROUP (ORDER BY s.ttfb_ms),
            avg(s.duration_ms), percentile_cont(0.95) WITHIN GROUP (ORDER BY s.duration_ms)
     FROM spans s
     WHERE date_bin('1 minute', s.start_time, {_ORIGIN}) = b.bucket AND s.stage IN ({_STAGE_LIST})
-    GROUP BY 1, 2, 3
+    GROUP BY 1, 2, 3, 4
   ) g"""
 
 #: How an hour adds up its minutes; the continuous aggregate of migration 0007 uses the same expressions.
@@ -480,15 +365,15 @@ STAGE_HOUR_MEASURES = ("sum(m.samples)::bigint", "sum(m.ttfb_samples)::bigint",
                        "sum(m.avg_ttfb_ms * m.ttfb_samples)", "sum(m.p95_ttfb_ms * m.ttfb_samples)",
                        "max(m.p95_ttfb_ms)", "sum(m.avg_duration_ms * m.samples)")
 
-_STAGE_HOUR_ROWS = f"""INSERT INTO latency_stage_1h (bucket, stage, provider, model, samples, ttfb_samples, ttfb_sum_ms,
+_STAGE_HOUR_ROWS = f"""INSERT INTO latency_stage_1h (bucket, stage, provider, model, tenant, samples, ttfb_samples, ttfb_sum_ms,
                                 p95_ttfb_sum_ms, max_p95_ttfb_ms, duration_sum_ms)
   SELECT b.bucket, g.*
   FROM unnest(hours) AS b(bucket)
   CROSS JOIN LATERAL (
-    SELECT m.stage, m.provider, m.model, {", ".join(STAGE_HOUR_MEASURES)}
+    SELECT m.stage, m.provider, m.model, m.tenant, {", ".join(STAGE_HOUR_MEASURES)}
     FROM stage_latency_1m m
     WHERE m.bucket >= b.bucket AND m.bucket < b.bucket + interval '1 hour'
-    GROUP BY 1, 2, 3
+    GROUP BY 1, 2, 3, 4
   ) g"""
 
 _REFRESH_STAGE_ROUTINE = f"""
@@ -525,7 +410,8 @@ $$"""
 
 # The call an event belongs to now, as the view call_events resolves it (migration 0005).
 _RESOLVED_CALL = ("CASE WHEN e.call_id_explicit OR e.trace_id IS NULL THEN e.call_id ELSE coalesce("
-                  "(SELECT k.call_id FROM call_traces k WHERE k.trace_id = e.trace_id), e.call_id) END")
+                  "(SELECT k.call_id FROM call_traces k WHERE k.trace_id = e.trace_id AND k.tenant = e.tenant), "
+                  "e.call_id) END")
 
 # Whether a call (as call_events resolves it) has an event of this category / event / level before a time:
 # the call's own rows (events_call_idx: call id and time) and the rows stored under one of its trace ids
@@ -534,21 +420,26 @@ _RESOLVED_CALL = ("CASE WHEN e.call_id_explicit OR e.trace_id IS NULL THEN e.cal
 # DISTINCT FROM (no index serves it), and on the trace branch the time is tested in the select list, not as
 # a condition (a condition "time < x" invites a BitmapAnd with a scan of events_time_idx over all earlier
 # events). No JIT: without statistics the estimates of these lookups pass any JIT threshold.
-def seen_before(call: str, category: str, event: str, level: str, before: str) -> str:
+def seen_before(call: str, category: str, event: str, level: str, before: str, tenant: str | None = None) -> str:
     """SQL: whether ``call`` has an event of this kind before ``before`` (the body of
-    callscope_event_seen_before, and what the refresh evaluates inline: one plan for the whole statement)."""
+    callscope_event_seen_before, and what the refresh evaluates inline: one plan for the whole statement).
+    ``tenant``: the call's tenant (the refresh, which reads every tenant's rows); without it, the rows the caller
+    may read (a reader's tenant's only, by row-level security)."""
     kind = f"(p.category, p.event, p.level) IS NOT DISTINCT FROM ({category}, {event}, {level})"
+    # the tenant is never an index condition: a lookup by id, then a filter (no plan may scan a tenant's rows)
+    own, key = ((f" AND p.tenant IS NOT DISTINCT FROM {tenant}", f" AND k.tenant IS NOT DISTINCT FROM {tenant}")
+                if tenant else ("", ""))
     return f"""(EXISTS (SELECT 1 FROM events p
-                 WHERE p.call_id = {call} AND p.time < {before}
+                 WHERE p.call_id = {call}{own} AND p.time < {before}
                    AND {kind}
                    AND (p.call_id_explicit OR p.trace_id IS NULL OR NOT EXISTS (
-                        SELECT 1 FROM call_traces k WHERE k.trace_id = p.trace_id AND k.call_id <> {call})))
+                        SELECT 1 FROM call_traces k WHERE k.trace_id = p.trace_id{key} AND k.call_id <> {call})))
       OR EXISTS (SELECT 1 FROM call_traces k
                  CROSS JOIN LATERAL (SELECT bool_or(p.time < {before}) AS seen FROM events p
                                      WHERE p.trace_id = k.trace_id
-                                       AND NOT p.call_id_explicit AND p.call_id <> {call}
+                                       AND NOT p.call_id_explicit AND p.call_id <> {call}{own}
                                        AND {kind}) t
-                 WHERE k.call_id = {call} AND t.seen))"""
+                 WHERE k.call_id = {call}{key} AND t.seen))"""
 
 
 _EVENT_SEEN_BEFORE = f"""
@@ -568,34 +459,35 @@ def event_groups(where: str, segment_start: str) -> str:
     range. Inline here: a function call per (call, kind) costs more than its two index lookups."""
     return f"""SELECT x.category, x.event, x.level, sum(x.n)::int AS events,
            (count(*) FILTER (WHERE NOT x.seen))::int AS calls,
-           max(x.last_time) AS last_time
+           max(x.last_time) AS last_time, x.tenant
     FROM (
-      SELECT y.*, {seen_before("y.call_id", "y.category", "y.event", "y.level", segment_start)} AS seen
+      SELECT y.*, {seen_before("y.call_id", "y.category", "y.event", "y.level", segment_start, "y.tenant")} AS seen
       FROM (
-        SELECT {_RESOLVED_CALL} AS call_id, e.category, e.event, e.level, count(*) AS n, max(e.time) AS last_time
+        SELECT {_RESOLVED_CALL} AS call_id, e.tenant, e.category, e.event, e.level, count(*) AS n,
+               max(e.time) AS last_time
         FROM events e
         WHERE {where}
-        GROUP BY 1, 2, 3, 4
+        GROUP BY 1, 2, 3, 4, 5
       ) y
     ) x
-    GROUP BY 1, 2, 3"""
+    GROUP BY 1, 2, 3, x.tenant"""
 
 
-_EVENT_MINUTE_ROWS = f"""INSERT INTO event_counts_1m (bucket, category, event, level, events, calls, last_time)
+_EVENT_MINUTE_ROWS = f"""INSERT INTO event_counts_1m (bucket, category, event, level, events, calls, last_time, tenant)
   SELECT b.bucket, g.*
   FROM unnest(minutes) AS b(bucket)
   CROSS JOIN LATERAL (
     {event_groups("e.time >= b.bucket AND e.time < b.bucket + interval '1 minute'", "b.bucket")}
   ) g"""
 
-_EVENT_HOUR_ROWS = """INSERT INTO event_counts_1h (bucket, category, event, level, events, calls, last_time)
+_EVENT_HOUR_ROWS = """INSERT INTO event_counts_1h (bucket, category, event, level, events, calls, last_time, tenant)
   SELECT b.bucket, g.*
   FROM unnest(hours) AS b(bucket)
   CROSS JOIN LATERAL (
-    SELECT m.category, m.event, m.level, sum(m.events)::int, sum(m.calls)::int, max(m.last_time)
+    SELECT m.category, m.event, m.level, sum(m.events)::int, sum(m.calls)::int, max(m.last_time), m.tenant
     FROM event_counts_1m m
     WHERE m.bucket >= b.bucket AND m.bucket < b.bucket + interval '1 hour'
-    GROUP BY 1, 2, 3
+    GROUP BY 1, 2, 3, m.tenant
   ) g"""
 
 _REFRESH_EVENT_ROUTINE = f"""
@@ -624,8 +516,7 @@ $$"""
 #: Installed by ``storage.migrate.install_routines`` (code, not schema): the refresh routines under this
 #: release's versioned names, the histogram functions and the aggregate under their stable names
 #: (storage/routines.py).
-ROLLUP_ROUTINES = (_ARRAY_CAT, _HIST_BIN, _HIST_MID, _HIST_QUANTILES_SORTED, _HIST_QUANTILES, _HIST_QUANTILE,
-                   _REFRESH_TURN_ROUTINE, _REFRESH_CALL_ROUTINE, _REFRESH_STAGE_ROUTINE, _EVENT_SEEN_BEFORE,
+ROLLUP_ROUTINES = (*HISTOGRAM_ROUTINES, _REFRESH_TURN_ROUTINE, _REFRESH_CALL_ROUTINE, _REFRESH_STAGE_ROUTINE, _EVENT_SEEN_BEFORE,
                    _REFRESH_EVENT_ROUTINE)
 
 

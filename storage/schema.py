@@ -12,7 +12,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["metadata", "calls", "turns", "spans", "tool_calls", "events", "event_types", "call_traces",
+__all__ = ["metadata", "tenant_readers", "calls", "turns", "spans", "tool_calls", "events", "event_types", "call_traces",
            "HYPERTABLES", "dirty_calls", "call_quarantine", "telephony_rates", "resources", "turn_latency_1m",
            "turn_latency_1h", "call_status_1h", "turn_rollup_dirty", "call_rollup_dirty", "turn_latency_breakdown_1h",
            "stage_latency_1m", "latency_stage_1h", "event_counts_1m", "event_counts_1h", "stage_rollup_dirty",
@@ -24,7 +24,7 @@ TZ = DateTime(timezone=True)
 
 calls = Table(
     "calls", metadata,
-    Column("call_id", Text, primary_key=True),
+    Column("call_id", Text, nullable=False),
     Column("trace_ids", ARRAY(Text), nullable=False, server_default=text("'{}'")),
     Column("started_at", TZ),
     Column("ended_at", TZ),
@@ -61,6 +61,9 @@ calls = Table(
     Column("dead_air_total_s", Float),
     Column("longest_silence_ms", Float),
     Column("barge_in_count", Integer),
+    # design §9: the tenant of the API key the rows came with (migration 0013); part of every call's identity
+    Column("tenant", Text, nullable=False, server_default="default"),
+    PrimaryKeyConstraint("call_id", "tenant", name="calls_pkey"),
 )
 Index("calls_started_at_idx", calls.c.started_at.desc())
 Index("calls_status_started_idx", calls.c.status, calls.c.started_at.desc())
@@ -104,7 +107,8 @@ turns = Table(
     # design §10: the longest silence inside the turn; user speech during agent speech → agent audio stops
     Column("dead_air_ms", Float),
     Column("barge_in_stop_ms", Float),
-    PrimaryKeyConstraint("call_id", "turn_number", name="turns_pkey"),
+    Column("tenant", Text, nullable=False, server_default="default"),   # design §9 (migration 0013)
+    PrimaryKeyConstraint("call_id", "tenant", "turn_number", name="turns_pkey"),
 )
 Index("turns_started_at_idx", turns.c.started_at)
 
@@ -139,10 +143,12 @@ spans = Table(
     # ours: the span's resource, stored once in ``resources`` (``resource`` stays NULL for spans stored so;
     # view call_spans and callscope_call_spans() show it filled in)
     Column("resource_id", Text),
+    Column("tenant", Text, nullable=False, server_default="default"),   # design §9 (migration 0013)
 )
-# Retried batches are stored once: the unique key includes the partitioning column (TimescaleDB rule).
-Index("spans_identity_idx", spans.c.trace_id, spans.c.span_id, spans.c.start_time, unique=True)
-Index("spans_call_idx", spans.c.call_id, spans.c.start_time)
+# Retried batches are stored once: the unique key includes the partitioning column (TimescaleDB rule). The tenant
+# follows the ids in every key (migration 0013): equal ids of two tenants are two rows, lookups by id unchanged.
+Index("spans_identity_idx", spans.c.trace_id, spans.c.span_id, spans.c.start_time, spans.c.tenant, unique=True)
+Index("spans_call_idx", spans.c.call_id, spans.c.tenant, spans.c.start_time)
 Index("spans_start_time_idx", spans.c.start_time.desc())
 
 tool_calls = Table(
@@ -161,7 +167,8 @@ tool_calls = Table(
     Column("span_id", Text),
     Column("trace_id", Text),                   # ours: lets a trace that later names its call move the row
     Column("call_id_explicit", Boolean, nullable=False, server_default=text("false")),   # ours
-    PrimaryKeyConstraint("call_id", "tool_call_id", name="tool_calls_pkey"),
+    Column("tenant", Text, nullable=False, server_default="default"),   # design §9 (migration 0013)
+    PrimaryKeyConstraint("call_id", "tenant", "tool_call_id", name="tool_calls_pkey"),
 )
 Index("tool_calls_started_at_idx", tool_calls.c.started_at)
 Index("tool_calls_trace_idx", tool_calls.c.trace_id)
@@ -183,9 +190,10 @@ events = Table(
     Column("data", JSONB),
     Column("source", Text, nullable=False),
     Column("turn_number", Integer),             # ours
+    Column("tenant", Text, nullable=False, server_default="default"),   # design §9 (migration 0013)
 )
-Index("events_identity_idx", events.c.event_id, events.c.time, unique=True)
-Index("events_call_idx", events.c.call_id, events.c.time)
+Index("events_identity_idx", events.c.event_id, events.c.time, events.c.tenant, unique=True)
+Index("events_call_idx", events.c.call_id, events.c.tenant, events.c.time)
 Index("events_event_time_idx", events.c.event, events.c.time.desc())
 Index("events_trace_idx", events.c.trace_id)
 Index("events_time_idx", events.c.time.desc())
@@ -202,18 +210,22 @@ event_types = Table(
 # ours: every distinct OTLP resource (service.name, host, SDK, …) once, keyed by a hash of its JSON.
 resources = Table(
     "resources", metadata,
-    Column("resource_id", Text, primary_key=True),
+    Column("resource_id", Text, nullable=False),
     Column("attributes", JSONB, nullable=False),
     Column("first_seen_at", TZ, nullable=False, server_default=text("now()")),
+    Column("tenant", Text, nullable=False, server_default="default"),   # design §9 (migration 0013)
+    PrimaryKeyConstraint("resource_id", "tenant", name="resources_pkey"),
 )
 
 # ours: which call a trace belongs to, learned from spans that name their call explicitly.
 call_traces = Table(
     "call_traces", metadata,
-    Column("trace_id", Text, primary_key=True),
+    Column("trace_id", Text, nullable=False),
     Column("call_id", Text, nullable=False),
+    Column("tenant", Text, nullable=False, server_default="default"),   # design §9 (migration 0013)
+    PrimaryKeyConstraint("trace_id", "tenant", name="call_traces_pkey"),
 )
-Index("call_traces_call_idx", call_traces.c.call_id)
+Index("call_traces_call_idx", call_traces.c.call_id, call_traces.c.tenant)
 
 # ours: calls a committed batch changed and whose turns / call row are not recomputed yet. Written in the
 # same transaction as the spans (so a crash loses no recomputation), drained by storage/deriver.py.
@@ -222,18 +234,21 @@ dirty_calls = Table(
     Column("id", BigInteger, Identity(always=False), primary_key=True),
     Column("call_id", Text, nullable=False),
     Column("marked_at", TZ, nullable=False, server_default=text("now()")),
+    Column("tenant", Text, nullable=False, server_default="default"),   # design §9 (migration 0013)
 )
-Index("dirty_calls_call_idx", dirty_calls.c.call_id)
+Index("dirty_calls_call_idx", dirty_calls.c.call_id, dirty_calls.c.tenant)
 
 # ours: calls whose derivation failed, with the error; retried with backoff, never blocking other calls.
 call_quarantine = Table(
     "call_quarantine", metadata,
-    Column("call_id", Text, primary_key=True),
+    Column("call_id", Text, nullable=False),
     Column("error", Text, nullable=False),
     Column("attempts", Integer, nullable=False, server_default="1"),
     Column("first_failed_at", TZ, nullable=False, server_default=text("now()")),
     Column("last_failed_at", TZ, nullable=False, server_default=text("now()")),
     Column("retry_at", TZ, nullable=False),
+    Column("tenant", Text, nullable=False, server_default="default"),   # design §9 (migration 0013)
+    PrimaryKeyConstraint("call_id", "tenant", name="call_quarantine_pkey"),
 )
 Index("call_quarantine_retry_idx", call_quarantine.c.retry_at)
 
@@ -279,6 +294,15 @@ api_keys = Table(
 )
 Index("api_keys_tenant_idx", api_keys.c.tenant)
 
+# ours (migration 0013): the login role that reads as each tenant (callscope tenants create), read through
+# callscope_current_tenant() by the row-level security policies; 'callscope_reader' reads as 'default'.
+tenant_readers = Table(
+    "tenant_readers", metadata,
+    Column("role_name", Text, primary_key=True),
+    Column("tenant", Text, ForeignKey("tenants.name", onupdate="CASCADE", ondelete="CASCADE"), nullable=False),
+    Column("created_at", TZ, nullable=False, server_default=text("now()")),
+)
+
 
 def _turn_latency(name: str, keys: tuple[str, ...] = ("agent", "llm_model", "llm_provider", "stt_provider",
                                                          "tts_provider", "campaign", "direction"),
@@ -297,6 +321,7 @@ def _turn_latency(name: str, keys: tuple[str, ...] = ("agent", "llm_model", "llm
             Column(f"{prefix}_counts", ARRAY(Integer)),
         ]
         columns += [Column(f"{prefix}_{q}_ms", Float) for q in quantiles]
+    columns += [Column("tenant", Text, nullable=False, server_default="default")]   # a dimension (migration 0013)
     table = Table(name, metadata, *columns)
     if "breakdown" in keys:   # read one breakdown at a time
         Index(f"{name}_breakdown_bucket_idx", table.c.breakdown, table.c.bucket)
@@ -325,6 +350,7 @@ call_status_1h = Table(
     Column("cost_telephony", Float),
     Column("duration_s", Float),
     Column("duration_samples", Integer, nullable=False),
+    Column("tenant", Text, nullable=False, server_default="default"),   # design §9 (migration 0013)
 )
 Index("call_status_1h_bucket_idx", call_status_1h.c.bucket)
 
@@ -352,6 +378,7 @@ stage_latency_1m = Table(
     Column("p99_ttfb_ms", Float),
     Column("avg_duration_ms", Float),
     Column("p95_duration_ms", Float),
+    Column("tenant", Text, nullable=False, server_default="default"),   # design §9 (migration 0013)
 )
 Index("stage_latency_1m_bucket_idx", stage_latency_1m.c.bucket)
 
@@ -370,6 +397,7 @@ latency_stage_1h = Table(
     Column("max_p95_ttfb_ms", Float),
     # sum over the hour's minutes of avg_duration_ms * samples
     Column("duration_sum_ms", Float),
+    Column("tenant", Text, nullable=False, server_default="default"),   # design §9 (migration 0013)
 )
 Index("latency_stage_1h_bucket_idx", latency_stage_1h.c.bucket)
 
@@ -389,6 +417,7 @@ def _event_counts(name: str) -> Table:
         # calls (as call_events resolves them) whose first event of this category / event / level lies here
         Column("calls", Integer, nullable=False),
         Column("last_time", TZ, nullable=False),
+        Column("tenant", Text, nullable=False, server_default="default"),   # design §9 (migration 0013)
     )
     Index(f"{name}_bucket_idx", table.c.bucket)
     return table

@@ -42,7 +42,7 @@ class WriteResult:
     events: int
     tool_calls: int
     calls_touched: int
-    touched: tuple[str, ...] = ()    # the calls the batch marked dirty
+    touched: tuple[tuple[str, str], ...] = ()    # (tenant, call id) of the calls the batch marked dirty
 
 
 @asynccontextmanager
@@ -64,13 +64,10 @@ _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_spans (LIKE spans INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS stage_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS stage_tools (LIKE tool_calls INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
-    # Records carry their tenant (storage/records.py); staged with them until the stored tables have the column.
-    *(f"ALTER TABLE {stage} ADD COLUMN IF NOT EXISTS tenant text" for stage in ("stage_spans", "stage_events",
-                                                                                "stage_tools")),
 )
-# Record fields that are staged but not stored yet: the tenant reaches the writer's input; storing it (a tenant
-# column on the public tables, row-level security) is the tenancy migration's.
-STAGED_ONLY = frozenset({"tenant"})
+# Record fields that are staged but not stored: none (the tenant, the records' last field, is stored with every row
+# since migration 0013; tests/test_storage_plans.py still honours the set).
+STAGED_ONLY: frozenset[str] = frozenset()
 
 # The routine that stores a staged batch (plain SQL, storage/write.sql): one round trip per batch.
 WRITE_ROUTINE = Path(__file__).with_name("write.sql").read_text(encoding="utf-8")
@@ -150,7 +147,8 @@ class PostgresWriter:
                 await connection.copy_records_to_table("stage_tools", records=tools, columns=TOOL_COLUMNS)
             row = await connection.fetchrow(_CALL_WRITE)
         return WriteResult(spans=row["span_count"], events=row["event_count"], tool_calls=row["tool_count"],
-                           calls_touched=row["calls_touched"], touched=tuple(row["touched"] or ()))
+                           calls_touched=row["calls_touched"],
+                           touched=tuple(zip(row["touched_tenants"] or (), row["touched"] or ())))
 
 
 class WriterPool:

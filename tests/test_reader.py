@@ -195,7 +195,7 @@ async def test_the_reader_cannot_write_create_or_run_routines_even_with_read_onl
             "SELECT lo_creat(-1)",
             "SELECT lo_from_bytea(0, '\\x00')",
             f"SELECT {routine_name('callscope_write_staged')}()",
-            f"SELECT {routine_name('callscope_derive')}(ARRAY['x'])",
+            f"SELECT {routine_name('callscope_derive')}(ARRAY['x'], 'default')",
             *(f"SELECT {routine_name(name)}(10)" for name in VERSIONED_ROUTINES if name.startswith("callscope_refresh")),
             f"SELECT {routine_name('callscope_float')}('1')",
             # row and table locks the ingest paths take
@@ -378,7 +378,7 @@ async def test_doctor_says_when_the_reader_can_do_more_than_read(database_url: s
         await migrate(database_url)
         assert (await _reader_privileges(admin)).level == "ok"
         await admin.execute(f"GRANT SELECT ON dirty_calls TO {reader.READER}")
-        await admin.execute(f"GRANT EXECUTE ON FUNCTION {routine_name('callscope_derive')}(text[]) TO PUBLIC")
+        await admin.execute(f"GRANT EXECUTE ON FUNCTION {routine_name('callscope_derive')}(text[], text) TO PUBLIC")
         check = await _reader_privileges(admin)
         assert check.level == "warn" and "dirty_calls" in check.message
         assert routine_name("callscope_derive") in check.message and "callscope migrate" in check.fix
@@ -394,7 +394,7 @@ async def test_a_reader_holding_a_table_cannot_stall_a_migration_that_alters_it(
     from alembic import command
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from storage.migrate import _alembic_config, sqlalchemy_url
+    from storage.migrate import _alembic_config, shipped_revisions, sqlalchemy_url
 
     engine = create_async_engine(sqlalchemy_url(database_url))
     config = _alembic_config(database_url)
@@ -414,7 +414,7 @@ async def test_a_reader_holding_a_table_cannot_stall_a_migration_that_alters_it(
     admin = await asyncpg.connect(database_url)
     try:
         report = await asyncio.wait_for(migrate(database_url), DEADLINE_S)
-        assert report.revision == shipped_revisions()[0]
+        assert report.revision == shipped_revisions()[0]   # the head
         assert await admin.fetchval("SELECT count(*) FROM information_schema.columns WHERE table_name = 'calls' "
                                     "AND column_name = 'dead_air_total_s'") == 1
         with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.AdminShutdownError)):

@@ -182,15 +182,15 @@ async def test_marks_before_and_after_a_rewrite_move_rows_between_buckets(db: as
     await dashboard_data.fill_ledger(db)
     ids = ["call-0003", "call-0004"]
     async with db.transaction():  # what the derive transaction does
-        await db.execute(rollup.MARK_TURN_BUCKETS, ids)
-        await db.execute(rollup.MARK_CALL_BUCKETS, ids)
+        await db.execute(rollup.MARK_TURN_BUCKETS, ids, "default")
+        await db.execute(rollup.MARK_CALL_BUCKETS, ids, "default")
         await db.execute("UPDATE turns SET started_at = started_at + interval '3 hours 7 minutes', "
                          "voice_to_voice_ms = voice_to_voice_ms * 2 WHERE call_id = ANY($1)", ids)
         await db.execute("UPDATE calls SET started_at = started_at + interval '3 hours', campaign = 'moved', "
                          "status = 'failed' WHERE call_id = ANY($1)", ids)
         await db.execute("DELETE FROM turns WHERE call_id = 'call-0004' AND turn_number = 4")
-        await db.execute(rollup.MARK_TURN_BUCKETS, ids)
-        await db.execute(rollup.MARK_CALL_BUCKETS, ids)
+        await db.execute(rollup.MARK_TURN_BUCKETS, ids, "default")
+        await db.execute(rollup.MARK_CALL_BUCKETS, ids, "default")
     assert await rollup.refresh_rollups(db, 1000) > 0
     kept = await _snapshot(db)
     assert await db.fetchval("SELECT count(*) FROM turn_rollup_dirty") == 0
@@ -206,7 +206,7 @@ async def test_a_mark_committed_during_a_refresh_is_kept(database_url: str) -> N
         tx = a.transaction()
         await tx.start()
         await a.execute("UPDATE turns SET voice_to_voice_ms = 99999 WHERE call_id = 'call-0005'")
-        await a.execute(rollup.MARK_TURN_BUCKETS, ["call-0005"])
+        await a.execute(rollup.MARK_TURN_BUCKETS, ["call-0005"], "default")
         # the refresh does not see the uncommitted mark (nor the turns it announces)
         assert await rollup.refresh_turn_rollup(b, 1000) == 0
         await tx.commit()
@@ -247,8 +247,8 @@ async def test_marks_after_collector_traffic_give_the_same_rollup_as_a_rebuild(c
         "SELECT count(*) FROM events")
     ids = [r[0] for r in await db.fetch("SELECT call_id FROM calls")]
     assert ids and await db.fetchval("SELECT count(*) FROM turns") > 0
-    await db.execute(rollup.MARK_TURN_BUCKETS, ids)
-    await db.execute(rollup.MARK_CALL_BUCKETS, ids)
+    await db.execute(rollup.MARK_TURN_BUCKETS, ids, "default")
+    await db.execute(rollup.MARK_CALL_BUCKETS, ids, "default")
     await rollup.drain_rollups(db, 100)
     kept = await _snapshot(db)
     assert await db.fetchval("SELECT sum(turns) FROM turn_latency_1h") == await db.fetchval(

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 from collector.cli.doctor import default_health_endpoint, describe_failure
 from collector.logs import configure_logging
 from collector.cli.progress import draw_progress
+from collector.cli.tenants import add_tenants_parser
 from collector.settings import SETTINGS, Settings, build_settings, parse_bool
 
 __all__ = ["main"]
@@ -338,6 +339,8 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("id", help="the key's id (the part after csk_ for generated keys)")
     _add_settings(revoke, _KEYS_SETTINGS)
     keys.set_defaults(run=_cmd_keys)
+
+    add_tenants_parser(commands, lambda sub: _add_settings(sub, _KEYS_SETTINGS), _settings)
 
     doctor = commands.add_parser("doctor", help="check the database, ports and provisioning files; say what to fix",
                                  description="Check the database (reachable, version, TimescaleDB and its "

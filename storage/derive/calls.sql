@@ -1,12 +1,11 @@
--- Derive, 4 of 5 — calls, their status and cost: one calls row per call from its spans' facts, its events,
--- its turns and tool calls. Status follows design §4 (a stated status wins, then SIP codes, then the session
--- span); cost is the producer's reported total, else the sum of the spans' priced usage (collector/cost.py) and
--- the ended call's duration × its direction's telephony rate.
+-- Derive, 4 of 6 — calls and their status: one calls row per call from its spans' facts, its events, its
+-- turns and tool calls. Status follows design §4 (a stated status wins, then SIP codes, then the session span).
+-- Cost is cost.sql's (next): this file writes every column of the row but the cost columns.
 
 -- name: delete_vanished_calls
 -- A call whose rows all moved to another call id (its trace named its call later) disappears.
 DELETE FROM calls c
-WHERE c.call_id = ANY($1::text[])
+WHERE c.call_id = ANY($1::text[]) AND c.tenant IS NOT DISTINCT FROM $2
   AND NOT EXISTS (SELECT 1 FROM derive_spans s WHERE s.call_id = c.call_id)
   AND NOT EXISTS (SELECT 1 FROM derive_events e WHERE e.call_id = c.call_id);
 
@@ -26,16 +25,11 @@ WITH ids AS (
         (array_agg(facts->>'to_number' ORDER BY end_time DESC) FILTER (WHERE facts ? 'to_number'))[1] AS to_number,
         (array_agg(facts->>'summary' ORDER BY end_time DESC) FILTER (WHERE facts ? 'summary'))[1] AS summary,
         (array_agg(facts->>'recording_url' ORDER BY end_time DESC) FILTER (WHERE facts ? 'recording_url'))[1] AS recording_url,
-        (array_agg(facts->>'currency' ORDER BY end_time DESC) FILTER (WHERE facts ? 'currency'))[1] AS currency,
         (array_agg(facts->'tags' ORDER BY end_time DESC) FILTER (WHERE facts ? 'tags'))[1] AS tags,
         (array_agg(facts->'extracted' ORDER BY end_time DESC) FILTER (WHERE facts ? 'extracted'))[1] AS extracted,
-        (array_agg(callscope_float(facts->>'cost_total') ORDER BY end_time DESC) FILTER (WHERE facts ? 'cost_total'))[1] AS cost_reported,
         (array_agg(callscope_int(facts->>'sip_code') ORDER BY end_time DESC) FILTER (WHERE facts ? 'sip_code'))[1] AS sip_code,
         callscope_us_ts(max(callscope_float(facts->>'session_end_us'))) AS session_end,
         (array_agg(facts->>'session_error' ORDER BY end_time DESC) FILTER (WHERE facts ? 'session_error'))[1] AS session_error,
-        sum(callscope_float(facts->>'cost_stt') ORDER BY trace_id, span_id) AS cost_stt,
-        sum(callscope_float(facts->>'cost_llm') ORDER BY trace_id, span_id) AS cost_llm,
-        sum(callscope_float(facts->>'cost_tts') ORDER BY trace_id, span_id) AS cost_tts,
         mode() WITHIN GROUP (ORDER BY framework) FILTER (WHERE framework <> 'unknown') AS framework,
         (array_agg(session_attributes ORDER BY start_time) FILTER (WHERE stage = 'session'))[1] AS session_attributes
     FROM derive_spans GROUP BY call_id
@@ -84,7 +78,7 @@ WITH ids AS (
 ), tu AS (
     SELECT call_id, count(*) AS turns, count(*) FILTER (WHERE interrupted) AS interruptions,
            count(barge_in_stop_ms) AS barge_ins
-    FROM turns WHERE call_id = ANY($1::text[]) GROUP BY call_id
+    FROM turns WHERE call_id = ANY($1::text[]) AND tenant IS NOT DISTINCT FROM $2 GROUP BY call_id
 ), cgap AS (
     SELECT call_id, side,
            extract(epoch FROM s - max(e) OVER (PARTITION BY call_id ORDER BY s, e
@@ -97,7 +91,8 @@ WITH ids AS (
     FROM cgap GROUP BY call_id
     HAVING bool_or(side = 'user') AND bool_or(side = 'agent')
 ), tc AS (
-    SELECT call_id, count(*) AS tools FROM tool_calls WHERE call_id = ANY($1::text[]) GROUP BY call_id
+    SELECT call_id, count(*) AS tools FROM tool_calls WHERE call_id = ANY($1::text[]) AND tenant IS NOT DISTINCT FROM $2
+    GROUP BY call_id
 ), base AS (
     SELECT ids.call_id, sp.trace_ids,
         least(sp.first_at, ev.first_at) AS started_at,
@@ -114,7 +109,6 @@ WITH ids AS (
         coalesce(tu.turns, 0) AS turn_count, coalesce(tu.interruptions, 0) AS interruption_count,
         coalesce(tc.tools, 0) AS tool_call_count,
         (coalesce(sp.error_spans, 0) + coalesce(ev.error_events, 0))::int AS error_count,
-        sp.cost_reported, sp.cost_stt, sp.cost_llm, sp.cost_tts, sp.currency,
         sp.summary, sp.tags, sp.extracted, sp.recording_url, sp.session_attributes,
         coalesce(sp.status_reason, ev.status_reason) AS status_reason
     FROM ids
@@ -145,68 +139,46 @@ WITH ids AS (
         CASE WHEN status IN ('completed', 'failed', 'declined', 'missed')
              THEN coalesce(session_end, terminal_at, last_seen_at) END AS ended_at
     FROM decided
-), priced AS (
-    -- telephony: the ended call's duration × its direction's rate (telephony_rates, filled from the price
-    -- table at collector startup; a zero rate means no cost)
-    SELECT ended.*,
-        CASE WHEN ended.ended_at IS NOT NULL THEN
-             extract(epoch FROM ended.ended_at - ended.started_at) / 60.0 * nullif(r.per_minute, 0)
-        END AS cost_phone
-    FROM ended LEFT JOIN telephony_rates r ON r.direction = ended.direction
 )
-INSERT INTO calls AS c (call_id, trace_ids, started_at, ended_at, last_seen_at, duration_s, status,
+INSERT INTO calls AS c (call_id, tenant, trace_ids, started_at, ended_at, last_seen_at, duration_s, status,
     status_reason, direction, campaign, agent, framework, from_number, to_number, turn_count,
-    interruption_count, tool_call_count, error_count, cost_total, cost_stt, cost_llm, cost_tts,
-    cost_telephony, currency, summary, tags, extracted, recording_url, attributes, dead_air_total_s,
+    interruption_count, tool_call_count, error_count, summary, tags, extracted, recording_url, attributes, dead_air_total_s,
     longest_silence_ms, barge_in_count, updated_at)
-SELECT call_id, coalesce(trace_ids, '{}'), started_at, ended_at, last_seen_at,
+SELECT call_id, $2, coalesce(trace_ids, '{}'), started_at, ended_at, last_seen_at,
     extract(epoch FROM ended_at - started_at),
     status,
     coalesce(status_reason,
              CASE WHEN status = 'failed' AND session_error IS NOT NULL THEN session_error END,
              CASE WHEN sip_code >= 400 AND status IN ('failed', 'declined', 'missed') THEN 'SIP ' || sip_code END),
     direction, campaign, agent, framework, from_number, to_number, turn_count, interruption_count,
-    tool_call_count, error_count,
-    coalesce(cost_reported,
-             CASE WHEN num_nonnulls(cost_stt, cost_llm, cost_tts, cost_phone) > 0 THEN
-                  coalesce(cost_stt, 0) + coalesce(cost_llm, 0) + coalesce(cost_tts, 0) + coalesce(cost_phone, 0)
-             END),
-    cost_stt, cost_llm, cost_tts, cost_phone,
-    CASE WHEN currency IS NOT NULL THEN currency
-         WHEN num_nonnulls(cost_reported, cost_stt, cost_llm, cost_tts, cost_phone) > 0 THEN 'USD' END,
-    summary,
+    tool_call_count, error_count, summary,
     CASE WHEN jsonb_typeof(tags) = 'array' THEN ARRAY(SELECT jsonb_array_elements_text(tags)) END,
     extracted, recording_url, session_attributes, dead_air_total_s, longest_silence_ms, barge_in_count, now()
-FROM priced
-ON CONFLICT (call_id) DO UPDATE SET
+FROM ended
+ON CONFLICT (call_id, tenant) DO UPDATE SET
     trace_ids = EXCLUDED.trace_ids, started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at,
     last_seen_at = EXCLUDED.last_seen_at, duration_s = EXCLUDED.duration_s, status = EXCLUDED.status,
     status_reason = EXCLUDED.status_reason, direction = EXCLUDED.direction, campaign = EXCLUDED.campaign,
     agent = EXCLUDED.agent, framework = EXCLUDED.framework, from_number = EXCLUDED.from_number,
     to_number = EXCLUDED.to_number, turn_count = EXCLUDED.turn_count,
     interruption_count = EXCLUDED.interruption_count, tool_call_count = EXCLUDED.tool_call_count,
-    error_count = EXCLUDED.error_count, cost_total = EXCLUDED.cost_total, cost_stt = EXCLUDED.cost_stt,
-    cost_llm = EXCLUDED.cost_llm, cost_tts = EXCLUDED.cost_tts, cost_telephony = EXCLUDED.cost_telephony,
-    currency = EXCLUDED.currency, summary = EXCLUDED.summary, tags = EXCLUDED.tags,
+    error_count = EXCLUDED.error_count, summary = EXCLUDED.summary, tags = EXCLUDED.tags,
     extracted = EXCLUDED.extracted, recording_url = EXCLUDED.recording_url,
     attributes = EXCLUDED.attributes, dead_air_total_s = EXCLUDED.dead_air_total_s,
     longest_silence_ms = EXCLUDED.longest_silence_ms, barge_in_count = EXCLUDED.barge_in_count,
     updated_at = now(), stale = false
 WHERE (c.trace_ids, c.started_at, c.ended_at, c.last_seen_at, c.duration_s, c.status, c.status_reason,
        c.direction, c.campaign, c.agent, c.framework, c.from_number, c.to_number, c.turn_count,
-       c.interruption_count, c.tool_call_count, c.error_count, c.cost_total, c.cost_stt, c.cost_llm, c.cost_tts,
-       c.cost_telephony, c.currency, c.summary, c.tags, c.extracted, c.recording_url, c.attributes,
+       c.interruption_count, c.tool_call_count, c.error_count, c.summary, c.tags, c.extracted, c.recording_url, c.attributes,
        c.dead_air_total_s, c.longest_silence_ms, c.barge_in_count)
       IS DISTINCT FROM
       (EXCLUDED.trace_ids, EXCLUDED.started_at, EXCLUDED.ended_at, EXCLUDED.last_seen_at, EXCLUDED.duration_s,
        EXCLUDED.status, EXCLUDED.status_reason, EXCLUDED.direction, EXCLUDED.campaign, EXCLUDED.agent,
        EXCLUDED.framework, EXCLUDED.from_number, EXCLUDED.to_number, EXCLUDED.turn_count,
-       EXCLUDED.interruption_count, EXCLUDED.tool_call_count, EXCLUDED.error_count, EXCLUDED.cost_total,
-       EXCLUDED.cost_stt, EXCLUDED.cost_llm, EXCLUDED.cost_tts, EXCLUDED.cost_telephony, EXCLUDED.currency,
-       EXCLUDED.summary, EXCLUDED.tags, EXCLUDED.extracted, EXCLUDED.recording_url, EXCLUDED.attributes,
+       EXCLUDED.interruption_count, EXCLUDED.tool_call_count, EXCLUDED.error_count, EXCLUDED.summary, EXCLUDED.tags, EXCLUDED.extracted, EXCLUDED.recording_url, EXCLUDED.attributes,
        EXCLUDED.dead_air_total_s, EXCLUDED.longest_silence_ms, EXCLUDED.barge_in_count);
 
 -- name: copy_agent_to_turns
-UPDATE turns t SET agent = (SELECT c.agent FROM calls c WHERE c.call_id = t.call_id)
-WHERE t.call_id = ANY($1::text[])
-  AND t.agent IS DISTINCT FROM (SELECT c.agent FROM calls c WHERE c.call_id = t.call_id);
+UPDATE turns t SET agent = (SELECT c.agent FROM calls c WHERE c.call_id = t.call_id AND c.tenant = t.tenant)
+WHERE t.call_id = ANY($1::text[]) AND t.tenant IS NOT DISTINCT FROM $2
+  AND t.agent IS DISTINCT FROM (SELECT c.agent FROM calls c WHERE c.call_id = t.call_id AND c.tenant = t.tenant);

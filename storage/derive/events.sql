@@ -1,4 +1,4 @@
--- Derive, 5 of 5 — the call log: events take their span's turn, a turn's user message and the greeting are
+-- Derive, 6 of 6 — the call log: events take their span's turn, a turn's user message and the greeting are
 -- derived from the turns, and a derived event the producer also sent itself is dropped.
 
 -- name: link_events
@@ -14,7 +14,8 @@ UPDATE events e
 SET turn_number = (SELECT d.turn_number FROM derive_events d WHERE d.event_id = e.event_id AND d.time = e.time)
 WHERE e.ctid = ANY (ARRAY(
     SELECT found.row_id FROM derive_events d
-    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
+    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events
+                        WHERE event_id = d.event_id AND time = d.time AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
     WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number));
 
 -- name: drop_changed_message_events
@@ -24,12 +25,12 @@ WHERE e.ctid = ANY (ARRAY(
 DELETE FROM events e
 WHERE e.ctid = ANY (ARRAY(
     SELECT found.row_id FROM derive_events d
-    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time
-                        OFFSET 0) found
+    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events
+                        WHERE event_id = d.event_id AND time = d.time AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
     WHERE d.source = 'derived' AND d.event = 'user.message_received' AND d.event_id LIKE 'um-%'
       AND (NOT EXISTS (
           SELECT 1 FROM turns t
-          WHERE t.call_id = d.call_id AND t.turn_number = d.turn_number AND t.user_text IS NOT NULL
+          WHERE t.call_id = d.call_id AND t.tenant IS NOT DISTINCT FROM $2 AND t.turn_number = d.turn_number AND t.user_text IS NOT NULL
             AND d.event_id = 'um-' || md5(t.call_id || '|' || t.turn_number)
             AND d.time = coalesce(t.stt_final_at, t.user_stopped_at, t.llm_request_at, t.started_at)
             AND d.message IS NOT DISTINCT FROM left(t.user_text, 500))
@@ -39,13 +40,13 @@ WHERE e.ctid = ANY (ARRAY(
 
 -- name: turn_message_events
 INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, span_id, category, event, level,
-                    message, data, source, turn_number)
+                    message, data, source, turn_number, tenant)
 SELECT coalesce(t.stt_final_at, t.user_stopped_at, t.llm_request_at, t.started_at),
        'um-' || md5(t.call_id || '|' || t.turn_number), t.call_id, true, NULL, NULL, 'user',
        'user.message_received', 'INFO', left(t.user_text, 500), jsonb_build_object('text', t.user_text),
-       'derived', t.turn_number
+       'derived', t.turn_number, t.tenant
 FROM turns t
-WHERE t.call_id = ANY ($1::text[]) AND t.user_text IS NOT NULL
+WHERE t.call_id = ANY ($1::text[]) AND t.tenant IS NOT DISTINCT FROM $2 AND t.user_text IS NOT NULL
   AND coalesce(t.stt_final_at, t.user_stopped_at, t.llm_request_at, t.started_at) IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM derive_events d
                   WHERE d.call_id = t.call_id AND d.turn_number = t.turn_number
@@ -60,7 +61,7 @@ SELECT ids.call_id, coalesce(g.agent_started_at, g.started_at), g.turn_number, g
 FROM unnest($1::text[]) AS ids(call_id)
 CROSS JOIN LATERAL (
     SELECT t.* FROM turns t
-    WHERE t.call_id = ids.call_id AND (t.user_text IS NOT NULL OR t.agent_text IS NOT NULL)
+    WHERE t.call_id = ids.call_id AND t.tenant IS NOT DISTINCT FROM $2 AND (t.user_text IS NOT NULL OR t.agent_text IS NOT NULL)
     ORDER BY t.turn_number LIMIT 1
 ) g
 WHERE g.user_text IS NULL AND g.started_at IS NOT NULL;
@@ -69,7 +70,8 @@ WHERE g.user_text IS NULL AND g.started_at IS NOT NULL;
 DELETE FROM events e
 WHERE e.ctid = ANY (ARRAY(
     SELECT found.row_id FROM derive_events d
-    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
+    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events
+                        WHERE event_id = d.event_id AND time = d.time AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
     WHERE d.event = 'agent.greeting_sent' AND d.source = 'derived' AND d.event_id = md5('greeting|' || d.call_id)
       AND NOT EXISTS (SELECT 1 FROM derive_greetings g
                       WHERE g.call_id = d.call_id AND g.time = d.time
@@ -78,9 +80,9 @@ WHERE e.ctid = ANY (ARRAY(
 
 -- name: greeting_events
 INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, span_id, category, event, level,
-                    message, data, source, turn_number)
+                    message, data, source, turn_number, tenant)
 SELECT g.time, md5('greeting|' || g.call_id), g.call_id, true, NULL, NULL, 'agent', 'agent.greeting_sent', 'INFO',
-       left(g.agent_text, 500), jsonb_build_object('text', g.agent_text), 'derived', g.turn_number
+       left(g.agent_text, 500), jsonb_build_object('text', g.agent_text), 'derived', g.turn_number, $2
 FROM derive_greetings g
 WHERE NOT EXISTS (SELECT 1 FROM derive_events d
                   WHERE d.call_id = g.call_id AND d.event_id = md5('greeting|' || g.call_id) AND d.time = g.time
@@ -94,7 +96,8 @@ ON CONFLICT DO NOTHING;
 DELETE FROM events x
 WHERE x.ctid = ANY (ARRAY(
     SELECT found.row_id FROM derive_events d
-    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events WHERE event_id = d.event_id AND time = d.time) found
+    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events
+                        WHERE event_id = d.event_id AND time = d.time AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
     WHERE d.source = 'derived'
       AND EXISTS (SELECT 1 FROM derive_events e
                   WHERE e.source <> 'derived' AND e.call_id = d.call_id AND e.event = d.event

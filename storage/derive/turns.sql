@@ -1,4 +1,4 @@
--- Derive, 2 of 5 — turns: which turn every span belongs to, who spoke when (speech intervals, for dead air
+-- Derive, 2 of 6 — turns: which turn every span belongs to, who spoke when (speech intervals, for dead air
 -- and barge-in), then one turns row per turn number from the facts of its spans (texts, the latency chain,
 -- providers, tokens).
 
@@ -74,13 +74,16 @@ WHERE sp.trace_id = r.trace_id AND sp.span_id = r.span_id
 -- its rows are found one by one from the work table (LATERAL, by identity index) and written by row id (a TID
 -- scan), and the new value is looked up in the work table's index. PL/pgSQL keeps a statement's first plan for
 -- the session, and a join planned when the work table looked small can read a whole index when it is not.
+-- OFFSET 0 keeps each lookup a lookup: the tenant filter must not turn the plan around (a scan of the stored
+-- table with the work table inside).
 UPDATE spans s
 SET turn_number = (SELECT d.turn_number FROM derive_spans d
                    WHERE d.trace_id = s.trace_id AND d.span_id = s.span_id AND d.start_time = s.start_time)
 WHERE s.ctid = ANY (ARRAY(
     SELECT found.row_id FROM derive_spans d
     CROSS JOIN LATERAL (SELECT ctid AS row_id FROM spans
-                        WHERE trace_id = d.trace_id AND span_id = d.span_id AND start_time = d.start_time) found
+                        WHERE trace_id = d.trace_id AND span_id = d.span_id AND start_time = d.start_time
+                          AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
     WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number));
 
 -- name: collect_speech
@@ -108,7 +111,7 @@ HAVING NOT coalesce(bool_or(facts->>'speech_side' = 'agent'), false)
 
 -- name: delete_vanished_turns
 DELETE FROM turns t
-WHERE t.call_id = ANY($1::text[])
+WHERE t.call_id = ANY($1::text[]) AND t.tenant IS NOT DISTINCT FROM $2
   AND NOT EXISTS (SELECT 1 FROM derive_spans s
                   WHERE s.call_id = t.call_id AND s.turn_number = t.turn_number AND s.facts IS NOT NULL);
 
@@ -172,12 +175,12 @@ WITH f AS (
     WHERE a.side = 'agent' AND a.turn_number IS NOT NULL
     GROUP BY a.call_id, a.turn_number
 )
-INSERT INTO turns (call_id, turn_number, started_at, ended_at, user_text, agent_text, interrupted,
+INSERT INTO turns (call_id, tenant, turn_number, started_at, ended_at, user_text, agent_text, interrupted,
     user_stopped_at, stt_final_at, llm_request_at, llm_first_token_at, tts_request_at, tts_first_audio_at,
     agent_started_at, eou_ms, stt_ms, stt_to_llm_ms, llm_ttft_ms, llm_to_tts_ms, tts_ttfb_ms,
     voice_to_voice_ms, reported_v2v_ms, llm_provider, llm_model, stt_provider, tts_provider,
     input_tokens, output_tokens, agent, dead_air_ms, barge_in_stop_ms)
-SELECT m.call_id, m.turn_number,
+SELECT m.call_id, $2, m.turn_number,
     coalesce(turn_start, first_start), coalesce(turn_end, last_end),
     coalesce(turn_user_text, stage_user_text, prompt_text), coalesce(turn_agent_text, spoken_text, llm_text),
     interrupted,
@@ -193,7 +196,7 @@ SELECT m.call_id, m.turn_number,
          THEN extract(epoch FROM agent_audio_at - user_stopped_at) * 1000
          WHEN v2v_anchored_ms >= 0 THEN v2v_anchored_ms END,
     reported_v2v_ms, llm_provider, llm_model, stt_provider, tts_provider, input_tokens, output_tokens,
-    (SELECT c.agent FROM calls c WHERE c.call_id = m.call_id),
+    (SELECT c.agent FROM calls c WHERE c.call_id = m.call_id AND c.tenant IS NOT DISTINCT FROM $2),
     -- NULL unless both sides' speech is known (a turn with no user part needs the agent's only)
     CASE WHEN d.agent_spoke AND (d.user_spoke OR (coalesce(turn_user_text, stage_user_text, prompt_text) IS NULL
                                                   AND user_stopped_at IS NULL AND stt_final_at IS NULL))
@@ -202,7 +205,7 @@ SELECT m.call_id, m.turn_number,
 FROM m
 LEFT JOIN dead d ON d.call_id = m.call_id AND d.turn_number = m.turn_number
 LEFT JOIN barge b ON b.call_id = m.call_id AND b.turn_number = m.turn_number
-ON CONFLICT (call_id, turn_number) DO UPDATE SET
+ON CONFLICT (call_id, tenant, turn_number) DO UPDATE SET
     started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at, user_text = EXCLUDED.user_text,
     agent_text = EXCLUDED.agent_text, interrupted = EXCLUDED.interrupted,
     user_stopped_at = EXCLUDED.user_stopped_at, stt_final_at = EXCLUDED.stt_final_at,

@@ -1,7 +1,8 @@
--- Derive, 1 of 5 — the work tables: the claimed calls' spans and events, copied through indexes.
+-- Derive, 1 of 6 — the work tables: the claimed calls' spans and events, copied through indexes.
 --
--- A derive round recomputes the derived rows of the calls a worker claimed ($1 = text[] of call ids) from what
--- is stored. Every statement is a pure function of the stored spans and events, so the result does not depend
+-- A derive round recomputes the derived rows of the calls a worker claimed ($1 = text[] of call ids, all of the
+-- tenant $2: a call is identified by its tenant and its id, design §9) from what is stored. Every statement that
+-- reads or writes a stored table names the tenant; the work tables hold that tenant's rows only. Every statement is a pure function of the stored spans and events, so the result does not depend
 -- on arrival order or on repeated batches. Work is bounded by the claimed calls' own rows: load_spans /
 -- load_events copy them into per-connection temporary tables, every later statement reads those, and the
 -- stored tables are written only where a derived value really changed (turn numbers, turns, the call row), so
@@ -12,7 +13,7 @@
 -- column cannot hold instead of failing the call. Span facts (spans.facts, written by the mappers; times are
 -- epoch microseconds): storage/facts.py declares every key, who writes it and which statement reads it
 -- (tests/test_facts.py keeps the three in step). storage/deriver.py loads the files in this order: work,
--- turns, tool_calls, calls, events.
+-- turns, tool_calls, calls, cost, events.
 
 -- name: load_spans
 -- A call's spans: those stored under its id (minus rows of a trace id whose trace has since named another
@@ -26,14 +27,21 @@ SELECT ids.call_id, s.trace_id, s.span_id, s.start_time, s.end_time, s.parent_sp
 FROM unnest($1::text[]) AS ids(call_id)
 CROSS JOIN LATERAL (
     SELECT * FROM spans s1
-    WHERE s1.call_id = ids.call_id
+    WHERE s1.call_id = ids.call_id AND s1.tenant IS NOT DISTINCT FROM $2
       AND (s1.call_id_explicit OR NOT EXISTS (
-           SELECT 1 FROM call_traces k WHERE k.trace_id = s1.trace_id AND k.call_id <> ids.call_id))
+           SELECT 1 FROM call_traces k
+           WHERE k.trace_id = s1.trace_id AND k.tenant IS NOT DISTINCT FROM $2 AND k.call_id <> ids.call_id))
     UNION ALL
-    -- the call's traces as an array: each lookup then goes through an index whatever the planner estimates
-    SELECT s2.* FROM spans s2
-    WHERE s2.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k WHERE k.call_id = ids.call_id))
-      AND NOT s2.call_id_explicit AND s2.call_id <> ids.call_id
+    -- one lookup per trace id of the call (equality: the index, whatever the planner estimates; OFFSET 0 keeps
+    -- it a lookup per trace). "trace_id = ANY (ARRAY(...))" is estimated at a few per cent of the table without
+    -- statistics and planned as a sequential scan of every span, once per call.
+    SELECT s2.* FROM call_traces k
+    CROSS JOIN LATERAL (
+        SELECT * FROM spans s3
+        WHERE s3.trace_id = k.trace_id
+          AND s3.tenant IS NOT DISTINCT FROM $2 AND NOT s3.call_id_explicit AND s3.call_id <> ids.call_id
+        OFFSET 0) s2
+    WHERE k.call_id = ids.call_id AND k.tenant IS NOT DISTINCT FROM $2
 ) s;
 
 -- name: load_events
@@ -44,11 +52,16 @@ SELECT ids.call_id, e.time, e.event_id, e.trace_id, e.span_id, e.event, e.level,
 FROM unnest($1::text[]) AS ids(call_id)
 CROSS JOIN LATERAL (
     SELECT * FROM events e1
-    WHERE e1.call_id = ids.call_id
+    WHERE e1.call_id = ids.call_id AND e1.tenant IS NOT DISTINCT FROM $2
       AND (e1.call_id_explicit OR e1.trace_id IS NULL OR NOT EXISTS (
-           SELECT 1 FROM call_traces k WHERE k.trace_id = e1.trace_id AND k.call_id <> ids.call_id))
+           SELECT 1 FROM call_traces k
+           WHERE k.trace_id = e1.trace_id AND k.tenant IS NOT DISTINCT FROM $2 AND k.call_id <> ids.call_id))
     UNION ALL
-    SELECT e2.* FROM events e2
-    WHERE e2.trace_id = ANY (ARRAY(SELECT k.trace_id FROM call_traces k WHERE k.call_id = ids.call_id))
-      AND NOT e2.call_id_explicit AND e2.call_id <> ids.call_id
+    SELECT e2.* FROM call_traces k
+    CROSS JOIN LATERAL (
+        SELECT * FROM events e3
+        WHERE e3.trace_id = k.trace_id
+          AND e3.tenant IS NOT DISTINCT FROM $2 AND NOT e3.call_id_explicit AND e3.call_id <> ids.call_id
+        OFFSET 0) e2
+    WHERE k.call_id = ids.call_id AND k.tenant IS NOT DISTINCT FROM $2
 ) e;

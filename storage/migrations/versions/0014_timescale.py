@@ -12,7 +12,7 @@ of 0007 already does); the first run materializes what was hidden. Measured on T
 Plain PostgreSQL (and a TimescaleDB database where 0002 fell back to the view): nothing to do.
 
 Revision ID: 0014_timescale
-Revises: 0012_reader_lockdown
+Revises: 0013_tenants
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0014_timescale"
-down_revision = "0012_reader_lockdown"
+down_revision = "0013_tenants"
 branch_labels = None
 depends_on = None
 
