@@ -107,8 +107,8 @@ class FakeConnection:
 
     def __init__(self, *, version: str | None = "2.17.2", hypertables: tuple[str, ...] = ("spans", "events"),
                  jobs: tuple[tuple[Any, ...], ...] = (), available: str | None = None,
-                 preload: str = "") -> None:
-        self.version, self.hypertables, self.jobs = version, hypertables, jobs
+                 preload: str = "", policed: tuple[str, ...] = ()) -> None:
+        self.version, self.hypertables, self.jobs, self.policed = version, hypertables, jobs, policed
         self.available, self.preload = available, preload
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
@@ -123,6 +123,8 @@ class FakeConnection:
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
         if "timescaledb_information.hypertables" in sql:
             return [(name,) for name in self.hypertables]
+        if "relrowsecurity" in sql:
+            return [(name,) for name in self.policed]
         if "timescaledb_information.jobs" in sql:
             return [{"hypertable_name": job[0], "proc_name": job[1], "scheduled": job[2],
                      "last_run_status": job[3] if len(job) > 3 else None} for job in self.jobs]
@@ -142,6 +144,12 @@ ALL_POLICIES = tuple((table, proc, True) for table in ("spans", "events")
     (FakeConnection(jobs=tuple((*job, "Failed" if job[1] == "policy_compression" else "Success")
                                for job in ALL_POLICIES)), "warn",
      ["compression on events, compression on spans policy jobs fail"]),
+    # tenants' row-level security (0013_tenants): TimescaleDB compresses no policed table, migrate adds no policy
+    (FakeConnection(jobs=tuple(job for job in ALL_POLICIES if job[1] == "policy_retention"),
+                    policed=("spans", "events")), "ok",
+     ["retention 30 d", "no compression of events and spans (row-level security"]),
+    (FakeConnection(jobs=tuple(job for job in ALL_POLICIES if job[1] == "policy_retention"), policed=("events",)),
+     "warn", ["no active compression on spans policy"]),
     (FakeConnection(version=None, available="2.17.2"), "warn", ["installed on the server but not active"]),
     (FakeConnection(version=None), "warn", ["TimescaleDB missing"]),
 ])
