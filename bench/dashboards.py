@@ -306,6 +306,7 @@ async def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--reuse", action="store_true", help="time the existing database (no rebuild)")
     parser.add_argument("--only", default="", help="time only the queries whose dashboard or title contains this")
+    parser.add_argument("--skip", default="", help="leave out the queries whose dashboard or title contains this")
     parser.add_argument("--no-analyze", action="store_true", help="time only without statistics")
     args = parser.parse_args()
 
@@ -349,7 +350,8 @@ async def main() -> None:
         await connection.close()
     print(json.dumps(build, indent=2, default=str), file=sys.stderr)
 
-    queries = [q for q in _queries() if args.only.lower() in f"{q['dashboard']} {q['title']}".lower()]
+    queries = [q for q in _queries() if args.only.lower() in f"{q['dashboard']} {q['title']}".lower()
+               and not (args.skip and args.skip.lower() in f"{q['dashboard']} {q['title']}".lower())]
     await _time_all(url, queries, repeat=args.repeat, label="unanalyzed")
     if args.no_analyze:
         for q in queries:
