@@ -33,6 +33,7 @@ import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 from typing import Any
 
 import asyncpg
@@ -43,9 +44,10 @@ from bench.grafana_emulator import render, variables_from_dashboard
 from dashboards.generate import DashboardOptions, render_provisioning  # noqa: E402
 from storage import rollup  # noqa: E402
 from storage.migrate import migrate  # noqa: E402
+from storage.tenants import create_tenant  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
-READER = "callscope_reader"
+_READER_PASSWORD = "callscope-bench-reader"  # a benchmark server on loopback
 TABLES = ("calls", "turns", "spans", "events", "tool_calls", "call_traces")
 # Grafana's $__interval for a ~1000 px wide panel.
 RANGES = {"1h": (timedelta(hours=1), timedelta(seconds=5)),
@@ -223,22 +225,24 @@ def _range(name: str) -> tuple[timedelta, timedelta]:
     return timedelta(minutes=int(name.removesuffix("m"))), timedelta(seconds=15)
 
 
-async def _as_reader(connection: asyncpg.Connection) -> None:
-    """The reader role's privileges and settings (SET ROLE does not apply a role's ALTER ROLE … SET)."""
-    settings = await connection.fetch(
-        "SELECT unnest(setconfig) AS s FROM pg_db_role_setting "
-        "WHERE setrole = $1::regrole AND setdatabase IN (0, (SELECT oid FROM pg_database "
-        "WHERE datname = current_database()))", READER)
-    await connection.execute(f"SET ROLE {READER}")
-    for row in settings:
-        name, _, value = row["s"].partition("=")
-        await connection.execute(f"SELECT set_config($1, $2, false)", name, value)
+async def _reader_url(url: str) -> str:
+    """A login role of tenant ``default`` (``callscope tenants create default``): it connects as a Grafana data
+    source does, with the reader group's privileges and role settings (``jit = off``, statement timeout, …) and
+    the tenant's row-level security (a role without a tenant mapping would read no rows)."""
+    connection = await asyncpg.connect(url)
+    try:
+        _, role, _ = await create_tenant(connection, "default", _READER_PASSWORD)
+    finally:
+        await connection.close()
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{quote(role)}:{quote(_READER_PASSWORD)}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def _time_all(url: str, queries: list[dict[str, Any]], *, repeat: int, label: str) -> None:
-    connection = await asyncpg.connect(url)
+    connection = await asyncpg.connect(await _reader_url(url))
     try:
-        await _as_reader(connection)
         now = await connection.fetchval("SELECT max(started_at) FROM calls")
         call_id = await connection.fetchval(
             "SELECT call_id FROM calls WHERE started_at > $1::timestamptz - interval '1 hour' "

@@ -8,7 +8,8 @@ Tables (storage/schema.py, migration ``0006_turn_rollup``):
   latency (``voice_to_voice``, ``stt``, ``llm_ttft``, ``tts_ttfb``), samples, sum, min, max and a sparse
   log-scale histogram (``<metric>_bins smallint[]`` bin numbers, ``<metric>_counts int[]`` samples per bin).
 * ``call_status_1h``: per hour of ``calls.started_at`` and status, direction, campaign, agent: calls, cost
-  sums (and how many calls had a total cost), duration sum (and how many had one).
+  sums (and how many calls had a total cost), duration sum (and how many had one), and (migration
+  ``0015_campaign_rollup``) the calls that were answered (``ANSWERED``) and transferred (``calls.transferred``).
 * ``turn_rollup_dirty`` / ``call_rollup_dirty``: append-only marks of buckets to recompute.
 
 Every rollup row also has a ``tenant`` (migration ``0013_tenants``): a dimension like the others, so tenants never
@@ -52,6 +53,7 @@ __all__ = [
     "LATENCY_METRICS",
     "TURN_DIMENSIONS",
     "CALL_DIMENSIONS",
+    "ANSWERED",
     "MARK_TURN_BUCKETS",
     "MARK_CALL_BUCKETS",
     "MARK_ALL_TURN_BUCKETS",
@@ -94,7 +96,8 @@ LATENCY_METRICS = {
 TURN_DIMENSIONS = ("agent", "llm_model", "llm_provider", "stt_provider", "tts_provider", "campaign", "direction")
 #: The single breakdowns of turn_latency_breakdown_1h ("all": every turn of the hour, value NULL). Panels that
 #: break down by one of them, or by none, read these pre-merged rows instead of merging every dimension set.
-TURN_BREAKDOWNS = ("all", "agent", "llm_model", "llm_provider", "stt_provider", "tts_provider")
+#: ("campaign": migration 0015, the Campaigns dashboard's p95 and slowest turns.)
+TURN_BREAKDOWNS = ("all", "agent", "llm_model", "llm_provider", "stt_provider", "tts_provider", "campaign")
 _BREAKDOWN_LIST = "'{" + ",".join(TURN_BREAKDOWNS) + "}'::text[]"  # its index leads with the breakdown
 #: Percentiles turn_latency_breakdown_1h stores per row (what the dashboards' series ask of one hour), read
 #: from the row's histogram by callscope_hist_quantiles_sorted when the row is written.
@@ -108,6 +111,8 @@ def quantile_column(prefix: str, q: float) -> str:
 
 #: Dimensions of call_status_1h.
 CALL_DIMENSIONS = ("status", "direction", "campaign", "agent")
+#: A call that reached a conversation (call_status_1h.answered, the campaign funnel): live or completed, or turns.
+ANSWERED = "c.status IN ('active', 'completed') OR c.turn_count > 0"
 
 # UTC bucket boundaries whatever the session time zone (date_trunc on timestamptz follows TimeZone).
 _ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
@@ -324,13 +329,16 @@ BEGIN
   DELETE FROM call_rollup_dirty WHERE bucket = ANY(hours);
   DELETE FROM call_status_1h WHERE bucket = ANY(hours);
   INSERT INTO call_status_1h (bucket, {", ".join(CALL_DIMENSIONS)}, tenant, calls, cost_total, cost_samples,
-                              cost_stt, cost_llm, cost_tts, cost_telephony, duration_s, duration_samples)
+                              cost_stt, cost_llm, cost_tts, cost_telephony, duration_s, duration_samples,
+                              answered, transferred)
   SELECT b.bucket, g.*
   FROM unnest(hours) AS b(bucket)
   CROSS JOIN LATERAL (
     SELECT {", ".join(f"c.{d}" for d in CALL_DIMENSIONS)}, c.tenant, count(*)::int, sum(c.cost_total),
            count(c.cost_total)::int, sum(c.cost_stt), sum(c.cost_llm), sum(c.cost_tts), sum(c.cost_telephony),
-           sum(c.duration_s), count(c.duration_s)::int
+           sum(c.duration_s), count(c.duration_s)::int,
+           -- answered (a conversation), transferred
+           (count(*) FILTER (WHERE {ANSWERED}))::int, (count(*) FILTER (WHERE c.transferred))::int
     FROM calls c
     WHERE c.started_at >= b.bucket AND c.started_at < b.bucket + interval '1 hour'
     GROUP BY {", ".join(f"c.{d}" for d in CALL_DIMENSIONS)}, c.tenant

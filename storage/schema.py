@@ -61,6 +61,8 @@ calls = Table(
     Column("dead_air_total_s", Float),
     Column("longest_silence_ms", Float),
     Column("barge_in_count", Integer),
+    # ours: a successful transfer tool call or a transfer event (migration 0015; campaign funnels)
+    Column("transferred", Boolean, nullable=False, server_default=text("false")),
     # design §9: the tenant of the API key the rows came with (migration 0013); part of every call's identity
     Column("tenant", Text, nullable=False, server_default="default"),
     PrimaryKeyConstraint("call_id", "tenant", name="calls_pkey"),
@@ -351,6 +353,9 @@ call_status_1h = Table(
     Column("duration_s", Float),
     Column("duration_samples", Integer, nullable=False),
     Column("tenant", Text, nullable=False, server_default="default"),   # design §9 (migration 0013)
+    # migration 0015: calls that reached a conversation / were transferred (the campaign funnel)
+    Column("answered", Integer, nullable=False, server_default="0"),
+    Column("transferred", Integer, nullable=False, server_default="0"),
 )
 Index("call_status_1h_bucket_idx", call_status_1h.c.bucket)
 

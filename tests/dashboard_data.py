@@ -27,7 +27,7 @@ WITH c AS (
 INSERT INTO calls (call_id, trace_ids, started_at, ended_at, last_seen_at, duration_s, status, status_reason,
                    direction, campaign, agent, framework, from_number, to_number, turn_count, interruption_count,
                    tool_call_count, error_count, cost_total, cost_stt, cost_llm, cost_tts, cost_telephony,
-                   currency, summary, tags, extracted, recording_url, attributes)
+                   currency, summary, tags, extracted, recording_url, attributes, transferred)
 SELECT call_id, ARRAY[trace_id], t0, t0 + interval '3 minutes', t0 + interval '3 minutes', 180,
        (ARRAY['completed','completed','failed','completed','declined','missed','active','queued','ringing',
               'completed'])[1 + i % 10],
@@ -40,7 +40,7 @@ SELECT call_id, ARRAY[trace_id], t0, t0 + interval '3 minutes', t0 + interval '3
        0.05 + i * 0.001, 0.01, 0.02, 0.01, 0.01 + i * 0.001, 'USD',
        'Caller asked about order ' || i, ARRAY['order', 'support'],
        jsonb_build_object('order_id', i, 'resolved', i % 2 = 0),
-       'https://recordings.example.com/' || call_id || '.mp3', '{{}}'::jsonb
+       'https://recordings.example.com/' || call_id || '.mp3', '{{}}'::jsonb, i % 5 = 0
 FROM c;
 
 WITH c AS (

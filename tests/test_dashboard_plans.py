@@ -192,3 +192,36 @@ async def test_the_refreshes_read_by_index_without_statistics(unanalyzed: tuple[
         await conn.execute("DEALLOCATE seen")
     assert "events_call_idx" in plan and "events_trace_idx" in plan and "events_time_idx" not in plan, plan
     assert not await _seq_scanned(conn, plan), plan
+
+
+CAMPAIGN_PANELS = [pytest.param(target["rawSql"], id=panel["title"])
+                   for top in BOARDS[DASHBOARD_UIDS["campaigns"]]["panels"]
+                   for panel in [top, *top.get("panels", [])] for target in panel.get("targets", [])]
+
+
+@pytest.mark.parametrize("sql", CAMPAIGN_PANELS)
+async def test_campaign_panels_with_a_selected_campaign_select_by_index(
+        unanalyzed: tuple[asyncpg.Connection, datetime], sql: str) -> None:
+    """The other branches of the Campaigns panels (a campaign selected: every dimension set of the turn rollup,
+    the calls of that campaign)."""
+    conn, now = unanalyzed
+    board = BOARDS[DASHBOARD_UIDS["campaigns"]]
+    for span in (timedelta(hours=1), timedelta(hours=24), timedelta(days=30)):
+        rendered = render(sql, variables=variables_from_dashboard(board, {"campaign": ["spring", "winter"]}),
+                          frm=now - span, to=now, interval=timedelta(minutes=1))
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + rendered))
+        scanned = await _seq_scanned(conn, plan)
+        assert not scanned, f"{span}: sequential scan of {scanned}\n{plan}"
+
+
+async def test_the_transferred_backfill_finds_calls_and_events_by_index(
+        unanalyzed: tuple[asyncpg.Connection, datetime]) -> None:
+    """Migration 0015's backfill: the transfer events through events_event_time_idx, the calls by primary key and
+    updated by address (the tool calls are read once: no index serves a name containing "transfer")."""
+    import importlib
+
+    conn, _ = unanalyzed
+    backfill = importlib.import_module("storage.migrations.versions.0015_campaign_rollup").BACKFILL_TRANSFERRED
+    plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + backfill))
+    assert not {"calls", "events"} & await dashboard_data.seq_scanned(conn, plan, {"calls", "events"}), plan
+    assert "events_event_time_idx" in plan and "Tid Scan on calls" in plan and "calls_pkey" in plan, plan

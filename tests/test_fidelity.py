@@ -99,3 +99,32 @@ async def test_native_status_calls(collector, db):
     funnel = await db.fetch("SELECT * FROM campaign_funnel WHERE campaign = 'spring-renewals'")
     assert len(funnel) == 1 and funnel[0]["queued"] == 1 and funnel[0]["calls"] == 2
     assert funnel[0]["answered"] == 1 and funnel[0]["completed"] == 0
+
+
+async def test_transferred_is_derived_from_a_transfer_tool_call_or_a_transfer_event(collector, db):
+    call, _, tools, events = await _replayed(collector, db, "livekit_transfer")
+    assert call["transferred"]   # the recording has both: a transfer_call tool call and tool.transfer.completed
+    transfer_events = ("transfer.completed", "tool.transfer.completed", "transfer.human_answered")
+
+    async def rederive() -> bool:
+        await db.execute("INSERT INTO dirty_calls (call_id) VALUES ($1)", CALL)
+        await settle(collector)
+        return await db.fetchval("SELECT transferred FROM calls WHERE call_id = $1", CALL)
+
+    # only the tool call says so: still transferred
+    renamed = await db.execute("UPDATE events SET event = 'test.' || event WHERE call_id = $1 AND event = ANY($2)",
+                               CALL, list(transfer_events))
+    assert renamed != "UPDATE 0"
+    assert await rederive()
+    # the transfer tool failed, and no event: not transferred
+    assert await db.execute("UPDATE tool_calls SET is_error = true WHERE call_id = $1 AND tool_name ILIKE '%transfer%'",
+                            CALL) != "UPDATE 0"
+    assert not await rederive()
+    funnel = await db.fetchrow("SELECT sum(transferred) AS t, sum(calls) AS n FROM campaign_funnel")
+    assert funnel["t"] == 0 and funnel["n"] >= 1
+    # only the event says so: transferred
+    await db.execute("UPDATE events SET event = substr(event, 6) WHERE call_id = $1 AND event LIKE 'test.%'", CALL)
+    assert await rederive()
+    assert await db.fetchval("SELECT sum(transferred) FROM campaign_funnel") == 1
+    # the rollup counts it too once the deriver refreshed it
+    assert await db.fetchval("SELECT sum(transferred) FROM call_status_1h") == 1

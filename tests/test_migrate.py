@@ -248,3 +248,72 @@ async def test_schema_code_and_migrations_agree(database_url):
     assert tables - {"alembic_version"} == set(declared)
     for name, names in declared.items():
         assert names == columns[name], name
+
+
+async def test_0015_backfills_transferred_and_marks_every_call_hour():
+    """Calls stored before 0015: a successful transfer tool call or a transfer event (stored under the call, or
+    under a trace that names the call) sets calls.transferred; a failed transfer tool, another tenant's call of
+    the same id and other events do not; every call hour is marked for the refresh."""
+    from alembic import command
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from storage.migrate import _alembic_config, sqlalchemy_url
+
+    name = "callscope_migrate_0015"
+    url = url_for(name)
+    await drop_database(name)
+    try:
+        await migrate(url)
+        engine = create_async_engine(sqlalchemy_url(url))
+        config = _alembic_config(url)
+
+        async def run(step, target: str) -> None:  # type: ignore[no-untyped-def]
+            async with engine.begin() as connection:
+                def go(sync_connection) -> None:  # type: ignore[no-untyped-def]
+                    config.attributes["connection"] = sync_connection
+                    step(config, target)
+                await connection.run_sync(go)
+        try:
+            await run(command.downgrade, "0013_tenants")
+            connection = await asyncpg.connect(url)
+            await connection.execute(
+                """INSERT INTO calls (call_id, tenant, started_at, status) VALUES
+                   ('tool', 'default', '2026-01-15 10:05+00', 'completed'),
+                   ('failed-tool', 'default', '2026-01-15 10:10+00', 'completed'),
+                   ('event', 'default', '2026-01-15 11:05+00', 'completed'),
+                   ('by-trace', 'default', '2026-01-15 12:05+00', 'completed'),
+                   ('plain', 'default', '2026-01-15 12:06+00', 'completed'),
+                   ('tool', 'other', '2026-01-15 13:05+00', 'completed')""")
+            await connection.execute(
+                """INSERT INTO tool_calls (call_id, tenant, tool_call_id, tool_name, is_error) VALUES
+                   ('tool', 'default', 't1', 'transfer_call', false),
+                   ('failed-tool', 'default', 't2', 'transfer_call', true),
+                   ('plain', 'default', 't3', 'get_weather', false),
+                   ('tool', 'other', 't4', 'lookup', false)""")
+            await connection.execute("INSERT INTO call_traces (trace_id, call_id, tenant) VALUES ('tr1', 'by-trace', 'default')")
+            await connection.execute(
+                """INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, category, event, level,
+                                       source, tenant) VALUES
+                   ('2026-01-15 11:06+00', 'e1', 'event', true, NULL, 'transfer', 'transfer.completed', 'INFO',
+                    'log', 'default'),
+                   ('2026-01-15 12:07+00', 'e2', 'tr1', false, 'tr1', 'transfer', 'transfer.human_answered', 'INFO',
+                    'log', 'default'),
+                   ('2026-01-15 12:08+00', 'e3', 'plain', true, NULL, 'call_tool', 'tool.transfer.failed', 'ERROR',
+                    'log', 'default')""")
+            await connection.execute("DELETE FROM call_rollup_dirty")
+            await connection.close()
+            await run(command.upgrade, "head")
+        finally:
+            await engine.dispose()
+        connection = await asyncpg.connect(url)
+        try:
+            rows = await connection.fetch("SELECT call_id, tenant, transferred FROM calls ORDER BY 1, 2")
+            hours = await connection.fetch("SELECT DISTINCT bucket FROM call_rollup_dirty ORDER BY 1")
+        finally:
+            await connection.close()
+    finally:
+        await drop_database(name)
+    assert {(r["call_id"], r["tenant"]): r["transferred"] for r in rows} == {
+        ("by-trace", "default"): True, ("event", "default"): True, ("failed-tool", "default"): False,
+        ("plain", "default"): False, ("tool", "default"): True, ("tool", "other"): False}
+    assert [h[0].hour for h in hours] == [10, 11, 12, 13]

@@ -389,6 +389,115 @@ async def test_variables_read_the_rollups_on_long_ranges(ledger: asyncpg.Connect
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The Campaigns dashboard: call_status_1h (+ raw partial hours) against the raw calls, turns of the range
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def campaigns(template_database: str) -> AsyncIterator[asyncpg.Connection]:
+    """The ledger with two campaigns (and calls of none), calls that never reached a conversation (no turns
+    counted, not live or completed) and transferred calls (every 5th)."""
+    name = await new_database(template_database, prefix="callscope_campaigns")
+    conn = await asyncpg.connect(url_for(name))
+    await dashboard_data.fill_ledger(conn)
+    await conn.execute("UPDATE calls SET campaign = 'winter-winback' WHERE right(call_id, 1) IN ('3', '7')")
+    await conn.execute("UPDATE calls SET turn_count = 0 WHERE status IN ('queued', 'ringing', 'missed', 'declined') "
+                       "AND right(call_id, 1) IN ('5', '6', '8')")
+    await conn.execute(f"TRUNCATE {', '.join(_ORDER)}")
+    await dashboard_data.fill_rollups(conn)
+    yield conn
+    await conn.close()
+    await drop_database(name)
+
+
+CAMPAIGN_RANGES = {**RANGES, "one_hour": (BASE + timedelta(minutes=20), BASE + timedelta(minutes=80))}
+OUTCOMES = ("queued", "ringing", "answered", "completed", "failed", "declined", "missed", "transferred")
+_EXACT_FUNNEL = """SELECT coalesce(c.campaign, '(none)') AS campaign, {day} count(*) AS calls,
+       count(*) FILTER (WHERE status = 'queued') AS queued, count(*) FILTER (WHERE status = 'ringing') AS ringing,
+       count(*) FILTER (WHERE status IN ('active', 'completed') OR turn_count > 0) AS answered,
+       count(*) FILTER (WHERE status = 'completed') AS completed, count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'declined') AS declined, count(*) FILTER (WHERE status = 'missed') AS missed,
+       count(*) FILTER (WHERE transferred) AS transferred, sum(cost_total) AS cost
+FROM calls c WHERE started_at BETWEEN $1 AND $2 AND (cardinality($3::text[]) = 0 OR campaign = ANY($3))
+GROUP BY 1{group} ORDER BY 1{group}"""
+_EXACT_P95 = """SELECT coalesce(c.campaign, '(none)'), percentile_cont(0.95) WITHIN GROUP (ORDER BY t.voice_to_voice_ms)
+FROM turns t LEFT JOIN calls c ON c.call_id = t.call_id AND c.tenant = t.tenant
+WHERE t.started_at BETWEEN $1 AND $2 AND t.voice_to_voice_ms IS NOT NULL
+  AND (cardinality($3::text[]) = 0 OR c.campaign = ANY($3))
+GROUP BY 1"""
+
+
+def _counts(row: Any) -> tuple[Any, ...]:
+    return (row["calls"], *(row[o] for o in OUTCOMES))
+
+
+async def _campaign_query(conn: asyncpg.Connection, title: str, span: str,
+                          selected: list[str]) -> list[asyncpg.Record]:
+    board, sql = _panel_sql(DASHBOARD_UIDS["campaigns"], title)
+    frm, to = CAMPAIGN_RANGES[span]
+    values = {"campaign": selected} if selected else {}
+    return await conn.fetch(render(sql, variables=variables_from_dashboard(board, values), frm=frm, to=to,
+                                   interval=timedelta(minutes=5)))
+
+
+@pytest.mark.parametrize("selected", [[], ["winter-winback"]], ids=["all", "one"])
+@pytest.mark.parametrize("span", sorted(CAMPAIGN_RANGES))
+async def test_campaign_funnel_equals_the_funnel_of_the_raw_calls(campaigns: asyncpg.Connection, span: str,
+                                                                 selected: list[str]) -> None:
+    frm, to = CAMPAIGN_RANGES[span]
+    exact = await campaigns.fetch(_EXACT_FUNNEL.format(day="", group=""), frm, to, selected)
+    assert exact and (span not in ("raw", "days", "hours") or sum(r["calls"] for r in exact) == (
+        dashboard_data.CALLS if not selected else 8))
+    if not selected and span in ("raw", "days", "hours"):   # every outcome occurs
+        assert all(sum(r[o] for r in exact) for o in OUTCOMES)
+        assert sum(r["answered"] for r in exact) < dashboard_data.CALLS
+    got = {r["campaign"]: r for r in await _campaign_query(campaigns, "Funnel by campaign", span, selected)}
+    assert sorted(got) == [r["campaign"] for r in exact]
+    for want in exact:
+        row = got[want["campaign"]]
+        assert _counts(row) == _counts(want), (span, dict(row), dict(want))
+        assert row["cost"] == pytest.approx(want["cost"])
+        assert row["failed_ratio"] == pytest.approx(want["failed"] / want["calls"])
+    p95 = dict(await campaigns.fetch(_EXACT_P95, frm, to, selected))
+    for campaign, row in got.items():
+        if span in ("raw", "one_hour"):
+            assert row["p95_v2v_ms"] == pytest.approx(p95[campaign])
+        else:
+            assert abs(row["p95_v2v_ms"] - p95[campaign]) <= BOUND * p95[campaign], (span, campaign)
+    # per UTC day: the same calls (one day of data here), and the outcomes per day add up to them
+    days = await _campaign_query(campaigns, "Funnel by campaign and day", span, selected)
+    by_day = await campaigns.fetch(_EXACT_FUNNEL.format(day="(started_at AT TIME ZONE 'UTC')::date AS day,",
+                                                        group=", 2"), frm, to, selected)
+    assert sorted((r["campaign"], r["day"], *_counts(r)) for r in days) == sorted(
+        (r["campaign"], r["day"], *_counts(r)) for r in by_day)
+    for row in days:
+        assert row["p95_voice_to_voice_ms"] == pytest.approx(got[row["campaign"]]["p95_v2v_ms"])
+    per_day = await _campaign_query(campaigns, "Outcomes per day", span, selected)
+    for outcome in ("answered", "completed", "failed", "transferred"):
+        assert sum(r[outcome] for r in per_day) == sum(r[outcome] for r in exact)
+
+
+@pytest.mark.parametrize("selected", [[], ["winter-winback"], ["spring-renewals", "winter-winback"]],
+                         ids=["all", "one", "two"])
+@pytest.mark.parametrize("span", sorted(CAMPAIGN_RANGES))
+async def test_campaign_slowest_turns_are_exact_on_every_range(campaigns: asyncpg.Connection, span: str,
+                                                              selected: list[str]) -> None:
+    frm, to = CAMPAIGN_RANGES[span]
+    expected = await campaigns.fetch(
+        """SELECT t.voice_to_voice_ms, c.campaign FROM turns t LEFT JOIN calls c ON c.call_id = t.call_id
+           WHERE t.started_at BETWEEN $1 AND $2 AND t.voice_to_voice_ms IS NOT NULL
+             AND (cardinality($3::text[]) = 0 OR c.campaign = ANY($3))
+           ORDER BY 1 DESC LIMIT 50""", frm, to, selected)
+    got = await _campaign_query(campaigns, "Slowest turns (voice-to-voice)", span, selected)
+    assert got and [r["voice_to_voice_ms"] for r in got] == [r[0] for r in expected]
+    assert not selected or {r["campaign"] for r in got} <= set(selected)
+    for row in got:   # each row is a real turn of its call
+        assert await campaigns.fetchval(
+            "SELECT voice_to_voice_ms FROM turns WHERE call_id = $1 AND turn_number = $2",
+            row["call_id"], row["turn"]) == row["voice_to_voice_ms"]
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Turn latency per single breakdown (turn_latency_breakdown_1h)
 # ---------------------------------------------------------------------------------------------------------
 

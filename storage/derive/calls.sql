@@ -48,7 +48,9 @@ WITH ids AS (
         (array_agg(callscope_int(data->>'sip.response.code') ORDER BY time DESC)
             FILTER (WHERE callscope_int(data->>'sip.response.code') IS NOT NULL))[1] AS sip_code,
         max(time) FILTER (WHERE event IN ('call.completed', 'call.failed', 'call.declined', 'call.missed')
-                          AND source <> 'derived') AS terminal_at
+                          AND source <> 'derived') AS terminal_at,
+        bool_or(event IN ('transfer.completed', 'tool.transfer.completed', 'transfer.human_answered'))
+            AS transfer_event
     FROM derive_events GROUP BY call_id
 ), said AS (
     -- statuses stated explicitly: call.status attributes and lifecycle events (design §4: these win)
@@ -91,7 +93,10 @@ WITH ids AS (
     FROM cgap GROUP BY call_id
     HAVING bool_or(side = 'user') AND bool_or(side = 'agent')
 ), tc AS (
-    SELECT call_id, count(*) AS tools FROM tool_calls WHERE call_id = ANY($1::text[]) AND tenant IS NOT DISTINCT FROM $2
+    -- transferred (campaign funnels): a successful tool call whose name says transfer, or a transfer event
+    SELECT call_id, count(*) AS tools,
+           bool_or(NOT is_error AND tool_name ILIKE '%transfer%') AS transfer_tool
+    FROM tool_calls WHERE call_id = ANY($1::text[]) AND tenant IS NOT DISTINCT FROM $2
     GROUP BY call_id
 ), base AS (
     SELECT ids.call_id, sp.trace_ids,
@@ -108,6 +113,7 @@ WITH ids AS (
         coalesce(sp.to_number, ev.to_number) AS to_number,
         coalesce(tu.turns, 0) AS turn_count, coalesce(tu.interruptions, 0) AS interruption_count,
         coalesce(tc.tools, 0) AS tool_call_count,
+        coalesce(tc.transfer_tool, false) OR coalesce(ev.transfer_event, false) AS transferred,
         (coalesce(sp.error_spans, 0) + coalesce(ev.error_events, 0))::int AS error_count,
         sp.summary, sp.tags, sp.extracted, sp.recording_url, sp.session_attributes,
         coalesce(sp.status_reason, ev.status_reason) AS status_reason
@@ -143,7 +149,7 @@ WITH ids AS (
 INSERT INTO calls AS c (call_id, tenant, trace_ids, started_at, ended_at, last_seen_at, duration_s, status,
     status_reason, direction, campaign, agent, framework, from_number, to_number, turn_count,
     interruption_count, tool_call_count, error_count, summary, tags, extracted, recording_url, attributes, dead_air_total_s,
-    longest_silence_ms, barge_in_count, updated_at)
+    longest_silence_ms, barge_in_count, transferred, updated_at)
 SELECT call_id, $2, coalesce(trace_ids, '{}'), started_at, ended_at, last_seen_at,
     extract(epoch FROM ended_at - started_at),
     status,
@@ -153,7 +159,7 @@ SELECT call_id, $2, coalesce(trace_ids, '{}'), started_at, ended_at, last_seen_a
     direction, campaign, agent, framework, from_number, to_number, turn_count, interruption_count,
     tool_call_count, error_count, summary,
     CASE WHEN jsonb_typeof(tags) = 'array' THEN ARRAY(SELECT jsonb_array_elements_text(tags)) END,
-    extracted, recording_url, session_attributes, dead_air_total_s, longest_silence_ms, barge_in_count, now()
+    extracted, recording_url, session_attributes, dead_air_total_s, longest_silence_ms, barge_in_count, transferred, now()
 FROM ended
 ON CONFLICT (call_id, tenant) DO UPDATE SET
     trace_ids = EXCLUDED.trace_ids, started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at,
@@ -166,17 +172,17 @@ ON CONFLICT (call_id, tenant) DO UPDATE SET
     extracted = EXCLUDED.extracted, recording_url = EXCLUDED.recording_url,
     attributes = EXCLUDED.attributes, dead_air_total_s = EXCLUDED.dead_air_total_s,
     longest_silence_ms = EXCLUDED.longest_silence_ms, barge_in_count = EXCLUDED.barge_in_count,
-    updated_at = now(), stale = false
+    transferred = EXCLUDED.transferred, updated_at = now(), stale = false
 WHERE (c.trace_ids, c.started_at, c.ended_at, c.last_seen_at, c.duration_s, c.status, c.status_reason,
        c.direction, c.campaign, c.agent, c.framework, c.from_number, c.to_number, c.turn_count,
        c.interruption_count, c.tool_call_count, c.error_count, c.summary, c.tags, c.extracted, c.recording_url, c.attributes,
-       c.dead_air_total_s, c.longest_silence_ms, c.barge_in_count)
+       c.dead_air_total_s, c.longest_silence_ms, c.barge_in_count, c.transferred)
       IS DISTINCT FROM
       (EXCLUDED.trace_ids, EXCLUDED.started_at, EXCLUDED.ended_at, EXCLUDED.last_seen_at, EXCLUDED.duration_s,
        EXCLUDED.status, EXCLUDED.status_reason, EXCLUDED.direction, EXCLUDED.campaign, EXCLUDED.agent,
        EXCLUDED.framework, EXCLUDED.from_number, EXCLUDED.to_number, EXCLUDED.turn_count,
        EXCLUDED.interruption_count, EXCLUDED.tool_call_count, EXCLUDED.error_count, EXCLUDED.summary, EXCLUDED.tags, EXCLUDED.extracted, EXCLUDED.recording_url, EXCLUDED.attributes,
-       EXCLUDED.dead_air_total_s, EXCLUDED.longest_silence_ms, EXCLUDED.barge_in_count);
+       EXCLUDED.dead_air_total_s, EXCLUDED.longest_silence_ms, EXCLUDED.barge_in_count, EXCLUDED.transferred);
 
 -- name: copy_agent_to_turns
 UPDATE turns t SET agent = (SELECT c.agent FROM calls c WHERE c.call_id = t.call_id AND c.tenant = t.tenant)
