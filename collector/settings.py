@@ -122,7 +122,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retention_days", 30, "TimescaleDB only: spans and events older than this are dropped (0 = keep); "
             "applied by `callscope migrate`.", int),
     Setting("compress_after_days", 2, "TimescaleDB only: span and event chunks older than this are compressed; "
-            "applied by `callscope migrate`.", int),
+            "applied by `callscope migrate` — except to tables with row-level security (every tenant's `spans` / "
+            "`events` since `0013_tenants`), which TimescaleDB does not compress.", int),
     Setting("reader_connection_limit", 20,
             "Connections the read-only role callscope_reader (Grafana) may hold at once, cluster-wide; applied by "
             "`callscope migrate` (-1 = no limit).", int),

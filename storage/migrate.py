@@ -172,16 +172,24 @@ async def _apply_timescale_policies(connection: asyncpg.Connection, *, retention
         compressed = await connection.fetchval(
             "SELECT compression_enabled FROM timescaledb_information.hypertables "
             "WHERE hypertable_schema = current_schema() AND hypertable_name = $1", table)
-        if not compressed:
+        # TimescaleDB compresses no table with row-level security, and since 0013_tenants every tenant's rows are
+        # policed (0013 decompressed what was compressed): retention only
+        policed = await connection.fetchval("SELECT relrowsecurity FROM pg_class WHERE oid = $1::regclass", table)
+        if policed and compress_after_days > 0:
+            log.warning("storage.compression_unavailable",
+                        extra={"table": table, "compress_after_days": compress_after_days,
+                               "reason": "TimescaleDB does not compress tables with row-level security"})
+        compress_after_days_here = 0 if policed else compress_after_days
+        if not compressed and not policed:
             await connection.execute(
                 f"ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = '{segment}', "
                 f"timescaledb.compress_orderby = '{column} DESC')")
-        if not await _policy_is(connection, table, "policy_compression", "compress_after", compress_after_days):
+        if not await _policy_is(connection, table, "policy_compression", "compress_after", compress_after_days_here):
             await connection.execute("SELECT remove_compression_policy($1::regclass, if_exists => true)", table)
-            if compress_after_days > 0:
+            if compress_after_days_here > 0:
                 await connection.execute(
                     "SELECT add_compression_policy($1::regclass, make_interval(days => $2))", table,
-                    compress_after_days)
+                    compress_after_days_here)
         if not await _policy_is(connection, table, "policy_retention", "drop_after", retention_days):
             await connection.execute("SELECT remove_retention_policy($1::regclass, if_exists => true)", table)
             if retention_days > 0:

@@ -11,7 +11,9 @@ A reader reads the public relations and calls the read API, nothing else:
   and refresh routines included), and the default privileges stop giving it to new ones.
 * No ``CREATE`` on the schema, no ``TEMPORARY`` on the database (``PUBLIC`` loses it; the role that migrates
   keeps it: the write and derive routines use temporary tables), no large objects (``PUBLIC`` loses the
-  functions that create one: that needs a superuser to migrate, otherwise ``migrate`` warns).
+  functions that create one: that needs a superuser to migrate, otherwise ``migrate`` warns). With TimescaleDB,
+  whose functions live in the schema and stay executable (``time_bucket`` …), ``PUBLIC`` loses ``add_job`` (the
+  one management function that does not check ownership of a hypertable: a reader could schedule jobs).
 * Role settings: read-only transactions, a statement timeout, no JIT, and a connection limit. The three
   settings are user-settable (a reader can ``SET`` them back): they are defaults, not the guarantee. The
   guarantee is the privileges above; a reader that turns read-only off still cannot write anything.
@@ -187,5 +189,14 @@ BEGIN
     RAISE WARNING '{role} can still create large objects in this database: run `callscope migrate` once as a '
                   'superuser (it revokes EXECUTE on lo_create and the like from PUBLIC)';
   END IF;
+  -- TimescaleDB's functions live in this schema and keep PUBLIC's EXECUTE (time_bucket and the like are read
+  -- API); its management functions check ownership of the hypertable, but add_job does not: a reader could
+  -- schedule background jobs of its own, which take the workers retention needs (the extension's owner can revoke)
+  FOR r IN SELECT p.oid::regprocedure AS fn FROM pg_proc p
+           JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+           JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'timescaledb'
+           WHERE p.proname = 'add_job' AND pg_has_role(current_user, p.proowner, 'USAGE') LOOP
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', r.fn);
+  END LOOP;
 END
 $lockdown$"""

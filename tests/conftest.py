@@ -41,6 +41,16 @@ async def template_database() -> AsyncIterator[str]:
     report = await migrate(url_for(_TEMPLATE))
     # dashboards and alerts are rendered as Grafana would for a data source provisioned for this server
     grafana_emulator.SERVER_HAS_TIMESCALEDB = report.mode == "timescaledb"
+    if report.mode == "timescaledb":
+        # The fixtures hold rows older than retention_days: TimescaleDB's scheduler would drop their chunks at
+        # whatever moment it runs the retention jobs of a test's database. They are paused in the template (so
+        # in every clone); tests of the policies migrate databases of their own (tests/test_migrate.py).
+        connection = await asyncpg.connect(url_for(_TEMPLATE))
+        try:
+            await connection.execute("SELECT alter_job(job_id, scheduled => false) "
+                                     "FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL")
+        finally:
+            await connection.close()
     # Nothing may stay connected to a template while it is cloned. On TimescaleDB a background scheduler
     # connects to every database with the extension (and comes back after pg_terminate_backend), so CREATE
     # DATABASE … TEMPLATE would fail at random with "source database is being accessed by other users":

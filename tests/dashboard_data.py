@@ -6,6 +6,7 @@ where the traffic simulator has nothing of that kind. ``BASE`` is fixed, so runs
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
@@ -215,3 +216,52 @@ async def fill_large_spans(conn: asyncpg.Connection, *, calls: int = 4000, spans
         base, calls,
     )
     await conn.execute("ANALYZE")
+
+
+# On TimescaleDB a plan scans chunks (_hyper_…_chunk), compressed chunks, and the materialization hypertable of
+# a continuous aggregate: each is named after the relation it belongs to (latency_stage_1m / latency_stage_1h
+# are continuous aggregates there, and stage_latency_1m does not exist).
+_TIMESCALE_RELATIONS = """
+SELECT ch.table_name AS part, coalesce(ca.user_view_name, parent.table_name, h.table_name) AS relation,
+       coalesce(c.reltuples BETWEEN 0 AND 999, false) AS small
+FROM _timescaledb_catalog.chunk ch
+JOIN _timescaledb_catalog.hypertable h ON h.id = ch.hypertable_id
+LEFT JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', ch.schema_name, ch.table_name))
+LEFT JOIN _timescaledb_catalog.hypertable parent ON parent.compressed_hypertable_id = h.id
+LEFT JOIN _timescaledb_catalog.continuous_agg ca ON ca.mat_hypertable_id = coalesce(parent.id, h.id)
+UNION ALL
+SELECT h.table_name, ca.user_view_name, false FROM _timescaledb_catalog.hypertable h
+JOIN _timescaledb_catalog.continuous_agg ca ON ca.mat_hypertable_id = h.id"""
+
+
+def _filtered(lines: list[str], at: int) -> bool:
+    """Whether the plan node on ``lines[at]`` has a Filter (rows it reads and throws away)."""
+    depth = len(lines[at]) - len(lines[at].lstrip())
+    for line in lines[at + 1:]:
+        if len(line) - len(line.lstrip()) <= depth or line.lstrip().startswith("->"):
+            return False
+        if line.lstrip().startswith("Filter:"):
+            return True
+    return False
+
+
+async def seq_scanned(conn: asyncpg.Connection, plan: str, relations: set[str]) -> set[str]:
+    """Which of ``relations`` a plan reads by sequential scan (a chunk counts as its hypertable or aggregate).
+
+    A chunk read whole without a Filter is no such scan: TimescaleDB drops the conditions its time range
+    already satisfies, so every row it reads is wanted (what an index range scan would read). Nor is a chunk
+    its statistics show to be small (under 1000 rows): there a sequential scan is the cheaper plan; a chunk
+    never analyzed (a fresh one) has no such figure and counts."""
+    parts: dict[str, str] = {}
+    small: set[str] = set()
+    if await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"):
+        rows = await conn.fetch(_TIMESCALE_RELATIONS)
+        parts = {r["part"]: r["relation"] for r in rows}
+        small = {r["part"] for r in rows if r["small"]}
+    lines = plan.splitlines()
+    scanned = set()
+    for at, line in enumerate(lines):
+        for name in re.findall(r"Seq Scan on (\w+)", line):
+            if name not in parts or (_filtered(lines, at) and name not in small):
+                scanned.add(parts.get(name, name))
+    return scanned & relations

@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from storage.catalogue import CATALOGUE
-from storage.migrate import migrate
+from storage.migrate import migrate, shipped_revisions
 from storage.schema import PLAIN_POSTGRESQL_ONLY, metadata
 from tests.conftest import drop_database, url_for
 
@@ -97,10 +97,17 @@ async def _policy_jobs(url: str) -> dict[tuple[str, str], tuple[int, str]]:
     return {(r["hypertable_name"], r["proc_name"]): (r["job_id"], r["after"]) for r in rows}
 
 
-async def test_hypertables_compression_and_retention_with_timescaledb():
+async def _require_timescaledb() -> None:
     if not await _timescaledb_available():
         pytest.skip("TimescaleDB is not installed in this PostgreSQL (not packaged for this machine); "
                     "the plain-PostgreSQL path is tested instead")
+
+
+async def test_hypertables_and_retention_with_timescaledb():
+    """spans and events are hypertables with retention; since 0013_tenants they have row-level security, which
+    TimescaleDB does not compress, so there is no compression policy; the stage rollups are the deriver's tables
+    (continuous aggregates cannot have row-level security)."""
+    await _require_timescaledb()
     url = url_for("callscope_migrate_tsdb")
     await drop_database("callscope_migrate_tsdb")
     try:
@@ -109,37 +116,85 @@ async def test_hypertables_compression_and_retention_with_timescaledb():
         await migrate(url, retention_days=7, compress_after_days=1)
         second_jobs = await _policy_jobs(url)
         connection = await asyncpg.connect(url)
-        hypertables = {r[0] for r in await connection.fetch(
-            "SELECT hypertable_name FROM timescaledb_information.hypertables WHERE compression_enabled")}
-        jobs = await connection.fetch(
-            "SELECT hypertable_name, proc_name FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL")
-        rollup = await connection.fetchval(
-            "SELECT materialized_only FROM timescaledb_information.continuous_aggregates "
-            "WHERE view_name = 'latency_stage_1m'")
-        hourly = await connection.fetchrow(
-            "SELECT materialized_only, (SELECT count(*) FROM timescaledb_information.jobs j "
-            "WHERE j.proc_name = 'policy_refresh_continuous_aggregate' "
-            "AND j.hypertable_name = a.materialization_hypertable_name) AS policies "
-            "FROM timescaledb_information.continuous_aggregates a WHERE view_name = 'latency_stage_1h'")
-        stage_table = await connection.fetchval("SELECT to_regclass('stage_latency_1m') IS NOT NULL")
+        hypertables = {r[0]: r[1] for r in await connection.fetch(
+            "SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables")}
+        policed = {r[0] for r in await connection.fetch(
+            "SELECT relname FROM pg_class WHERE relname IN ('spans', 'events') AND relrowsecurity")}
+        aggregates = await connection.fetchval("SELECT count(*) FROM timescaledb_information.continuous_aggregates")
+        stage_tables = await connection.fetchval(
+            "SELECT count(*) FROM pg_class WHERE relname IN ('stage_latency_1m', 'latency_stage_1h') AND relkind = 'r'")
         await connection.close()
         await migrate(url, retention_days=9, compress_after_days=0)   # changed settings take effect
         changed_jobs = await _policy_jobs(url)
     finally:
         await drop_database("callscope_migrate_tsdb")
     assert report.mode == "timescaledb"
-    assert {"spans", "events"} <= hypertables
-    procs = {(r["hypertable_name"], r["proc_name"]) for r in jobs}
-    for table in ("spans", "events"):
-        assert (table, "policy_compression") in procs and (table, "policy_retention") in procs
-    assert rollup is False, "latency_stage_1m is a real-time continuous aggregate"
-    assert hourly is not None and hourly["materialized_only"] is False and hourly["policies"] == 1, \
-        "latency_stage_1h is a real-time continuous aggregate on latency_stage_1m with a refresh policy"
-    assert not stage_table, "no deriver-kept stage minutes where TimescaleDB keeps them"
+    assert hypertables == {"spans": False, "events": False} and policed == {"spans", "events"}
+    assert set(first_jobs) == {("spans", "policy_retention"), ("events", "policy_retention")}
+    assert aggregates == 0 and stage_tables == 2
     assert first_jobs == second_jobs, "migrating again keeps the same policy jobs"
     assert {key[1] for key in changed_jobs} == {"policy_retention"}
     for table in ("spans", "events"):
+        assert first_jobs[(table, "policy_retention")][1] == "7 days"
         assert changed_jobs[(table, "policy_retention")][1] == "9 days"
+
+
+async def test_upgrade_of_a_compressed_timescaledb_database_to_tenants():
+    """A database of the release before tenants (continuous aggregates, compressed chunks) upgrades: 0013
+    decompresses, turns compression off and polices the rows; no span or event is lost."""
+    from alembic import command
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from storage.migrate import _alembic_config, _apply_timescale_policies, sqlalchemy_url
+
+    await _require_timescaledb()
+    url = url_for("callscope_migrate_tsdb_up")
+    await drop_database("callscope_migrate_tsdb_up")
+    try:
+        await migrate(url)
+        engine = create_async_engine(sqlalchemy_url(url))
+        config = _alembic_config(url)
+        try:
+            async with engine.begin() as connection:
+                def down(sync_connection) -> None:  # type: ignore[no-untyped-def]
+                    config.attributes["connection"] = sync_connection
+                    command.downgrade(config, "0012_reader_lockdown")
+                await connection.run_sync(down)
+        finally:
+            await engine.dispose()
+        connection = await asyncpg.connect(url)
+        # that release's policies; a year, so that TimescaleDB's scheduler leaves the chunks below to this test
+        await _apply_timescale_policies(connection, retention_days=0, compress_after_days=365)
+        await connection.execute(
+            """INSERT INTO spans (start_time, end_time, duration_ms, trace_id, span_id, call_id, stage, name, attributes)
+               SELECT now() - make_interval(days => d), now() - make_interval(days => d), 5, 't' || d, 's' || d,
+                      'c' || d, 'llm', 'llm', '{}' FROM generate_series(0, 9) d""")
+        await connection.execute(
+            """INSERT INTO events (time, event_id, call_id, category, event, level, source)
+               SELECT now() - make_interval(days => d), 'e' || d, 'c' || d, 'agent', 'agent.message_sent', 'INFO',
+                      'log' FROM generate_series(0, 9) d""")
+        await connection.execute(
+            "SELECT compress_chunk(c) FROM show_chunks('spans', older_than => interval '3 days') c "
+            "UNION ALL SELECT compress_chunk(c) FROM show_chunks('events', older_than => interval '3 days') c")
+        compressed = await connection.fetchval(
+            "SELECT count(*) FROM timescaledb_information.chunks WHERE is_compressed")
+        await connection.close()
+        report = await migrate(url)
+        connection = await asyncpg.connect(url)
+        counts = await connection.fetchrow("SELECT (SELECT count(*) FROM spans) AS spans, "
+                                           "(SELECT count(*) FROM events) AS events")
+        enabled = await connection.fetchval("SELECT count(*) FROM timescaledb_information.hypertables "
+                                            "WHERE compression_enabled")
+        policed = await connection.fetchval("SELECT count(*) FROM pg_class WHERE relname IN ('spans', 'events') "
+                                            "AND relrowsecurity")
+        tenants = await connection.fetchval("SELECT count(*) FROM spans WHERE tenant = 'default'")
+        await connection.close()
+    finally:
+        await drop_database("callscope_migrate_tsdb_up")
+    assert compressed >= 12
+    assert report.revision == shipped_revisions()[0]
+    assert (counts["spans"], counts["events"]) == (10, 10) and tenants == 10
+    assert enabled == 0 and policed == 2
 
 
 async def test_downgrade_to_base_and_upgrade_again():

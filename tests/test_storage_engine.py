@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from datetime import datetime, timezone
 
 import asyncpg
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -13,6 +14,7 @@ from collector.mappers.base import CALL_ID_KEYS
 from collector.server import Collector
 from collector.simulate import generate_calls
 from storage.deriver import Deriver
+from storage.routines import routine_name
 from tests.conftest import collector_settings, drop_database, new_database, url_for
 from tests.ledger import snapshot
 from tests.otlp_client import GrpcClient
@@ -272,3 +274,33 @@ async def test_each_resource_is_stored_once_and_read_back_with_its_spans(collect
         "SELECT resource->>'service.name' FROM callscope_call_spans($1)", call_id)}
     assert services and None not in services
     assert await db.fetchval("SELECT count(*) FROM call_spans WHERE resource IS NULL") == 0
+
+
+async def test_a_derive_changes_only_its_own_calls_rows_in_every_chunk(db: asyncpg.Connection) -> None:
+    """The derive's updates and deletes find rows by (relation, ctid): on TimescaleDB each chunk of spans and
+    events numbers its rows from (0,1), so a ctid alone also names the rows of other calls in other chunks."""
+    def span(day: int, call: str, n: int) -> tuple:
+        return (datetime(2026, 3, day, 12, 0, n, tzinfo=timezone.utc), f"t-{call}", f"s-{call}-{n}", call)
+
+    async def rows(table: str) -> list[tuple]:
+        return [tuple(r) for r in await db.fetch(
+            f"SELECT call_id, turn_number FROM {table} WHERE call_id = 'other' ORDER BY 1, 2")]
+    # the other call's rows come first in their chunk (day 2); the derived call's are first in theirs (day 9)
+    for day, call in ((2, "other"), (9, "mine")):
+        for n in range(1, 4):
+            start, trace, span_id, call_id = span(day, call, n)
+            await db.execute(
+                """INSERT INTO spans (start_time, end_time, duration_ms, trace_id, span_id, call_id, call_id_explicit,
+                                      turn_number, stage, name, attributes, facts)
+                   VALUES ($1, $1, 5, $2, $3, $4, true, $5, 'llm', 'llm', '{}', '{"turn_explicit": true}')""",
+                start, trace, span_id, call_id, 7 if call == "other" else None)
+            await db.execute(
+                """INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, span_id, category, event,
+                                       level, source, turn_number)
+                   VALUES ($1, $2, $3, true, $4, $5, 'call', 'call.completed', 'INFO', $6, $7)""",
+                start, f"e-{call_id}-{n}", call_id, trace, span_id, "derived" if n == 1 else "log",
+                7 if call == "other" else None)
+    before = (await rows("spans"), await rows("events"))
+    await db.execute(f"SELECT {routine_name('callscope_derive')}(ARRAY['mine'], 'default')")
+    assert (await rows("spans"), await rows("events")) == before
+    assert await db.fetchval("SELECT count(*) FROM events WHERE call_id = 'other'") == 3

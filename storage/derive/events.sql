@@ -10,22 +10,26 @@ WHERE e.span_id IS NOT NULL AND s.trace_id = e.trace_id AND s.span_id = e.span_i
   AND e.turn_number IS DISTINCT FROM s.turn_number;
 
 -- name: store_event_turns
+WITH found_rows AS MATERIALIZED (
+    SELECT found.rel, found.row_id FROM derive_events d
+    CROSS JOIN LATERAL (SELECT tableoid AS rel, ctid AS row_id FROM events
+                        WHERE event_id = d.event_id AND time = d.time AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
+    WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number
+)
 UPDATE events e
 SET turn_number = (SELECT d.turn_number FROM derive_events d WHERE d.event_id = e.event_id AND d.time = e.time)
-WHERE e.ctid = ANY (ARRAY(
-    SELECT found.row_id FROM derive_events d
-    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events
-                        WHERE event_id = d.event_id AND time = d.time AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
-    WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number));
+WHERE e.ctid = ANY (ARRAY(SELECT row_id FROM found_rows))
+  -- a ctid names a row of one chunk: on a hypertable, another chunk's row has the same ctid
+  AND e.tableoid::text || ':' || e.ctid::text = ANY (ARRAY(SELECT rel::text || ':' || row_id::text
+                                                            FROM found_rows));
 
 -- name: drop_changed_message_events
 -- A turn whose user text no span reported as a final transcript (OpenInference's barge-in turn, a GenAI
 -- invocation, …) gets its user.message_received from the turn (event id 'um-' + hash of call and turn):
 -- such an event whose turn no longer needs it, or whose time or text changed, goes first.
-DELETE FROM events e
-WHERE e.ctid = ANY (ARRAY(
-    SELECT found.row_id FROM derive_events d
-    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events
+WITH found_rows AS MATERIALIZED (
+    SELECT found.rel, found.row_id FROM derive_events d
+    CROSS JOIN LATERAL (SELECT tableoid AS rel, ctid AS row_id FROM events
                         WHERE event_id = d.event_id AND time = d.time AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
     WHERE d.source = 'derived' AND d.event = 'user.message_received' AND d.event_id LIKE 'um-%'
       AND (NOT EXISTS (
@@ -36,7 +40,13 @@ WHERE e.ctid = ANY (ARRAY(
             AND d.message IS NOT DISTINCT FROM left(t.user_text, 500))
            OR EXISTS (SELECT 1 FROM derive_events o
                       WHERE o.call_id = d.call_id AND o.turn_number = d.turn_number
-                        AND o.event = 'user.message_received' AND o.event_id NOT LIKE 'um-%'))));
+                        AND o.event = 'user.message_received' AND o.event_id NOT LIKE 'um-%'))
+)
+DELETE FROM events e
+WHERE e.ctid = ANY (ARRAY(SELECT row_id FROM found_rows))
+  -- a ctid names a row of one chunk: on a hypertable, another chunk's row has the same ctid
+  AND e.tableoid::text || ':' || e.ctid::text = ANY (ARRAY(SELECT rel::text || ':' || row_id::text
+                                                            FROM found_rows));
 
 -- name: turn_message_events
 INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, span_id, category, event, level,
@@ -67,16 +77,21 @@ CROSS JOIN LATERAL (
 WHERE g.user_text IS NULL AND g.started_at IS NOT NULL;
 
 -- name: drop_changed_greeting_events
-DELETE FROM events e
-WHERE e.ctid = ANY (ARRAY(
-    SELECT found.row_id FROM derive_events d
-    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events
+WITH found_rows AS MATERIALIZED (
+    SELECT found.rel, found.row_id FROM derive_events d
+    CROSS JOIN LATERAL (SELECT tableoid AS rel, ctid AS row_id FROM events
                         WHERE event_id = d.event_id AND time = d.time AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
     WHERE d.event = 'agent.greeting_sent' AND d.source = 'derived' AND d.event_id = md5('greeting|' || d.call_id)
       AND NOT EXISTS (SELECT 1 FROM derive_greetings g
                       WHERE g.call_id = d.call_id AND g.time = d.time
                         AND g.turn_number IS NOT DISTINCT FROM d.turn_number
-                        AND left(g.agent_text, 500) IS NOT DISTINCT FROM d.message)));
+                        AND left(g.agent_text, 500) IS NOT DISTINCT FROM d.message)
+)
+DELETE FROM events e
+WHERE e.ctid = ANY (ARRAY(SELECT row_id FROM found_rows))
+  -- a ctid names a row of one chunk: on a hypertable, another chunk's row has the same ctid
+  AND e.tableoid::text || ':' || e.ctid::text = ANY (ARRAY(SELECT rel::text || ':' || row_id::text
+                                                            FROM found_rows));
 
 -- name: greeting_events
 INSERT INTO events (time, event_id, call_id, call_id_explicit, trace_id, span_id, category, event, level,
@@ -93,12 +108,17 @@ ON CONFLICT DO NOTHING;
 -- name: drop_shadowed_derived_events
 -- A derived event repeats what the producer said itself (e.g. call.completed or agent.interrupted sent as a
 -- log record too): the producer's own event wins, so the call log shows it once.
-DELETE FROM events x
-WHERE x.ctid = ANY (ARRAY(
-    SELECT found.row_id FROM derive_events d
-    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM events
+WITH found_rows AS MATERIALIZED (
+    SELECT found.rel, found.row_id FROM derive_events d
+    CROSS JOIN LATERAL (SELECT tableoid AS rel, ctid AS row_id FROM events
                         WHERE event_id = d.event_id AND time = d.time AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
     WHERE d.source = 'derived'
       AND EXISTS (SELECT 1 FROM derive_events e
                   WHERE e.source <> 'derived' AND e.call_id = d.call_id AND e.event = d.event
-                    AND e.turn_number IS NOT DISTINCT FROM d.turn_number)));
+                    AND e.turn_number IS NOT DISTINCT FROM d.turn_number)
+)
+DELETE FROM events x
+WHERE x.ctid = ANY (ARRAY(SELECT row_id FROM found_rows))
+  -- a ctid names a row of one chunk: on a hypertable, another chunk's row has the same ctid
+  AND x.tableoid::text || ':' || x.ctid::text = ANY (ARRAY(SELECT rel::text || ':' || row_id::text
+                                                            FROM found_rows));

@@ -76,15 +76,20 @@ WHERE sp.trace_id = r.trace_id AND sp.span_id = r.span_id
 -- the session, and a join planned when the work table looked small can read a whole index when it is not.
 -- OFFSET 0 keeps each lookup a lookup: the tenant filter must not turn the plan around (a scan of the stored
 -- table with the work table inside).
+WITH found_rows AS MATERIALIZED (
+    SELECT found.rel, found.row_id FROM derive_spans d
+    CROSS JOIN LATERAL (SELECT tableoid AS rel, ctid AS row_id FROM spans
+                        WHERE trace_id = d.trace_id AND span_id = d.span_id AND start_time = d.start_time
+                          AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
+    WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number
+)
 UPDATE spans s
 SET turn_number = (SELECT d.turn_number FROM derive_spans d
                    WHERE d.trace_id = s.trace_id AND d.span_id = s.span_id AND d.start_time = s.start_time)
-WHERE s.ctid = ANY (ARRAY(
-    SELECT found.row_id FROM derive_spans d
-    CROSS JOIN LATERAL (SELECT ctid AS row_id FROM spans
-                        WHERE trace_id = d.trace_id AND span_id = d.span_id AND start_time = d.start_time
-                          AND tenant IS NOT DISTINCT FROM $2 OFFSET 0) found
-    WHERE d.turn_number IS DISTINCT FROM d.stored_turn_number));
+WHERE s.ctid = ANY (ARRAY(SELECT row_id FROM found_rows))
+  -- a ctid names a row of one chunk: on a hypertable, another chunk's row has the same ctid
+  AND s.tableoid::text || ':' || s.ctid::text = ANY (ARRAY(SELECT rel::text || ':' || row_id::text
+                                                            FROM found_rows));
 
 -- name: collect_speech
 -- Who spoke when, for dead air and barge-in (design §10): each speaking span is an interval of its side;

@@ -19,7 +19,9 @@
   ``callscope_call_events`` take an optional tenant.
 * TimescaleDB: continuous aggregates cannot have row-level security and run as their owner, so
   ``latency_stage_1m`` / ``latency_stage_1h`` become what they are on plain PostgreSQL (a view and two tables the
-  deriver keeps, per tenant); every span minute is marked for the deriver's refresh.
+  deriver keeps, per tenant); every span minute is marked for the deriver's refresh. Nor does TimescaleDB
+  compress a table with row-level security: compressed chunks of ``spans`` / ``events`` are decompressed and
+  compression is turned off (retention stays; ``callscope migrate`` adds no compression policy to them).
 * The rollups gain ``tenant`` as a dimension; every existing bucket is marked so that the refreshes rebuild them.
 
 Revision ID: 0013_tenants
@@ -297,6 +299,22 @@ def _leave_continuous_aggregates(conn: sa.Connection) -> None:
         _stage_tables()
 
 
+def _leave_compression(conn: sa.Connection) -> None:
+    """TimescaleDB compresses no table with row-level security (and refuses to enable it on a hypertable with
+    compression on): the compression policy goes, every compressed chunk of spans / events is decompressed and
+    compression is turned off. Retention stays. (Decompressing needs the disk space of the raw rows.)"""
+    if conn.execute(sa.text("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")).first() is None:
+        return
+    for table in ("spans", "events"):
+        if not conn.execute(sa.text(
+                "SELECT compression_enabled FROM timescaledb_information.hypertables "
+                "WHERE hypertable_schema = current_schema() AND hypertable_name = :t"), {"t": table}).scalar():
+            continue
+        op.execute(f"SELECT remove_compression_policy('{table}', if_exists => true)")
+        op.execute(f"SELECT decompress_chunk(c, if_compressed => true) FROM show_chunks('{table}') c")
+        op.execute(f"ALTER TABLE {table} SET (timescaledb.compress = false)")
+
+
 # --- upgrade / downgrade ------------------------------------------------------------------------------------------
 
 def _rekey(new: bool) -> None:
@@ -314,10 +332,12 @@ def _rekey(new: bool) -> None:
 def upgrade() -> None:
     conn = op.get_bind()
     schema = conn.execute(sa.text("SELECT current_schema()")).scalar()
+    # first: TimescaleDB refuses DROP VIEW on the continuous aggregate latency_stage_1m (one of VIEWS elsewhere)
+    _leave_continuous_aggregates(conn)
+    _leave_compression(conn)
     _drop_views()
     for function in ("callscope_call_spans(text)", "callscope_call_events(text)"):
         op.execute(f"DROP FUNCTION IF EXISTS {function}")
-    _leave_continuous_aggregates(conn)
 
     for table in DATA_TABLES + ROLLUP_TABLES:
         op.execute(f"ALTER TABLE {table} ADD COLUMN tenant text NOT NULL DEFAULT 'default'")
