@@ -189,6 +189,37 @@ def _newest(select: str, time_column: str, limit: int = 500) -> str:
     LIMIT {limit}"""
 
 
+def _newest_events(select: str, kind: str, limit: int = 500) -> str:
+    """The newest ``limit`` events of one kind (``kind``: an SQL expression, e.g. ``n.event``) in the range:
+    ``select`` (alias ``e``, its WHERE ending with ``AND {window}``) read from a cutoff hour on. The cutoff is the
+    latest hour of the range from which on the event rollup (event_counts_1h) counts at least ``limit`` events of
+    the kind, so the raw read through events_event_time_idx is bounded by ``limit`` plus about one hour of the
+    kind's rows, whatever the planner estimates (without statistics it takes a kind's rows for a few and would
+    read and sort every one of them in the range). Rows the rollup has not counted yet only move the cutoff
+    earlier (more rows read, the same result)."""
+    window = "e.time >= c.cutoff AND $__timeFilter(e.time)"
+    return f"""SELECT x.*
+    FROM (
+      SELECT coalesce((
+        SELECT h.bucket FROM (
+          SELECT r.bucket, sum(sum(r.events)) OVER (ORDER BY r.bucket DESC) AS newer
+          FROM event_counts_1h r
+          WHERE r.event = {kind}
+            AND r.bucket > $__timeFrom()::timestamptz - interval '1 hour' AND r.bucket <= $__timeTo()::timestamptz
+          GROUP BY r.bucket
+        ) h
+        WHERE h.newer >= {limit}
+        ORDER BY h.bucket DESC
+        LIMIT 1), '-infinity'::timestamptz) AS cutoff
+      OFFSET 0
+    ) c
+    CROSS JOIN LATERAL (
+      {select.replace("{window}", window)}
+      ORDER BY e.time DESC
+      LIMIT {limit}
+    ) x"""
+
+
 # The newest rows of a few event kinds: per kind, hour by hour through events_event_time_idx (at most 500
 # rows each), then the newest 500 of those. Reads a bounded number of rows whatever the range and whatever
 # the planner estimates.
@@ -199,11 +230,11 @@ _FAILED_TOOLS = _newest("""SELECT tc.started_at AS "time", tc.call_id, 'tool' AS
       FROM tool_calls tc
       WHERE tc.is_error AND {window}""", "tc.started_at")
 
-_FAILED_EVENT_ROWS = _newest("""SELECT e.time AS "time", e.call_id, e.event AS kind,
+_FAILED_EVENT_ROWS = _newest_events("""SELECT e.time AS "time", e.call_id, e.event AS kind,
              coalesce(e.data->>'tool_name', e.data->>'name', e.event) AS name,
              coalesce(e.message, e.data::text) AS error
       FROM call_events e
-      WHERE e.event = n.event AND {window}""", "e.time")
+      WHERE e.event = n.event AND {window}""", "n.event")
 
 FAILED_INTEGRATIONS = f"""SELECT "time", call_id, kind, name, error FROM (
   ({_FAILED_TOOLS})
@@ -236,10 +267,10 @@ def _event_list(condition: str, *, with_event: bool = True) -> str:
     (kinds the catalogue no longer lists)."""
     event_column = "\n  l.event," if with_event else ""
     on = lambda alias: condition.replace("e.", f"{alias}.")  # noqa: E731
-    rows = _newest(f"""SELECT e.time AS "time", e.call_id, e.event, e.level, e.message,
+    rows = _newest_events(f"""SELECT e.time AS "time", e.call_id, e.event, e.level, e.message,
              coalesce(e.data, '{{}}'::jsonb)::text AS data
       FROM call_events e
-      WHERE e.event = n.event AND {condition} AND {{window}}""", "e.time")
+      WHERE e.event = n.event AND {condition} AND {{window}}""", "n.event")
     return f"""SELECT
   l.time AS "time",
   l.call_id,{event_column}
@@ -267,10 +298,10 @@ LIMIT 500"""
 
 WEBHOOK_LIST = _event_list("e.category = 'webhook' AND e.event <> 'webhook.queued'")
 
-_PATH_ERROR_ROWS = _newest("""SELECT e.time AS "time", e.call_id, e.level, e.message,
+_PATH_ERROR_ROWS = _newest_events("""SELECT e.time AS "time", e.call_id, e.level, e.message,
              coalesce(e.data, '{}'::jsonb)::text AS data
       FROM call_events e
-      WHERE e.event = 'path.error' AND {window}""", "e.time")
+      WHERE e.event = 'path.error' AND {window}""", "'path.error'")
 
 PATH_ERRORS = f"""SELECT
   l.time AS "time",
