@@ -161,34 +161,6 @@ ORDER BY g.events DESC
 LIMIT 200"""
 
 
-def _newest(select: str, time_column: str, limit: int = 500) -> str:
-    """The newest ``limit`` rows of ``select`` (a SELECT whose WHERE ends with ``AND {window}``), read in
-    windows going back from the end of the range, 1, 2, 4, 8 … hours long, stopping once ``limit`` rows are
-    found (an incremental sort on the windows' ordinal: the planner knows they come in order). Without
-    statistics the planner takes a rare-looking filter for a few rows and would otherwise sort every matching
-    row of the range (a bitmap scan). Here a frequent kind costs a window or two of its rows, a rare one a
-    few index probes per doubling (about 10 for 30 days). The LIMIT inside keeps each window's subquery a
-    parameterized index scan (one without it is flattened into a join that reads the whole range once)."""
-    end = "($__timeTo()::timestamptz + interval '1 microsecond')"   # windows are [lo, hi): hi of the first is "to"
-    # The bounds are columns of a subquery kept apart (OFFSET 0), not expressions in the condition: under
-    # row-level security only leakproof conditions may become index conditions, and timestamptz - interval is
-    # not leakproof (a comparison of two timestamptz values is), so an expression bound would leave the
-    # index scan reading every row of the kind and filter the window afterwards.
-    window = f"{time_column} >= w.lo AND {time_column} < w.hi AND $__timeFilter({time_column})"
-    return f"""SELECT x.*
-    FROM (SELECT g.ord, {end} - (2 ^ (g.k + 1) - 1) * interval '1 hour' AS lo,
-                 {end} - (2 ^ g.k - 1) * interval '1 hour' AS hi
-          FROM generate_series(0, 20) WITH ORDINALITY AS g(k, ord)
-          OFFSET 0) w
-    CROSS JOIN LATERAL (
-      {select.replace("{window}", window)}
-      ORDER BY {time_column} DESC
-      LIMIT {limit}
-    ) x
-    ORDER BY w.ord, x."time" DESC
-    LIMIT {limit}"""
-
-
 def _newest_events(select: str, kind: str, limit: int = 500) -> str:
     """The newest ``limit`` events of one kind (``kind``: an SQL expression, e.g. ``n.event``) in the range:
     ``select`` (alias ``e``, its WHERE ending with ``AND {window}``) read from a cutoff hour on. The cutoff is the
@@ -225,10 +197,16 @@ def _newest_events(select: str, kind: str, limit: int = 500) -> str:
 # the planner estimates.
 _FAILED_EVENTS = ("integration.failed", "tool.transfer.failed", "integration.approval_denied")
 
-_FAILED_TOOLS = _newest("""SELECT tc.started_at AS "time", tc.call_id, 'tool' AS kind, tc.tool_name AS name,
-             coalesce(tc.error, left(tc.result, 300)) AS error
-      FROM tool_calls tc
-      WHERE tc.is_error AND {window}""", "tc.started_at")
+# Failed tool calls: the newest of the range, through tool_calls_error_started_idx (partial, started_at DESC).
+# Without statistics the planner may take the range's failed calls for a few and read and sort all of them (a
+# bitmap scan): bounded by the failed tool calls of the range, which are few next to events (0.5 s for 260,000
+# over 30 days at 1 M calls; docs/benchmarks.md).
+_FAILED_TOOLS = """SELECT tc.started_at AS "time", tc.call_id, 'tool' AS kind, tc.tool_name AS name,
+         coalesce(tc.error, left(tc.result, 300)) AS error
+  FROM tool_calls tc
+  WHERE tc.is_error AND $__timeFilter(tc.started_at)
+  ORDER BY tc.started_at DESC
+  LIMIT 500"""
 
 _FAILED_EVENT_ROWS = _newest_events("""SELECT e.time AS "time", e.call_id, e.event AS kind,
              coalesce(e.data->>'tool_name', e.data->>'name', e.event) AS name,
@@ -262,7 +240,7 @@ WEBHOOK_OVER_TIME = _events_per_interval("event", "e.category = 'webhook'", "del
 
 def _event_list(condition: str, *, with_event: bool = True) -> str:
     """The newest 500 events matching ``condition`` (on ``e.category`` / ``e.event``) in the time range, with
-    their call and data: per event name, hour by hour through events_event_time_idx (``_newest``). The names:
+    their call and data: per event name, from a cutoff hour through events_event_time_idx (``_newest_events``). The names:
     those of the catalogue (event_types) and of the event rollup rows in the range that match ``condition``
     (kinds the catalogue no longer lists)."""
     event_column = "\n  l.event," if with_event else ""
