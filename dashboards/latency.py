@@ -24,7 +24,7 @@ __all__ = ["build"]
 
 # ---------------------------------------------------------------------------------------------------------
 # SQL: raw turns for short ranges (exact percentile_cont), the turn-latency rollups for longer ones
-# (histograms, within 2 % of percentile_cont: storage/rollup.py); latency_stage_1m: spans per minute
+# (histograms, within 2 % of percentile_cont: storage/rollup.py); stage_latency_1m: spans per minute
 # ---------------------------------------------------------------------------------------------------------
 
 #: Latency ranges up to this long read raw turns, longer ones the 1-hour turn rollup. (The 1-minute rollup is
@@ -222,8 +222,7 @@ def latency_p95_stat(metric: str) -> str:
 FROM {_quantile_union(metric, (0.95,), ())}"""
 
 
-#: Stage series up to this long read latency_stage_1m alone (one point per minute or wider; on plain
-#: PostgreSQL a view that reads the spans); longer ones the whole hours from latency_stage_1h (one point per
+#: Stage series up to this long read stage_latency_1m alone (one point per minute or wider); longer ones the whole hours from latency_stage_1h (one point per
 #: hour, like the Calls dashboard's series beyond CALLS_RAW_MAX). The stage table gives the same figures either
 #: way (sums over the same minutes), so it switches to the hours for anything longer than STAGE_TABLE_RAW_MAX.
 STAGE_RAW_MAX = CALLS_RAW_MAX
@@ -234,9 +233,10 @@ def _stage_source(raw_max: str) -> str:
     """Rows (bucket, stage, provider, model, samples, ttfb_samples, ttfb_sum_ms, p95_ttfb_sum_ms,
     max_p95_ttfb_ms, duration_sum_ms) covering exactly the minutes of latency_stage_1m in the range.
 
-    Ranges up to ``raw_max``: latency_stage_1m (a view over spans on plain PostgreSQL, a real-time continuous
-    aggregate on TimescaleDB). Longer ones: latency_stage_1h for the whole hours, latency_stage_1m for the
-    minutes of the partial first and last hour. The hour columns are sums over minutes, so every sum,
+    Ranges up to ``raw_max``: stage_latency_1m (the minutes of the view latency_stage_1m, kept by the deriver:
+    the view computes them from spans by date_bin(start_time), which under row-level security cannot be an
+    index condition, date_bin not being leakproof, so it reads every span). Longer ones: latency_stage_1h for
+    the whole hours, stage_latency_1m for the minutes of the partial first and last hour. The hour columns are sums over minutes, so every sum,
     sample-weighted mean and maximum below equals the one over the minutes.
     """
     rng = f"{RANGE} <= interval '{raw_max}'"
@@ -248,15 +248,15 @@ def _stage_source(raw_max: str) -> str:
   SELECT r.bucket, r.stage, r.provider, r.model, r.samples, r.ttfb_samples,
          r.avg_ttfb_ms * r.ttfb_samples AS ttfb_sum_ms, r.p95_ttfb_ms * r.ttfb_samples AS p95_ttfb_sum_ms,
          r.p95_ttfb_ms AS max_p95_ttfb_ms, r.avg_duration_ms * r.samples AS duration_sum_ms
-  FROM latency_stage_1m r
+  FROM stage_latency_1m r
   WHERE {rng} AND $__timeFilter(r.bucket)
   UNION ALL
   SELECT {minute_cols}
-  FROM latency_stage_1m r
+  FROM stage_latency_1m r
   WHERE {long} AND r.bucket >= $__timeFrom()::timestamptz AND r.bucket < {FIRST_HOUR}
   UNION ALL
   SELECT {minute_cols}
-  FROM latency_stage_1m r
+  FROM stage_latency_1m r
   WHERE {long} AND r.bucket >= {END_HOUR} AND r.bucket <= $__timeTo()::timestamptz
   UNION ALL
   SELECT h.bucket, h.stage, h.provider, h.model, h.samples, h.ttfb_samples, h.ttfb_sum_ms, h.p95_ttfb_sum_ms,
@@ -451,8 +451,8 @@ def build(*, datasource_name: str, datasource_uid: str, v2v_threshold_ms: float,
     layout.row("Providers and models (1-minute rollup of spans)")
     layout.add(
         _ts("Stage TTFB p95 by provider / model", LATENCY_STAGE_ROLLUP, None)
-        .description("From latency_stage_1m (a continuous aggregate on TimescaleDB, a view on PostgreSQL): "
-                     "per-minute p95 of span TTFB, averaged over wider intervals weighted by samples."),
+        .description("From stage_latency_1m / latency_stage_1h (the deriver's per-minute and per-hour rollups of "
+                     "spans): per-minute p95 of span TTFB, averaged over wider intervals weighted by samples."),
         w=12, h=9,
     )
     stage_table = (

@@ -46,7 +46,8 @@ PUBLIC_TABLES = ("calls", "turns", "spans", "tool_calls", "events", "event_types
 #: Public views (design §10, docs/dashboards.md): a view reads its tables with its owner's privileges.
 PUBLIC_VIEWS = ("latency_turns", "latency_stage_1m", "call_spans", "call_events", "call_quality", "campaign_funnel")
 #: The rollups the generated dashboards and alerts read (dashboards/, dashboards/alerts.py).
-DASHBOARD_ROLLUPS = ("turn_latency_1h", "turn_latency_breakdown_1h", "call_status_1h", "latency_stage_1h",
+DASHBOARD_ROLLUPS = ("turn_latency_1h", "turn_latency_breakdown_1h", "call_status_1h", "stage_latency_1m",
+                     "latency_stage_1h",
                      "event_counts_1m", "event_counts_1h")
 #: Read by the read API functions ``callscope_call_spans`` / ``callscope_call_events`` with the caller's
 #: privileges (SQL functions that the planner inlines; SECURITY DEFINER would stop inlining and bypass row-level
