@@ -440,8 +440,9 @@ def seen_before(call: str, category: str, event: str, level: str, before: str, t
     return f"""(EXISTS (SELECT 1 FROM events p
                  WHERE p.call_id = {call}{own} AND p.time < {before}
                    AND {kind}
-                   AND (p.call_id_explicit OR p.trace_id IS NULL OR NOT EXISTS (
-                        SELECT 1 FROM call_traces k WHERE k.trace_id = p.trace_id{key} AND k.call_id <> {call})))
+                   AND (p.call_id_explicit OR p.trace_id IS NULL OR (
+                        SELECT 1 FROM call_traces k WHERE k.trace_id = p.trace_id{key} AND k.call_id <> {call}
+                        LIMIT 1) IS NULL))
       OR EXISTS (SELECT 1 FROM call_traces k
                  CROSS JOIN LATERAL (SELECT bool_or(p.time < {before}) AS seen FROM events p
                                      WHERE p.trace_id = k.trace_id

@@ -28,9 +28,11 @@ FROM unnest($1::text[]) AS ids(call_id)
 CROSS JOIN LATERAL (
     SELECT * FROM spans s1
     WHERE s1.call_id = ids.call_id AND s1.tenant IS NOT DISTINCT FROM $2
-      AND (s1.call_id_explicit OR NOT EXISTS (
+      -- a scalar subquery with LIMIT: NOT EXISTS may be planned as a hashed scan of all of call_traces
+      AND (s1.call_id_explicit OR (
            SELECT 1 FROM call_traces k
-           WHERE k.trace_id = s1.trace_id AND k.tenant IS NOT DISTINCT FROM $2 AND k.call_id <> ids.call_id))
+           WHERE k.trace_id = s1.trace_id AND k.tenant IS NOT DISTINCT FROM $2 AND k.call_id <> ids.call_id
+           LIMIT 1) IS NULL)
     UNION ALL
     -- one lookup per trace id of the call (equality: the index, whatever the planner estimates; OFFSET 0 keeps
     -- it a lookup per trace). "trace_id = ANY (ARRAY(...))" is estimated at a few per cent of the table without
@@ -53,9 +55,10 @@ FROM unnest($1::text[]) AS ids(call_id)
 CROSS JOIN LATERAL (
     SELECT * FROM events e1
     WHERE e1.call_id = ids.call_id AND e1.tenant IS NOT DISTINCT FROM $2
-      AND (e1.call_id_explicit OR e1.trace_id IS NULL OR NOT EXISTS (
+      AND (e1.call_id_explicit OR e1.trace_id IS NULL OR (
            SELECT 1 FROM call_traces k
-           WHERE k.trace_id = e1.trace_id AND k.tenant IS NOT DISTINCT FROM $2 AND k.call_id <> ids.call_id))
+           WHERE k.trace_id = e1.trace_id AND k.tenant IS NOT DISTINCT FROM $2 AND k.call_id <> ids.call_id
+           LIMIT 1) IS NULL)
     UNION ALL
     SELECT e2.* FROM call_traces k
     CROSS JOIN LATERAL (

@@ -111,8 +111,11 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     -- call), and those stored under the trace id of one of its traces before that trace named the call
     SELECT """ + _SPAN_ROW + """ FROM spans s
     WHERE s.call_id = wanted AND (of_tenant IS NULL OR s.tenant IS NOT DISTINCT FROM of_tenant)
-      AND (s.call_id_explicit OR NOT EXISTS (
-           SELECT 1 FROM call_traces k WHERE k.trace_id = s.trace_id AND k.tenant = s.tenant AND k.call_id <> wanted))
+      -- a scalar subquery with LIMIT, not NOT EXISTS, which the planner may turn into a hashed scan of every
+      -- call_traces row when it expects many spans
+      AND (s.call_id_explicit OR (
+           SELECT 1 FROM call_traces k WHERE k.trace_id = s.trace_id AND k.tenant = s.tenant AND k.call_id <> wanted
+           LIMIT 1) IS NULL)
     UNION ALL
     -- one lookup per trace id (equality: spans_identity_idx whatever the planner estimates; "= ANY (ARRAY(...))"
     -- is planned as a sequential scan of all spans without statistics)
@@ -131,8 +134,9 @@ CREATE FUNCTION callscope_call_events(wanted text, of_tenant text DEFAULT NULL) 
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT e.* FROM events e
     WHERE e.call_id = wanted AND (of_tenant IS NULL OR e.tenant IS NOT DISTINCT FROM of_tenant)
-      AND (e.call_id_explicit OR e.trace_id IS NULL OR NOT EXISTS (
-           SELECT 1 FROM call_traces k WHERE k.trace_id = e.trace_id AND k.tenant = e.tenant AND k.call_id <> wanted))
+      AND (e.call_id_explicit OR e.trace_id IS NULL OR (
+           SELECT 1 FROM call_traces k WHERE k.trace_id = e.trace_id AND k.tenant = e.tenant AND k.call_id <> wanted
+           LIMIT 1) IS NULL)
     UNION ALL
     SELECT e.* FROM call_traces k
     CROSS JOIN LATERAL (SELECT * FROM events e3
