@@ -20,7 +20,7 @@ from dashboards.common import (
     status_mappings,
     unit,
 )
-from dashboards.fragments import VAR_EVENT_CATEGORY, multi_filter
+from dashboards.fragments import VAR_EVENT_CATEGORY, multi_filter, newest_calls
 
 __all__ = ["build"]
 
@@ -28,29 +28,8 @@ __all__ = ["build"]
 # SQL: every query is keyed by the call id (index scans only, no time filter needed)
 # ---------------------------------------------------------------------------------------------------------
 
-# The 200 newest calls of the range, read from a cutoff hour: the latest hour from which on call_status_1h counts
-# 200 calls. The raw read is then bounded by 200 plus about an hour of calls, whatever the planner estimates
-# (without statistics, and with the tenant policy's filter, it takes a month of calls for a few dozen and would
-# read and sort all of them). Calls the rollup has not counted yet only move the cutoff earlier.
-VAR_CALL_ID = """SELECT n.call_id FROM (
-  SELECT coalesce((
-    SELECT h.bucket FROM (
-      SELECT r.bucket, sum(sum(r.calls)) OVER (ORDER BY r.bucket DESC) AS newer
-      FROM call_status_1h r
-      WHERE r.bucket > $__timeFrom()::timestamptz - interval '1 hour' AND r.bucket <= $__timeTo()::timestamptz
-      GROUP BY r.bucket
-    ) h
-    WHERE h.newer >= 200
-    ORDER BY h.bucket DESC
-    LIMIT 1), '-infinity'::timestamptz) AS cutoff
-  OFFSET 0
-) k
-CROSS JOIN LATERAL (
-  SELECT c.call_id, c.started_at FROM calls c
-  WHERE c.started_at >= k.cutoff AND $__timeFilter(c.started_at)
-  ORDER BY c.started_at DESC
-  LIMIT 200
-) n
+# The 200 newest calls of the range (from a cutoff hour: dashboards/fragments.py newest_calls).
+VAR_CALL_ID = f"""SELECT n.call_id FROM {newest_calls(200)} n
 ORDER BY n.started_at DESC"""
 
 CALL_ID = "${call_id:sqlstring}"

@@ -92,3 +92,35 @@ VAR_EVENT_CATEGORY = """SELECT category FROM event_types
 UNION
 SELECT 'other'
 ORDER BY 1"""
+
+
+def newest_calls(limit: int, condition: str = "TRUE") -> str:
+    """Rows (call_id, tenant, started_at) of the ``limit`` newest calls of the range (alias ``c`` in
+    ``condition``), read from a cutoff hour: the latest hour from which on call_status_1h counts ``limit`` calls.
+    The raw read is then bounded by ``limit`` plus about an hour of calls, whatever the planner estimates
+    (without statistics, and behind the tenant policy's filter, it takes a month of calls for a few dozen and
+    would read and sort all of them). A ``condition`` that keeps fewer calls than the rollup counts only moves
+    the cutoff later than needed, so the result may hold fewer than ``limit`` calls of a long range; calls the
+    rollup has not counted yet move it earlier (more rows read, the same result)."""
+    return f"""(
+  SELECT n.call_id, n.tenant, n.started_at FROM (
+    SELECT coalesce((
+      SELECT h.bucket FROM (
+        SELECT r.bucket, sum(sum(r.calls)) OVER (ORDER BY r.bucket DESC) AS newer
+        FROM call_status_1h r
+        WHERE r.bucket > $__timeFrom()::timestamptz - interval '1 hour' AND r.bucket <= $__timeTo()::timestamptz
+        GROUP BY r.bucket
+      ) h
+      WHERE h.newer >= {limit}
+      ORDER BY h.bucket DESC
+      LIMIT 1), '-infinity'::timestamptz) AS cutoff
+    OFFSET 0
+  ) k
+  CROSS JOIN LATERAL (
+    SELECT c.call_id, c.tenant, c.started_at FROM calls c
+    WHERE c.started_at >= k.cutoff AND $__timeFilter(c.started_at)
+      AND {condition}
+    ORDER BY c.started_at DESC
+    LIMIT {limit}
+  ) n
+)"""

@@ -18,7 +18,7 @@ from dashboards.common import (
     sql_target,
     unit,
 )
-from dashboards.fragments import VAR_AGENT, multi_filter
+from dashboards.fragments import VAR_AGENT, multi_filter, newest_calls
 
 __all__ = ["build"]
 
@@ -42,6 +42,17 @@ QUALITY_FINDINGS = {
 }
 
 
+#: The quality panels look at the newest QUALITY_CALLS_MAX calls of the range: each finding is computed per call
+#: (span trees, log correlation), so a month of calls cannot be checked per panel refresh (17 s for a day at
+#: 1 M calls a month, docs/benchmarks.md). Ranges with fewer calls are checked whole.
+QUALITY_CALLS_MAX = 1000
+# each call's row of the view by its key (a LATERAL kept a subquery: a join may compute the view for every call)
+_CHECKED = f"""{newest_calls(QUALITY_CALLS_MAX, multi_filter('agent', 'c.agent'))} n
+CROSS JOIN LATERAL (
+  SELECT * FROM call_quality v WHERE v.call_id = n.call_id AND v.tenant IS NOT DISTINCT FROM n.tenant OFFSET 0
+) q"""
+
+
 def quality_finding(column: str) -> str:
     """The calls of the range with one finding, worst first."""
     extra = QUALITY_FINDINGS[column][2]
@@ -49,10 +60,8 @@ def quality_finding(column: str) -> str:
     order = f"q.{extra} DESC NULLS LAST" if extra else f"q.{column} DESC"
     return f"""SELECT q.started_at AS "time", q.call_id, q.status, q.framework, q.agent,
   q.{column}{f", q.{extra}" if extra else ""}
-FROM call_quality q
-WHERE $__timeFilter(q.started_at)
-  AND {multi_filter('agent', 'q.agent')}
-  AND {condition}
+FROM {_CHECKED}
+WHERE {condition}
 ORDER BY {order}, q.started_at DESC
 LIMIT 200"""
 
@@ -66,16 +75,12 @@ QUALITY_SUMMARY = f"""SELECT
   count(*) FILTER (WHERE q.clock_skew_spans > 0) AS "Clock skew",
   count(*) FILTER (WHERE q.gone_silent) AS "Gone silent",
   count(*) FILTER (WHERE q.uncorrelated_log_records > 0) AS "Uncorrelated logs"
-FROM call_quality q
-WHERE $__timeFilter(q.started_at)
-  AND {multi_filter('agent', 'q.agent')}"""
+FROM {_CHECKED}"""
 
 QUALITY_CALLS = f"""SELECT q.started_at AS "time", q.call_id, q.status, q.framework, q.agent, q.findings,
   q.turns_missing_stage, q.orphan_spans, q.spans_ending_before_start, q.clock_skew_spans, q.gone_silent,
   q.uncorrelated_log_records
-FROM call_quality q
-WHERE $__timeFilter(q.started_at)
-  AND {multi_filter('agent', 'q.agent')}
+FROM {_CHECKED}
 ORDER BY q.findings DESC, q.started_at DESC
 LIMIT 500"""
 
@@ -84,7 +89,8 @@ def _summary() -> stat.Panel:
     return (
         stat.Panel()
         .title("Calls and findings")
-        .description("Calls started in the range, and how many have each finding.")
+        .description(f"The newest {QUALITY_CALLS_MAX:,} calls started in the range (all of them in a shorter "
+                     "range), and how many have each finding.")
         .datasource(datasource_ref())
         .with_target(sql_target(QUALITY_SUMMARY))
         .graph_mode(cm.BigValueGraphMode.NONE)
@@ -98,7 +104,8 @@ def _finding(column: str) -> table.Panel:
     panel = (
         table.Panel()
         .title(title)
-        .description(description + " Click a call id to open the call.")
+        .description(description + f" Among the newest {QUALITY_CALLS_MAX:,} calls of the range. "
+                     "Click a call id to open the call.")
         .datasource(datasource_ref())
         .with_target(sql_target(quality_finding(column)))
         .override_by_name("call_id", [call_link()])
