@@ -18,7 +18,7 @@ from dashboards.common import (
     multi_query_variable,
     sql_target,
 )
-from dashboards.fragments import END_HOUR, FIRST_HOUR, ORIGIN, RANGE, VAR_EVENT_CATEGORY, multi_filter
+from dashboards.fragments import END_HOUR, FIRST_HOUR, ORIGIN, RANGE, VAR_EVENT_CATEGORY, cutoff_hour, multi_filter
 
 __all__ = ["build"]
 
@@ -163,28 +163,11 @@ LIMIT 200"""
 
 def _newest_events(select: str, kind: str, limit: int = 500) -> str:
     """The newest ``limit`` events of one kind (``kind``: an SQL expression, e.g. ``n.event``) in the range:
-    ``select`` (alias ``e``, its WHERE ending with ``AND {window}``) read from a cutoff hour on. The cutoff is the
-    latest hour of the range from which on the event rollup (event_counts_1h) counts at least ``limit`` events of
-    the kind, so the raw read through events_event_time_idx is bounded by ``limit`` plus about one hour of the
-    kind's rows, whatever the planner estimates (without statistics it takes a kind's rows for a few and would
-    read and sort every one of them in the range). Rows the rollup has not counted yet only move the cutoff
-    earlier (more rows read, the same result)."""
+    ``select`` (alias ``e``, its WHERE ending with ``AND {window}``) read through events_event_time_idx from the
+    cutoff hour that event_counts_1h gives for the kind (fragments.cutoff_hour)."""
     window = "e.time >= c.cutoff AND $__timeFilter(e.time)"
     return f"""SELECT x.*
-    FROM (
-      SELECT coalesce((
-        SELECT h.bucket FROM (
-          SELECT r.bucket, sum(sum(r.events)) OVER (ORDER BY r.bucket DESC) AS newer
-          FROM event_counts_1h r
-          WHERE r.event = {kind}
-            AND r.bucket > $__timeFrom()::timestamptz - interval '1 hour' AND r.bucket <= $__timeTo()::timestamptz
-          GROUP BY r.bucket
-        ) h
-        WHERE h.newer >= {limit}
-        ORDER BY h.bucket DESC
-        LIMIT 1), '-infinity'::timestamptz) AS cutoff
-      OFFSET 0
-    ) c
+    FROM {cutoff_hour("event_counts_1h", "r.events", limit, f"r.event = {kind}")} c
     CROSS JOIN LATERAL (
       {select.replace("{window}", window)}
       ORDER BY e.time DESC
@@ -192,8 +175,8 @@ def _newest_events(select: str, kind: str, limit: int = 500) -> str:
     ) x"""
 
 
-# The newest rows of a few event kinds: per kind, hour by hour through events_event_time_idx (at most 500
-# rows each), then the newest 500 of those. Reads a bounded number of rows whatever the range and whatever
+# The newest rows of a few event kinds: per kind, from its cutoff hour through events_event_time_idx (at most
+# 500 rows each), then the newest 500 of those. Reads a bounded number of rows whatever the range and whatever
 # the planner estimates.
 _FAILED_EVENTS = ("integration.failed", "tool.transfer.failed", "integration.approval_denied")
 

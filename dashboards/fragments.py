@@ -94,28 +94,38 @@ SELECT 'other'
 ORDER BY 1"""
 
 
-def newest_calls(limit: int, condition: str = "TRUE") -> str:
-    """Rows (call_id, tenant, started_at) of the ``limit`` newest calls of the range (alias ``c`` in
-    ``condition``), read from a cutoff hour: the latest hour from which on call_status_1h counts ``limit`` calls.
-    The raw read is then bounded by ``limit`` plus about an hour of calls, whatever the planner estimates
-    (without statistics, and behind the tenant policy's filter, it takes a month of calls for a few dozen and
-    would read and sort all of them). A ``condition`` that keeps fewer calls than the rollup counts only moves
-    the cutoff later than needed, so the result may hold fewer than ``limit`` calls of a long range; calls the
-    rollup has not counted yet move it earlier (more rows read, the same result)."""
+def cutoff_hour(rollup: str, count: str, limit: int, condition: str = "TRUE") -> str:
+    """A subquery (one row, column ``cutoff``) for reading the newest ``limit`` rows of the range from an hour on:
+    the latest hour of the range from which on the hourly ``rollup`` (alias ``r``; ``condition`` on it) counts
+    at least ``limit`` of them (``sum(count)``), or -infinity if the range holds fewer. A raw read from the
+    cutoff on is bounded by ``limit`` plus about an hour of rows, whatever the planner estimates: without
+    statistics, and behind the tenant policy's filter, it takes a month of rows for a few dozen and would read
+    and sort all of them. Rows the rollup has not counted yet only move the cutoff earlier (more rows read, the
+    same result). OFFSET 0 keeps it apart, so ``cutoff`` is a column the raw read's index condition compares
+    with (a comparison of two timestamptz values is leakproof; the expressions inside are not)."""
     return f"""(
-  SELECT n.call_id, n.tenant, n.started_at FROM (
     SELECT coalesce((
       SELECT h.bucket FROM (
-        SELECT r.bucket, sum(sum(r.calls)) OVER (ORDER BY r.bucket DESC) AS newer
-        FROM call_status_1h r
-        WHERE r.bucket > $__timeFrom()::timestamptz - interval '1 hour' AND r.bucket <= $__timeTo()::timestamptz
+        SELECT r.bucket, sum(sum({count})) OVER (ORDER BY r.bucket DESC) AS newer
+        FROM {rollup} r
+        WHERE {condition}
+          AND r.bucket > $__timeFrom()::timestamptz - interval '1 hour' AND r.bucket <= $__timeTo()::timestamptz
         GROUP BY r.bucket
       ) h
       WHERE h.newer >= {limit}
       ORDER BY h.bucket DESC
       LIMIT 1), '-infinity'::timestamptz) AS cutoff
     OFFSET 0
-  ) k
+  )"""
+
+
+def newest_calls(limit: int, condition: str = "TRUE") -> str:
+    """Rows (call_id, tenant, started_at) of the ``limit`` newest calls of the range (alias ``c`` in
+    ``condition``), read from the cutoff hour that call_status_1h gives (``cutoff_hour``). A ``condition`` that
+    keeps fewer calls than the rollup counts only moves the cutoff later than needed, so the result may hold
+    fewer than ``limit`` calls of a long range."""
+    return f"""(
+  SELECT n.call_id, n.tenant, n.started_at FROM {cutoff_hour("call_status_1h", "r.calls", limit)} k
   CROSS JOIN LATERAL (
     SELECT c.call_id, c.tenant, c.started_at FROM calls c
     WHERE c.started_at >= k.cutoff AND $__timeFilter(c.started_at)
