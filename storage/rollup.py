@@ -289,6 +289,20 @@ def _breakdown_rows(buckets: str) -> str:
                         "m.bucket = b.bucket", buckets, quantiles=True)
 
 
+def _claim_marks(queue: str, into: str) -> str:
+    """The start of every refresh routine: lock its mark queue against other refreshes (SHARE UPDATE EXCLUSIVE is
+    self-exclusive; marks still insert), claim up to ``max_buckets`` marked buckets into the array ``into``
+    (return 0 when there are none) and delete their marks."""
+    lead = f"  {into} := ARRAY("
+    return (f"LOCK TABLE {queue} IN SHARE UPDATE EXCLUSIVE MODE;  -- self-exclusive; marks still insert\n"
+            f"{lead}SELECT DISTINCT m.bucket\n"
+            f"{' ' * len(lead)}FROM (SELECT d.bucket FROM {queue} d ORDER BY d.id LIMIT max_buckets) m);\n"
+            f"  IF cardinality({into}) = 0 THEN\n"
+            f"    RETURN 0;\n"
+            f"  END IF;\n"
+            f"  DELETE FROM {queue} WHERE bucket = ANY({into});")
+
+
 _REFRESH_TURN_ROUTINE = f"""
 CREATE OR REPLACE FUNCTION callscope_refresh_turn_rollup(max_buckets int) RETURNS int
 LANGUAGE plpgsql SET jit = off AS $$
@@ -296,13 +310,7 @@ DECLARE
   minutes timestamptz[];
   hours timestamptz[];
 BEGIN
-  LOCK TABLE turn_rollup_dirty IN SHARE UPDATE EXCLUSIVE MODE;  -- self-exclusive; marks still insert
-  minutes := ARRAY(SELECT DISTINCT m.bucket
-                   FROM (SELECT d.bucket FROM turn_rollup_dirty d ORDER BY d.id LIMIT max_buckets) m);
-  IF cardinality(minutes) = 0 THEN
-    RETURN 0;
-  END IF;
-  DELETE FROM turn_rollup_dirty WHERE bucket = ANY(minutes);
+  {_claim_marks('turn_rollup_dirty', 'minutes')}
   hours := ARRAY(SELECT DISTINCT date_bin('1 hour', m, {_ORIGIN}) FROM unnest(minutes) AS m);
   DELETE FROM turn_latency_1m WHERE bucket = ANY(minutes);
   {_turn_rows("turn_latency_1m", "1 minute", "minutes")};
@@ -320,13 +328,7 @@ LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
   hours timestamptz[];
 BEGIN
-  LOCK TABLE call_rollup_dirty IN SHARE UPDATE EXCLUSIVE MODE;  -- self-exclusive; marks still insert
-  hours := ARRAY(SELECT DISTINCT m.bucket
-                 FROM (SELECT d.bucket FROM call_rollup_dirty d ORDER BY d.id LIMIT max_buckets) m);
-  IF cardinality(hours) = 0 THEN
-    RETURN 0;
-  END IF;
-  DELETE FROM call_rollup_dirty WHERE bucket = ANY(hours);
+  {_claim_marks('call_rollup_dirty', 'hours')}
   DELETE FROM call_status_1h WHERE bucket = ANY(hours);
   INSERT INTO call_status_1h (bucket, {", ".join(CALL_DIMENSIONS)}, tenant, calls, cost_total, cost_samples,
                               cost_stt, cost_llm, cost_tts, cost_telephony, duration_s, duration_samples,
@@ -391,13 +393,7 @@ DECLARE
   minutes timestamptz[];
   hours timestamptz[];
 BEGIN
-  LOCK TABLE stage_rollup_dirty IN SHARE UPDATE EXCLUSIVE MODE;  -- self-exclusive; marks still insert
-  minutes := ARRAY(SELECT DISTINCT m.bucket
-                   FROM (SELECT d.bucket FROM stage_rollup_dirty d ORDER BY d.id LIMIT max_buckets) m);
-  IF cardinality(minutes) = 0 THEN
-    RETURN 0;
-  END IF;
-  DELETE FROM stage_rollup_dirty WHERE bucket = ANY(minutes);
+  {_claim_marks('stage_rollup_dirty', 'minutes')}
   -- Where latency_stage_1m / latency_stage_1h are TimescaleDB continuous aggregates (migration 0007 creates
   -- no stage_latency_1m then), TimescaleDB keeps them: the marks are only consumed.
   IF to_regclass('stage_latency_1m') IS NULL THEN
@@ -506,13 +502,7 @@ DECLARE
   minutes timestamptz[];
   hours timestamptz[];
 BEGIN
-  LOCK TABLE event_rollup_dirty IN SHARE UPDATE EXCLUSIVE MODE;  -- self-exclusive; marks still insert
-  minutes := ARRAY(SELECT DISTINCT m.bucket
-                   FROM (SELECT d.bucket FROM event_rollup_dirty d ORDER BY d.id LIMIT max_buckets) m);
-  IF cardinality(minutes) = 0 THEN
-    RETURN 0;
-  END IF;
-  DELETE FROM event_rollup_dirty WHERE bucket = ANY(minutes);
+  {_claim_marks('event_rollup_dirty', 'minutes')}
   hours := ARRAY(SELECT DISTINCT date_bin('1 hour', m, {_ORIGIN}) FROM unnest(minutes) AS m);
   DELETE FROM event_counts_1m WHERE bucket = ANY(minutes);
   {_EVENT_MINUTE_ROWS};
